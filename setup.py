@@ -1,0 +1,15 @@
+from setuptools import find_packages, setup
+
+with open("requirements.txt") as f:
+    requirements = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+
+setup(
+    name="llmc",
+    version="0.1.0",
+    description="Prune large language models blockwise from a YAML config",
+    packages=find_packages(include=["llmc", "llmc.*"]),
+    python_requires=">=3.10",
+    install_requires=requirements,
+    extras_require={"test": ["pytest>=7"], "plot": ["matplotlib"]},
+    entry_points={"console_scripts": ["llmc=llmc.cli:main"]},
+)
