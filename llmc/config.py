@@ -1,0 +1,360 @@
+"""The config schema: every YAML key, its type and default live here, and nowhere else.
+
+`load_config(path, overrides)` reads YAML (anchors work), applies `--set a.b=c` overrides, builds
+typed dataclasses and validates everything that can be checked before heavy work starts.
+This module does not import torch.
+"""
+import dataclasses
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple, Union
+
+import yaml
+
+from .errors import ConfigError
+from .registry import BUILTIN_MODELS, DATASETS, METHODS, MODELS, PREPROCS, closest
+
+EVAL_POSITIONS = ("pretrain", "transformed")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+# Preprocs that yield windows of different lengths: they can only be batched one window at a time.
+VARIABLE_LENGTH_PREPROCS = ("pileval_smooth",)
+
+
+@dataclass
+class BaseCfg:
+    seed: int = 42
+    device: str = "auto"  # auto = cuda if available else cpu; or cpu, cuda, cuda:N
+    offload_activations: Union[bool, str] = "auto"  # keep calibration activations on CPU
+
+
+@dataclass
+class ModelCfg:
+    type: str = "Llama"
+    path: Optional[str] = None
+    torch_dtype: str = "auto"
+
+
+@dataclass
+class CalibCfg:
+    name: str = "pileval"
+    type: str = "txt"
+    download: bool = False
+    path: Optional[str] = None
+    n_samples: int = 128
+    bs: int = 1  # windows per forward; -1 = all windows in one batch
+    seq_len: int = 512
+    preproc: str = "pileval_smooth"
+    seed: int = 42
+
+
+@dataclass
+class EvalCfg:
+    eval_pos: List[str] = field(default_factory=lambda: ["pretrain", "transformed"])
+    name: Union[str, List[str]] = field(default_factory=lambda: ["wikitext2", "c4"])
+    type: str = "ppl"
+    download: bool = False
+    path: Union[None, str, Dict[str, str]] = None
+    bs: int = 1
+    seq_len: int = 2048
+    inference_per_block: bool = False
+    max_windows: Optional[int] = None  # evaluate only the first N windows (None = all)
+
+    @property
+    def names(self) -> List[str]:
+        return [self.name] if isinstance(self.name, str) else list(self.name)
+
+    def path_for(self, name: str) -> Optional[str]:
+        """Where dataset `name`'s local copy is: path[name] for a dict; the path itself when only
+        one dataset needs a path; else the sub-directory or file path/name (llmc's layout)."""
+        if self.path is None or isinstance(self.path, dict):
+            return (self.path or {}).get(name)
+        needing = [n for n in self.names if n in DATASETS and DATASETS[n].needs_path]
+        if len(needing) <= 1:
+            return self.path
+        return os.path.join(self.path, name)
+
+
+@dataclass
+class WeightCfg:
+    sparsity: float = 0.5
+    sparsity_type: str = "unstructured"  # or "N:M", e.g. "2:4"
+
+    @property
+    def n_m(self) -> Optional[Tuple[int, int]]:
+        """(N, M) for N:M sparsity, None for unstructured."""
+        if self.sparsity_type == "unstructured":
+            return None
+        n, m = self.sparsity_type.split(":")
+        return int(n), int(m)
+
+
+@dataclass
+class SparseCfg:
+    method: str = "Wanda"
+    weight: WeightCfg = field(default_factory=WeightCfg)
+    sparsity_out: bool = False  # True: next block sees the pruned block's outputs
+    use_variant: bool = False  # Wanda: per-row alpha search instead of a fixed per-row count
+
+
+@dataclass
+class SaveCfg:
+    save_trans: bool = False
+    save_path: str = "./save"
+    overwrite: bool = False
+
+
+@dataclass
+class Config:
+    base: BaseCfg = field(default_factory=BaseCfg)
+    model: ModelCfg = field(default_factory=ModelCfg)
+    calib: CalibCfg = field(default_factory=CalibCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
+    sparse: SparseCfg = field(default_factory=SparseCfg)
+    save: SaveCfg = field(default_factory=SaveCfg)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader without YAML 1.1 base-60 integers, so `sparsity_type: 2:4` stays the string '2:4'."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:int"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply one `a.b.c=value` to the raw dict; the value is parsed as YAML."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set '{assignment}' must look like section.key=value")
+    dotted, value = assignment.split("=", 1)
+    keys = dotted.strip().split(".")
+    if not all(keys):
+        raise ConfigError(f"--set '{assignment}': empty key in '{dotted}'")
+    node = raw
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set '{assignment}': '{key}' is a value, not a section")
+        node = child
+    node[keys[-1]] = parse_yaml(value) if value.strip() else None
+
+
+# ---------------------------------------------------------------- typed build
+
+
+def _check_type(value, hint, where):
+    """Return `value` as type `hint` (ints accepted for floats) or raise a ConfigError."""
+    origin = typing.get_origin(hint)
+    if origin is Union:
+        for option in typing.get_args(hint):
+            try:
+                return _check_type(value, option, where)
+            except ConfigError:
+                pass
+        names = " or ".join(_type_name(o) for o in typing.get_args(hint))
+        raise ConfigError(f"{where} must be {names}, got {value!r}")
+    if hint is type(None):
+        if value is None:
+            return None
+    elif origin in (list, List):
+        if isinstance(value, list):
+            (item,) = typing.get_args(hint)
+            return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    elif origin in (dict, Dict):
+        if isinstance(value, dict):
+            _, item = typing.get_args(hint)
+            return {str(k): _check_type(v, item, f"{where}.{k}") for k, v in value.items()}
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{where} must be {_type_name(hint)}, got {value!r}")
+
+
+def _type_name(hint):
+    origin = typing.get_origin(hint)
+    if origin in (list, List):
+        return "a list"
+    if origin in (dict, Dict):
+        return "a mapping"
+    return {type(None): "null", bool: "true/false", int: "an integer", float: "a number",
+            str: "a string"}.get(hint, str(hint))
+
+
+def _build(cls, raw, prefix):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"'{prefix or 'config'}' must be a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(f"unknown key '{where}'{closest(key, names)}; valid keys here: "
+                              f"{', '.join(names)}")
+    values = {}
+    for name in names:
+        if name not in raw:
+            continue
+        where = f"{prefix}.{name}" if prefix else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, raw[name], where)
+        else:
+            values[name] = _check_type(raw[name], hint, where)
+    return cls(**values)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _check_path(path, key, what):
+    if not path:
+        raise ConfigError(f"{key} is not set; point it at {what}")
+    if not os.path.exists(os.path.expanduser(path)):
+        raise ConfigError(f"{key}: '{path}' does not exist; point it at {what}")
+
+
+def validate(cfg: Config) -> Config:
+    """Everything checkable without loading a model or data. Raises one ConfigError."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.base.device):
+        raise ConfigError(f"base.device '{cfg.base.device}' must be auto, cpu, cuda or cuda:N")
+    if cfg.base.offload_activations not in (True, False, "auto"):
+        raise ConfigError("base.offload_activations must be auto, true or false")
+
+    MODELS.lookup(cfg.model.type, "model.type")
+    if cfg.model.torch_dtype not in DTYPES:
+        raise ConfigError(f"model.torch_dtype '{cfg.model.torch_dtype}' must be one of "
+                          f"{', '.join(DTYPES)}{closest(cfg.model.torch_dtype, DTYPES)}")
+    path = cfg.model.path
+    if path and path.startswith("builtin:"):
+        BUILTIN_MODELS.lookup(path[len("builtin:"):], "model.path builtin")
+    else:
+        _check_path(path, "model.path", "a local Hugging Face model directory "
+                    "(or builtin:smollm2-135m)")
+
+    _validate_calib(cfg)
+    _validate_eval(cfg)
+    _validate_sparse(cfg)
+    if not cfg.save.save_path:
+        raise ConfigError("save.save_path is empty; set a directory for results")
+    return cfg
+
+
+def _validate_calib(cfg):
+    calib = cfg.calib
+    if calib.type != "txt":
+        raise ConfigError(f"calib.type '{calib.type}': only 'txt' calibration data is supported")
+    spec = DATASETS.lookup(calib.name, "calib.name")
+    PREPROCS.lookup(calib.preproc, "calib.preproc")
+    if calib.n_samples < 1:
+        raise ConfigError(f"calib.n_samples must be >= 1, got {calib.n_samples}")
+    if calib.seq_len < 1:
+        raise ConfigError(f"calib.seq_len must be >= 1, got {calib.seq_len}")
+    if calib.bs == 0 or calib.bs < -1:
+        raise ConfigError(f"calib.bs must be -1 (one batch) or >= 1, got {calib.bs}")
+    if calib.bs != 1 and calib.preproc in VARIABLE_LENGTH_PREPROCS:
+        raise ConfigError(f"calib.bs: {calib.bs} needs windows of one length, but preproc "
+                          f"'{calib.preproc}' yields windows of different lengths; use bs: 1")
+    if spec.needs_path and not calib.download:
+        _check_path(calib.path, "calib.path", f"a local copy of '{calib.name}' "
+                    "(or set calib.download: True)")
+
+
+def _validate_eval(cfg):
+    ev = cfg.eval
+    if ev.type != "ppl":
+        raise ConfigError(f"eval.type '{ev.type}': only 'ppl' (perplexity) is supported")
+    for pos in ev.eval_pos:
+        if pos not in EVAL_POSITIONS:
+            raise ConfigError(f"eval.eval_pos '{pos}' is not one of {', '.join(EVAL_POSITIONS)}"
+                              f"{closest(pos, EVAL_POSITIONS)}")
+    if not ev.eval_pos:
+        return
+    if not ev.names:
+        raise ConfigError("eval.name is empty; name at least one dataset or set eval_pos: []")
+    for name in ev.names:
+        spec = DATASETS.lookup(name, "eval.name")
+        if not spec.supports_eval:
+            evaluable = sorted(n for n, s in DATASETS.items() if s.supports_eval)
+            raise ConfigError(f"eval.name '{name}' has no evaluation split; use one of "
+                              f"{', '.join(evaluable)}")
+        if spec.needs_path and not ev.download:
+            _check_path(ev.path_for(name), f"eval.path (for {name})",
+                        f"a local copy of '{name}' (or set eval.download: True)")
+    if ev.bs < 1 or ev.seq_len < 2:
+        raise ConfigError(f"eval.bs must be >= 1 and eval.seq_len >= 2, got {ev.bs}, {ev.seq_len}")
+    if ev.max_windows is not None and ev.max_windows < 1:
+        raise ConfigError(f"eval.max_windows must be >= 1 or null, got {ev.max_windows}")
+
+
+def _validate_sparse(cfg):
+    sp = cfg.sparse
+    METHODS.lookup(sp.method, "sparse.method")
+    s = sp.weight.sparsity
+    if not 0 <= s < 1:
+        raise ConfigError(f"sparse.weight.sparsity must be in [0, 1), got {s}")
+    kind = sp.weight.sparsity_type
+    if kind != "unstructured":
+        match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", kind)
+        if not match:
+            raise ConfigError(f"sparse.weight.sparsity_type '{kind}' must be 'unstructured' or "
+                              "'N:M' such as '2:4'")
+        n, m = int(match.group(1)), int(match.group(2))
+        if not 0 < n < m:
+            raise ConfigError(f"sparse.weight.sparsity_type '{kind}': N:M needs 0 < N < M "
+                              "(N of every M consecutive weights are zeroed), e.g. '2:4'")
+        sp.weight.sparsity_type = f"{n}:{m}"
+    if sp.use_variant and sp.weight.n_m is not None:
+        raise ConfigError("sparse.use_variant applies to unstructured sparsity only; "
+                          "remove it or set sparsity_type: unstructured")
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def load_config(path: Optional[str] = None, overrides=(), raw: Optional[dict] = None) -> Config:
+    """Read YAML `path` (or take `raw`), apply overrides, build and validate a Config."""
+    if raw is None:
+        if path is None:
+            raise ConfigError("no config given; pass --config FILE.yml")
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file '{path}' does not exist")
+        with open(path) as f:
+            try:
+                raw = parse_yaml(f.read())
+            except yaml.YAMLError as err:
+                raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from None
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config '{path}' must be a mapping of sections (base, model, ...)")
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return validate(_build(Config, raw, ""))
