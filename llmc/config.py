@@ -283,6 +283,9 @@ def _validate_calib(cfg):
     if calib.bs != 1 and calib.preproc in VARIABLE_LENGTH_PREPROCS:
         raise ConfigError(f"calib.bs: {calib.bs} needs windows of one length, but preproc "
                           f"'{calib.preproc}' yields windows of different lengths; use bs: 1")
+    method = METHODS.get(cfg.sparse.method)
+    if method is not None and not method.needs:
+        return  # the method uses no calibration data (e.g. Magnitude): nothing to check
     if spec.needs_path and not calib.download:
         _check_path(calib.path, "calib.path", f"a local copy of '{calib.name}' "
                     "(or set calib.download: True)")

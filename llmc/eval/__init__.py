@@ -1,0 +1,2 @@
+"""Evaluation: perplexity, whole-model or streamed block by block."""
+from .perplexity import perplexity  # noqa: F401

@@ -1,0 +1,68 @@
+"""Perplexity as the reference repos compute it: the token stream cut into nsamples = N // seq_len
+windows, ppl = exp(sum of window losses * seq_len / (nsamples * seq_len)).
+
+`inference_per_block: False` moves the whole model to the device; `True` streams one block at
+a time through it (for models larger than the device), with identical results.
+"""
+import time
+
+import torch
+import torch.nn.functional as F
+from loguru import logger
+from tqdm import tqdm
+
+from ..runner.blockwise import run_block
+from ..runner.capture import capture_block_inputs
+
+
+def eval_windows(tokens: torch.Tensor, seq_len: int, max_windows=None) -> torch.Tensor:
+    count = tokens.numel() // seq_len
+    if max_windows is not None:
+        count = min(count, max_windows)
+    return tokens.reshape(-1)[: count * seq_len].reshape(count, seq_len)
+
+
+def window_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Mean next-token loss of a batch times its token count (seq_len per window)."""
+    shift_logits = logits[:, :-1, :].float()
+    loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), ids[:, 1:].reshape(-1))
+    return loss * ids.shape[1] * ids.shape[0]
+
+
+@torch.no_grad()
+def perplexity(model, adapter, tokens, seq_len, device, bs=1, max_windows=None, per_block=False,
+               desc="ppl"):
+    """(ppl, tokens per second) of `model` on the token stream `tokens` (1, N)."""
+    windows = eval_windows(tokens, seq_len, max_windows)
+    batches = [windows[i:i + bs] for i in range(0, len(windows), bs)]
+    start = time.perf_counter()
+    if per_block:
+        nlls = _streamed_nlls(model, adapter, batches, device, desc)
+    else:
+        model.to(device)
+        nlls = [window_nll(model(input_ids=ids.to(device), use_cache=False).logits, ids.to(device))
+                for ids in tqdm(batches, desc=desc)]
+        model.to("cpu")
+    seconds = time.perf_counter() - start
+    ppl = torch.exp(torch.stack(nlls).sum() / (len(windows) * seq_len)).item()
+    return ppl, windows.numel() / seconds
+
+
+def _streamed_nlls(model, adapter, batches, device, desc):
+    inputs = capture_block_inputs(model, adapter, batches, device, home=torch.device("cpu"))
+    for block in tqdm(adapter.get_blocks(model), desc=f"{desc} (per block)"):
+        block.to(device)
+        run_block(block, inputs, device, replace=True)
+        block.to("cpu")
+    final = adapter.post_block_modules(model)
+    for module in final:
+        module.to(device)
+    nlls = []
+    for hidden, ids in zip(inputs.hidden, batches):
+        hidden = hidden.to(device)
+        for module in final:
+            hidden = module(hidden)
+        nlls.append(window_nll(hidden, ids.to(device)))
+    for module in final:
+        module.to("cpu")
+    return nlls

@@ -1,0 +1,18 @@
+"""Llama (and Llama-architecture models such as SmolLM2, Mistral-style checkpoints)."""
+from ..registry import MODELS
+from .adapter import Adapter
+
+LLAMA = MODELS.register("Llama")(Adapter(
+    name="Llama",
+    model_types=("llama", "mistral"),
+    blocks="model.layers",
+    embeddings=("model.embed_tokens", "model.rotary_emb"),
+    final_norm="model.norm",
+    head="lm_head",
+    groups=(
+        ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        ("self_attn.o_proj",),
+        ("mlp.gate_proj", "mlp.up_proj"),
+        ("mlp.down_proj",),
+    ),
+))

@@ -1,0 +1,72 @@
+"""One run, start to end: data → pretrain eval → blockwise pruning → transformed eval → save."""
+import random
+import time
+
+import numpy as np
+import torch
+from loguru import logger
+
+from .data import calib_batches, eval_tokens
+from .eval import perplexity
+from .models import load_model, load_tokenizer
+from .registry import METHODS
+from .report import sparsity_report, versions
+from .runner import prune_blockwise, resolve_device
+from .save import check_save_path, save_model, write_results
+from .sparse import UniformPlan
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def evaluate(model, adapter, eval_sets, cfg, device, position, results):
+    ev = cfg.eval
+    for name, tokens in eval_sets.items():
+        ppl, speed = perplexity(model, adapter, tokens, ev.seq_len, device, bs=ev.bs,
+                                max_windows=ev.max_windows, per_block=ev.inference_per_block,
+                                desc=f"{position} {name}")
+        logger.info(f"ppl {position} {name}: {ppl:.4f} ({speed:.0f} tokens/s)")
+        results["ppl"].setdefault(position, {})[name] = ppl
+        results["timings"][f"eval_{position}_{name}"] = tokens.numel() / speed if speed else 0.0
+
+
+def run(cfg) -> dict:
+    """Run `cfg` (a validated Config); returns the results that are also written to disk."""
+    started = time.perf_counter()
+    check_save_path(cfg.save)
+    seed_everything(cfg.base.seed)
+    device = resolve_device(cfg.base.device)
+    method = METHODS.lookup(cfg.sparse.method, "sparse.method")(cfg.sparse)
+
+    # Data before the model: a data problem should surface before the slow part.
+    tokenizer = load_tokenizer(cfg.model)
+    eval_sets = ({name: eval_tokens(name, cfg.eval, tokenizer) for name in cfg.eval.names}
+                 if cfg.eval.eval_pos else {})
+    batches = calib_batches(cfg.calib, tokenizer) if method.needs else []
+    model, adapter = load_model(cfg.model)
+
+    results = {"config": cfg.to_dict(), "ppl": {}, "timings": {}, "versions": versions()}
+    if "pretrain" in cfg.eval.eval_pos:
+        evaluate(model, adapter, eval_sets, cfg, device, "pretrain", results)
+
+    plan = UniformPlan(cfg.sparse.weight)
+    start = time.perf_counter()
+    phases = prune_blockwise(model, adapter, method, plan, batches, device,
+                             sparsity_out=cfg.sparse.sparsity_out,
+                             offload=cfg.base.offload_activations)
+    results["timings"]["prune_total"] = time.perf_counter() - start
+    results["timings"].update({f"prune_{k}": v for k, v in phases.items()})
+    results["plan"] = plan.describe()
+    results["sparsity"] = sparsity_report(model, adapter)
+    logger.info(f"achieved sparsity over all decoder Linears: {results['sparsity']['overall']:.4f}")
+
+    if "transformed" in cfg.eval.eval_pos:
+        evaluate(model, adapter, eval_sets, cfg, device, "transformed", results)
+    if cfg.save.save_trans:
+        results["saved_model"] = str(save_model(model, tokenizer, cfg.save.save_path))
+    results["timings"]["total"] = time.perf_counter() - started
+    write_results(cfg.save.save_path, results, cfg.to_dict())
+    return results

@@ -1,0 +1,77 @@
+"""The block loop: one decoder block at a time on the device, calibration windows streamed
+through it, statistics gathered by hooks, the block pruned, its outputs handed to the next block.
+
+It knows no method by name: a method says which statistics it needs and prunes one Linear.
+"""
+import time
+
+import torch
+from loguru import logger
+from tqdm import tqdm
+
+from .capture import block_output, capture_block_inputs
+from .device import activation_home
+from .stats import GroupStatistics
+
+
+@torch.no_grad()
+def run_block(block, inputs, device, replace: bool):
+    """Forward every batch of `inputs` through `block`; with `replace`, each batch's output takes
+    the place of its input (so activations are held once, not twice)."""
+    for index, (hidden, (args, kwargs)) in enumerate(zip(inputs.hidden, inputs.calls)):
+        out = block_output(block(hidden.to(device), *args, **kwargs))
+        if replace:
+            inputs.hidden[index] = out.to(hidden.device)
+
+
+def prune_block(block, adapter, method, plan, block_index, statistics=None):
+    for name in adapter.linear_names():
+        stats = statistics.for_linear(name) if statistics else {}
+        method.prune(block.get_submodule(name), stats, plan.target(block_index, name))
+
+
+@torch.no_grad()
+def prune_blockwise(model, adapter, method, plan, batches, device, sparsity_out=False,
+                    offload="auto") -> dict:
+    """Prune every decoder block of `model` (kept on CPU) in place. Returns timings in seconds.
+
+    sparsity_out False: the next block sees the dense outputs of the same forward that gathered
+    the statistics (one forward per block). True: outputs are recomputed with the pruned block,
+    as the reference repos do (two forwards per block)."""
+    blocks = adapter.get_blocks(model)
+    timings = {"capture": 0.0, "forward": 0.0, "prune": 0.0}
+    if not method.needs:  # e.g. Magnitude: no calibration data at all
+        for index, block in enumerate(tqdm(blocks, desc="pruning blocks")):
+            block.to(device)
+            start = time.perf_counter()
+            prune_block(block, adapter, method, plan, index)
+            timings["prune"] += time.perf_counter() - start
+            block.to("cpu")
+        return timings
+
+    start = time.perf_counter()
+    hidden_size = model.config.hidden_size
+    activation_bytes = sum(b.numel() for b in batches) * hidden_size * model.dtype.itemsize
+    home = activation_home(offload, device, activation_bytes)
+    inputs = capture_block_inputs(model, adapter, batches, device, home)
+    timings["capture"] = time.perf_counter() - start
+    logger.info(f"pruning {len(blocks)} blocks with {type(method).__name__} over "
+                f"{len(inputs)} calibration batches on {device} (activations on {home})")
+
+    for index, block in enumerate(tqdm(blocks, desc="pruning blocks")):
+        block.to(device)
+        start = time.perf_counter()
+        statistics = GroupStatistics(block, adapter.groups, method.needs, device)
+        run_block(block, inputs, device, replace=not sparsity_out)
+        statistics.remove_hooks()
+        middle = time.perf_counter()
+        prune_block(block, adapter, method, plan, index, statistics)
+        del statistics
+        end = time.perf_counter()
+        if sparsity_out:
+            run_block(block, inputs, device, replace=True)
+        timings["forward"] += (middle - start) + (time.perf_counter() - end)
+        timings["prune"] += end - middle
+        block.to("cpu")
+    return timings
+

@@ -1,0 +1,88 @@
+"""Capture what the model hands block 0: the hidden states and every other argument.
+
+A pre-hook on block 0 records (hidden states, extra positional args, kwargs) and stops the
+forward. The kwargs (attention mask, position ids, position_embeddings, alibi, ...) are whatever
+this transformers version passes, so blocks are later called exactly as the model calls them.
+"""
+import torch
+from loguru import logger
+
+from .device import to_device
+
+
+class _Captured(Exception):
+    def __init__(self, hidden, args, kwargs):
+        super().__init__()
+        self.hidden, self.args, self.kwargs = hidden, args, kwargs
+
+
+def _same(a, b):
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+                and a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:  # objects without a usable ==
+        return a is b
+
+
+class BlockInputs:
+    """Per batch: the hidden states entering the current block and the call's other arguments.
+    Identical argument sets (same-length windows) are stored once and shared."""
+
+    def __init__(self):
+        self.hidden = []
+        self.calls = []  # (args, kwargs) per batch, shared objects where equal
+
+    def add(self, hidden, args, kwargs):
+        self.hidden.append(hidden)
+        for previous in reversed(self.calls[-4:]):
+            if _same(previous, (args, kwargs)):
+                self.calls.append(previous)
+                return
+        self.calls.append((args, kwargs))
+
+    def __len__(self):
+        return len(self.hidden)
+
+
+@torch.no_grad()
+def capture_block_inputs(model, adapter, batches, device, home) -> BlockInputs:
+    """Run the embeddings on `device` for every batch of token ids; keep block 0's inputs at
+    `home` (hidden states) / `device` (the small per-call arguments)."""
+    pre_modules = adapter.pre_block_modules(model)
+    for module in pre_modules:
+        module.to(device)
+
+    def stop(module, args, kwargs):
+        kwargs = dict(kwargs)
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        raise _Captured(hidden, tuple(args[1:]), kwargs)
+
+    captured = BlockInputs()
+    handle = adapter.get_blocks(model)[0].register_forward_pre_hook(stop, with_kwargs=True)
+    try:
+        for ids in batches:
+            try:
+                model(input_ids=ids.to(device), use_cache=False)
+            except _Captured as found:
+                captured.add(found.hidden.to(home), to_device(found.args, device),
+                             to_device(found.kwargs, device))
+            else:
+                raise RuntimeError("block 0 was never called; the adapter's blocks path is wrong")
+    finally:
+        handle.remove()
+        for module in pre_modules:
+            module.to("cpu")
+    logger.debug(f"captured block-0 inputs of {len(captured)} batches; "
+                 f"kwargs: {sorted(captured.calls[0][1]) if captured.calls else []}")
+    return captured
+
+
+def block_output(result):
+    """Decoder layers return a tensor (recent transformers) or a tuple whose first item it is."""
+    return result[0] if isinstance(result, (tuple, list)) else result

@@ -1,0 +1,42 @@
+"""Where things run: the compute device, and moving nested inputs onto it."""
+import torch
+from loguru import logger
+
+from ..errors import LlmcError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise LlmcError(f"base.device is {name} but no CUDA GPU is visible; set base.device: auto "
+                        "or cpu")
+    return torch.device(name)
+
+
+def to_device(value, device):
+    """Tensors inside tuples / lists / dicts moved to `device`; other values unchanged."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(to_device(v, device) for v in value)
+    if isinstance(value, list):
+        return [to_device(v, device) for v in value]
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    return value
+
+
+def activation_home(offload, device, activation_bytes: int) -> torch.device:
+    """Where calibration activations wait between blocks: the device, unless they would take
+    more than half of its free memory (or the user says offload: true)."""
+    if device.type == "cpu" or offload is True:
+        return torch.device("cpu")
+    if offload is False:
+        return device
+    free, _ = torch.cuda.mem_get_info(device)
+    if activation_bytes > free // 2:
+        logger.info(f"activations ({activation_bytes / 2**30:.1f} GiB) kept on CPU: they would "
+                    f"not fit half of the {free / 2**30:.1f} GiB free on {device}")
+        return torch.device("cpu")
+    return device

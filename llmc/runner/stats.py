@@ -1,0 +1,59 @@
+"""Statistics gathered by forward hooks, once per input group, over all calibration windows (fp32).
+
+A method names what it needs (`Sparsifier.needs`); each entry here accumulates one batch of a
+Linear's input at a time. New statistics (e.g. a Hessian) are new entries.
+"""
+import torch
+import torch.nn as nn
+
+
+class InputNorms:
+    """Per input column j: the mean over windows of ||X_j||^2 (norm over a window's tokens).
+
+    Kept as the reference's running mean (rescale, then add), so values match it bit for bit."""
+
+    def __init__(self, columns: int, device):
+        self.value = torch.zeros(columns, dtype=torch.float32, device=device)
+        self.windows = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        if x.dim() == 2:
+            x = x.unsqueeze(0)
+        batch = x.shape[0]
+        x = x.reshape(-1, x.shape[-1]).t().float()
+        self.value *= self.windows / (self.windows + batch)
+        self.windows += batch
+        self.value += torch.norm(x, p=2, dim=1) ** 2 / self.windows
+
+
+STATISTICS = {"input_norms": InputNorms}
+
+
+class GroupStatistics:
+    """Hooks on the first Linear of each input group of a block; one set of accumulators per group."""
+
+    def __init__(self, block: nn.Module, groups, needs, device):
+        self.by_linear = {}
+        self._handles = []
+        for group in groups:
+            first = block.get_submodule(group[0])
+            accumulators = {need: STATISTICS[need](first.in_features, device) for need in needs}
+            for name in group:
+                self.by_linear[name] = accumulators
+            self._handles.append(first.register_forward_hook(self._hook(accumulators)))
+
+    @staticmethod
+    def _hook(accumulators):
+        def gather(module, inputs, output):
+            for accumulator in accumulators.values():
+                accumulator.add(inputs[0].detach())
+
+        return gather
+
+    def remove_hooks(self):
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def for_linear(self, name):
+        return {need: acc.value for need, acc in self.by_linear[name].items()}
