@@ -1,0 +1,41 @@
+"""Statistics accumulated by hooks equal plain re-computations."""
+import torch
+import torch.nn as nn
+
+from llmc.runner.stats import GroupStatistics, InputNorms
+
+
+def test_input_norms_is_mean_over_windows_of_squared_column_norms():
+    torch.manual_seed(0)
+    windows = [torch.randn(1, 7, 5) for _ in range(6)]
+    acc = InputNorms(5, "cpu")
+    for batch in (windows[0:1], windows[1:3], windows[3:6]):  # batches of 1, 2 and 3 windows
+        acc.add(torch.cat(batch))
+    expected = torch.stack([(w[0].double() ** 2).sum(0) for w in windows]).mean(0)
+    assert acc.windows == 6
+    assert torch.allclose(acc.value.double(), expected, rtol=1e-6)
+
+
+class _Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 3)
+        self.b = nn.Linear(4, 3)
+        self.c = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.c(self.a(x) + self.b(x))
+
+
+def test_one_accumulator_per_input_group():
+    block = _Block()
+    stats = GroupStatistics(block, (("a", "b"), ("c",)), ("input_norms",), "cpu")
+    x = torch.randn(1, 5, 4)
+    block(x)
+    stats.remove_hooks()
+    assert stats.for_linear("a")["input_norms"] is stats.for_linear("b")["input_norms"]
+    assert torch.allclose(stats.for_linear("a")["input_norms"], (x[0] ** 2).sum(0))
+    hidden = block.a(x) + block.b(x)
+    assert torch.allclose(stats.for_linear("c")["input_norms"], (hidden[0] ** 2).sum(0), atol=1e-6)
+    block(x)  # hooks removed: nothing more is gathered
+    assert torch.allclose(stats.for_linear("a")["input_norms"], (x[0] ** 2).sum(0))
