@@ -5,6 +5,7 @@ import pytest
 
 import llmc.models  # noqa: F401  (fill the registries)
 import llmc.sparse  # noqa: F401
+import llmc.data  # noqa: F401
 import torch
 
 WORDS = ("the of and to in is was for on as with by at from his her an which that they are "

@@ -1,0 +1,147 @@
+"""Calibration samplers: rows of text → token windows, exactly as the reference repos draw them.
+
+Every sampler has the signature
+    (dataset, tokenizer, n_samples, seq_len, seed, key) -> list of LongTensor of shape (1, T)
+and seeds Python's global `random` with `seed` first, as the references do right before sampling
+(GPTQ / SparseGPT / Wanda `data.py`, ModelTC llmc `specified_preproc.py`), so that the same seed
+gives the same windows as those repos. Where a reference would crash (too little text) or loop
+forever (no long enough document), these raise an LlmcError that names the fix instead, and they
+never return fewer than n_samples windows.
+"""
+import random
+
+from loguru import logger
+
+from ..errors import LlmcError
+from ..registry import PREPROCS
+
+# c4_gptq draws this many short documents in a row before it checks, once, that any document is
+# long enough at all (a check that never touches `random`, so the windows stay the reference's).
+TRIES_BEFORE_LENGTH_CHECK = 256
+SCAN_BATCH = 1000
+
+
+def encode(tokenizer, text, **kwargs):
+    """input_ids of shape (1, T). verbose=False: a whole corpus in one string is longer than the
+    model's maximum length on purpose, so transformers' warning about it is only noise here."""
+    return tokenizer(text, return_tensors="pt", verbose=False, **kwargs).input_ids
+
+
+def random_windows(enc, n_samples, seq_len, what):
+    """n_samples windows of seq_len tokens from the stream `enc` (1, T), starts drawn with
+    random.randint(0, T - seq_len - 1) as the references do (so T must exceed seq_len)."""
+    total = enc.shape[1]
+    if total <= seq_len:
+        raise LlmcError(f"{what} is only {total} tokens long, but a calibration window of "
+                        f"calib.seq_len={seq_len} tokens needs more than {seq_len}; lower "
+                        f"calib.seq_len or calibrate on more text")
+    windows = []
+    for _ in range(n_samples):
+        start = random.randint(0, total - seq_len - 1)
+        windows.append(enc[:, start:start + seq_len])
+    return windows
+
+
+@PREPROCS.register("wikitext2_gptq")
+def wikitext2_gptq(dataset, tokenizer, n_samples, seq_len, seed, key):
+    """Random windows from the whole split joined with a single space (SparseGPT / Wanda)."""
+    random.seed(seed)
+    enc = encode(tokenizer, " ".join(dataset[key]))
+    return random_windows(enc, n_samples, seq_len, "the calibration text joined with ' '")
+
+
+@PREPROCS.register("ptb_gptq")
+def ptb_gptq(dataset, tokenizer, n_samples, seq_len, seed, key):
+    """As wikitext2_gptq; ptb's text column is 'sentence', which is its DatasetSpec key."""
+    random.seed(seed)
+    enc = encode(tokenizer, " ".join(dataset[key]))
+    return random_windows(enc, n_samples, seq_len, "the calibration text joined with ' '")
+
+
+@PREPROCS.register("random_window")
+def random_window(dataset, tokenizer, n_samples, seq_len, seed, key):
+    """Random windows from the rows joined with blank lines (for the built-in corpus)."""
+    random.seed(seed)
+    enc = encode(tokenizer, "\n\n".join(dataset[key]))
+    return random_windows(enc, n_samples, seq_len, "the calibration text joined with '\\n\\n'")
+
+
+@PREPROCS.register("c4_gptq")
+def c4_gptq(dataset, tokenizer, n_samples, seq_len, seed, key):
+    """Per window: draw documents until one is longer than seq_len tokens (strictly, as
+    SparseGPT / Wanda), then a random window inside it."""
+    random.seed(seed)
+    if len(dataset) == 0:
+        raise LlmcError("the calibration data has no rows")
+    some_document_is_long = False
+    windows = []
+    for _ in range(n_samples):
+        tries = 0
+        while True:
+            index = random.randint(0, len(dataset) - 1)
+            enc = encode(tokenizer, dataset[index][key])
+            if enc.shape[1] > seq_len:
+                some_document_is_long = True
+                break
+            tries += 1
+            if tries == TRIES_BEFORE_LENGTH_CHECK and not some_document_is_long:
+                _require_a_long_document(dataset, tokenizer, seq_len, key)
+                some_document_is_long = True
+        start = random.randint(0, enc.shape[1] - seq_len - 1)
+        windows.append(enc[:, start:start + seq_len])
+    return windows
+
+
+def _require_a_long_document(dataset, tokenizer, seq_len, key):
+    """Scan the rows (batched, stopping at the first hit) for one longer than seq_len tokens."""
+    logger.info(f"c4_gptq: {TRIES_BEFORE_LENGTH_CHECK} documents in a row were too short; "
+                f"checking that any of the {len(dataset)} is longer than {seq_len} tokens")
+    longest = 0
+    for begin in range(0, len(dataset), SCAN_BATCH):
+        texts = dataset[begin:begin + SCAN_BATCH][key]
+        lengths = [len(ids) for ids in tokenizer(texts, verbose=False).input_ids]
+        longest = max([longest, *lengths])
+        if longest > seq_len:
+            return
+    raise LlmcError(f"c4_gptq needs documents longer than calib.seq_len={seq_len} tokens, but the "
+                    f"longest of the {len(dataset)} calibration documents has {longest}; lower "
+                    f"calib.seq_len or use a preproc that joins documents (e.g. wikitext2_gptq)")
+
+
+def _first_rows_of_shuffle(dataset, tokenizer, n_samples, seq_len, key, min_len, name):
+    """ModelTC llmc's walk: rows of shuffle(seed=42) tokenized and truncated to seq_len, kept
+    when at least `min_len` tokens long, until n_samples are kept."""
+    # llmc hard-codes 42 here (not calib.seed). keep_in_memory gives the same permutation but
+    # writes no indices file next to the user's dataset.
+    shuffled = dataset.shuffle(seed=42, keep_in_memory=True)
+    windows = []
+    for row in shuffled:
+        enc = encode(tokenizer, row[key], max_length=seq_len, truncation=True)
+        if enc.shape[1] < min_len:
+            continue
+        windows.append(enc)
+        if len(windows) == n_samples:
+            return windows
+    raise LlmcError(f"preproc '{name}' made only {len(windows)} of calib.n_samples={n_samples} "
+                    f"windows from {len(dataset)} rows (rows shorter than {min_len} tokens are "
+                    f"skipped); lower calib.n_samples"
+                    + (" or calib.seq_len" if min_len > 1 else "") + ", or add rows")
+
+
+@PREPROCS.register("pileval_smooth")
+def pileval_smooth(dataset, tokenizer, n_samples, seq_len, seed, key):
+    """The first n_samples rows of shuffle(seed=42), each truncated to seq_len tokens; windows
+    have different lengths. One deviation from ModelTC llmc: a row that encodes to no tokens
+    at all (an empty row, with a tokenizer that adds no BOS) is skipped, since a 0-token window
+    cannot go through a model."""
+    random.seed(seed)
+    return _first_rows_of_shuffle(dataset, tokenizer, n_samples, seq_len, key, 1,
+                                  "pileval_smooth")
+
+
+@PREPROCS.register("txt_general_preproc")
+def txt_general_preproc(dataset, tokenizer, n_samples, seq_len, seed, key):
+    """Rows of shuffle(seed=42) that have at least seq_len tokens, truncated to seq_len."""
+    random.seed(seed)
+    return _first_rows_of_shuffle(dataset, tokenizer, n_samples, seq_len, key, seq_len,
+                                  "txt_general_preproc")
