@@ -1,0 +1,133 @@
+"""Benchmark one config: prune time as a ratio of one dense forward, peak RSS, eval speed.
+
+    python scripts/bench.py [--config configs/sparse/wanda.yml] [--set key=value ...]
+
+In one process and on the same calibration windows it times (1) one dense forward of the windows
+through all blocks, done the runner's way (capture, then block by block on the device), (2) the
+method's blockwise prune with sparsity_out False and True (each on a fresh copy of the dense
+model), and (3) perplexity-eval tokens/s against a plain Hugging Face forward over the same windows.
+Ratios, not seconds, are the figures to compare across machines.
+"""
+import argparse
+import copy
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from llmc.cli import load  # noqa: E402
+from llmc.data import calib_batches, eval_tokens  # noqa: E402
+from llmc.eval.perplexity import eval_windows, perplexity  # noqa: E402
+from llmc.models import load_model, load_tokenizer  # noqa: E402
+from llmc.registry import METHODS  # noqa: E402
+from llmc.runner import prune_blockwise, resolve_device  # noqa: E402
+from llmc.runner.blockwise import run_block  # noqa: E402
+from llmc.runner.capture import capture_block_inputs  # noqa: E402
+from llmc.runner.device import activation_home  # noqa: E402
+from llmc.sparse import UniformPlan  # noqa: E402
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def dense_forward_seconds(model, adapter, batches, device, offload):
+    sync(device)
+    start = time.perf_counter()
+    activation_bytes = sum(b.numel() for b in batches) * model.config.hidden_size * \
+        model.dtype.itemsize
+    home = activation_home(offload, device, activation_bytes)
+    inputs = capture_block_inputs(model, adapter, batches, device, home)
+    for block in adapter.get_blocks(model):
+        block.to(device)
+        run_block(block, inputs, device, replace=True)
+        block.to("cpu")
+    sync(device)
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def plain_hf_tokens_per_second(model, windows, device, bs):
+    model.to(device)
+    sync(device)
+    start = time.perf_counter()
+    for i in range(0, len(windows), bs):
+        model(input_ids=windows[i:i + bs].to(device), use_cache=False).logits.float()
+    sync(device)
+    seconds = time.perf_counter() - start
+    model.to("cpu")
+    return windows.numel() / seconds
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="configs/sparse/wanda.yml")
+    parser.add_argument("--set", action="append", default=[], dest="overrides")
+    parser.add_argument("--sparsity-out", choices=["both", "false", "true"], default="both",
+                        help="which propagation modes to time (each needs a copy of the model)")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+
+    cfg = load(args.config, args.overrides)
+    device = resolve_device(cfg.base.device)
+    torch.manual_seed(cfg.base.seed)
+    tokenizer = load_tokenizer(cfg.model)
+    batches = calib_batches(cfg.calib, tokenizer)
+    model, adapter = load_model(cfg.model)
+    method = METHODS[cfg.sparse.method](cfg.sparse)
+    figures = {"config": args.config, "method": cfg.sparse.method, "device": str(device),
+               "calib_tokens": sum(b.numel() for b in batches)}
+
+    dense_forward_seconds(model, adapter, batches[:1], device, cfg.base.offload_activations)
+    forward = dense_forward_seconds(model, adapter, batches, device, cfg.base.offload_activations)
+    figures["dense_forward_s"] = forward
+    modes = {"both": [False, True], "false": [False], "true": [True]}[args.sparsity_out]
+    for flag in modes:
+        pruned = copy.deepcopy(model)
+        sync(device)
+        start = time.perf_counter()
+        prune_blockwise(pruned, adapter, method, UniformPlan(cfg.sparse.weight), batches, device,
+                        sparsity_out=flag, offload=cfg.base.offload_activations)
+        sync(device)
+        seconds = time.perf_counter() - start
+        figures[f"prune_s_sparsity_out_{flag}"] = seconds
+        figures[f"prune_over_forward_sparsity_out_{flag}"] = seconds / forward
+        del pruned
+
+    name = cfg.eval.names[0]
+    tokens = eval_tokens(name, cfg.eval, tokenizer)
+    windows = eval_windows(tokens, cfg.eval.seq_len, cfg.eval.max_windows)
+    plain_hf_tokens_per_second(model, windows[:1], device, 1)  # warm-up
+    hf_speed = plain_hf_tokens_per_second(model, windows, device, cfg.eval.bs)
+    _, llmc_speed = perplexity(model, adapter, tokens, cfg.eval.seq_len, device, bs=cfg.eval.bs,
+                               max_windows=cfg.eval.max_windows,
+                               per_block=cfg.eval.inference_per_block, desc="bench eval")
+    figures.update({"eval_dataset": name, "eval_tokens": windows.numel(),
+                    "eval_tokens_per_s": llmc_speed, "plain_hf_tokens_per_s": hf_speed,
+                    "eval_over_plain_hf": llmc_speed / hf_speed,
+                    "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
+    if device.type == "cuda":
+        figures["peak_cuda_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+
+    print(f"\n{cfg.sparse.method} on {cfg.model.path} ({device}), "
+          f"{figures['calib_tokens']} calibration tokens")
+    print(f"  dense forward through all blocks : {forward:8.2f} s")
+    for flag in modes:
+        print(f"  prune, sparsity_out {str(flag):5}      : "
+              f"{figures[f'prune_s_sparsity_out_{flag}']:8.2f} s  = "
+              f"{figures[f'prune_over_forward_sparsity_out_{flag}']:.3f} x dense forward")
+    print(f"  eval {name}: {llmc_speed:.0f} tokens/s vs plain HF {hf_speed:.0f} tokens/s "
+          f"= {figures['eval_over_plain_hf']:.3f} x")
+    print(f"  peak RSS: {figures['peak_rss_gib']:.2f} GiB")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
