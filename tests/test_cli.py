@@ -1,0 +1,88 @@
+"""The command line, end to end on a tiny model, and its errors for bad input."""
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM
+
+from conftest import random_text
+from llmc.cli import main
+
+
+@pytest.fixture
+def run_config(tmp_path, tiny_model_dir):
+    """A complete config on a tiny Llama with local calibration / evaluation files."""
+    calib = tmp_path / "calib.jsonl"
+    calib.write_text("".join(json.dumps({"text": random_text(300, s)}) + "\n" for s in range(4)))
+    evaluation = tmp_path / "wikitext2.jsonl"
+    evaluation.write_text("".join(json.dumps({"text": random_text(80, 100 + s)}) + "\n"
+                                  for s in range(6)))
+    config = {
+        "base": {"seed": 0, "device": "cpu"},
+        "model": {"type": "Llama", "path": tiny_model_dir("llama", num_hidden_layers=2)},
+        "calib": {"name": "wikitext2", "path": str(calib), "n_samples": 6, "seq_len": 32,
+                  "preproc": "wikitext2_gptq"},
+        "eval": {"name": "wikitext2", "path": str(evaluation), "seq_len": 32},
+        "sparse": {"method": "Wanda", "weight": {"sparsity": 0.5}},
+        "save": {"save_trans": True, "save_path": str(tmp_path / "save")},
+    }
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_run_end_to_end(run_config, tmp_path):
+    assert main(["--config", str(run_config)]) == 0
+    results = json.loads((tmp_path / "save" / "results.json").read_text())
+    assert set(results) >= {"config", "ppl", "sparsity", "timings", "versions", "plan"}
+    pretrain = results["ppl"]["pretrain"]["wikitext2"]
+    transformed = results["ppl"]["transformed"]["wikitext2"]
+    assert pretrain > 1 and transformed > 1 and pretrain != transformed
+    assert results["sparsity"]["overall"] == pytest.approx(0.5)
+    assert len(results["sparsity"]["per_linear"]) == 2 * 7
+    assert results["config"]["sparse"]["method"] == "Wanda"
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "save" / "transformed_model")
+    for name, module in saved.named_modules():
+        if isinstance(module, torch.nn.Linear) and ".layers." in name:
+            per_row = (module.weight == 0).float().mean(dim=1)
+            assert ((per_row - 0.5).abs() <= 1 / module.in_features).all(), name
+    assert not (saved.lm_head.weight == 0).any()
+    assert yaml.safe_load((tmp_path / "save" / "config.yml").read_text())["calib"]["n_samples"] == 6
+
+
+def test_set_overrides_reach_the_run(run_config, tmp_path):
+    assert main(["--config", str(run_config), "--set", "sparse.method=Magnitude",
+                 "--set", "sparse.weight.sparsity_type=2:4", "--set", "eval.eval_pos=[]"]) == 0
+    results = json.loads((tmp_path / "save" / "results.json").read_text())
+    assert results["ppl"] == {} and results["plan"]["target"] == "2:4"
+    assert results["sparsity"]["overall"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("sparse.weight.sparsty=0.5", "unknown key 'sparse.weight.sparsty'"),
+    ("sparse.weight.sparsity=1.5", "sparsity must be in [0, 1)"),
+    ("sparse.weight.sparsity_type=3:2", "'3:2': N:M needs 0 < N < M"),
+    ("calib.path=/missing/c4.json.gz", "calib.path: '/missing/c4.json.gz' does not exist"),
+])
+def test_bad_input_one_message_exit_2(run_config, capsys, override, message):
+    assert main(["--config", str(run_config), "--set", override]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert err.count("llmc: error:") == 1
+
+
+def test_bad_config_fails_fast_as_a_process_and_keeps_existing_outputs(run_config, tmp_path):
+    kept = tmp_path / "save" / "transformed_model"
+    kept.mkdir(parents=True)
+    (kept / "weights.bin").write_text("earlier run")
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "llmc", "--config", str(run_config)],
+                          capture_output=True, text=True)
+    assert time.perf_counter() - start < 10
+    assert done.returncode == 2
+    assert "already exists" in done.stderr and "save.overwrite" in done.stderr
+    assert (kept / "weights.bin").read_text() == "earlier run"
