@@ -5,7 +5,8 @@
 In one process and on the same calibration windows it times (1) one dense forward of the windows
 through all blocks, done the runner's way (capture, then block by block on the device), (2) the
 method's blockwise prune with sparsity_out False and True (each on a fresh copy of the dense
-model), and (3) perplexity-eval tokens/s against a plain Hugging Face forward over the same windows.
+model), and (3) perplexity-eval tokens/s against plain Hugging Face forwards with labels (the loss) over the
+same windows.
 Ratios, not seconds, are the figures to compare across machines.
 """
 import argparse
@@ -57,8 +58,9 @@ def plain_hf_tokens_per_second(model, windows, device, bs):
     model.to(device)
     sync(device)
     start = time.perf_counter()
-    for i in range(0, len(windows), bs):
-        model(input_ids=windows[i:i + bs].to(device), use_cache=False).logits.float()
+    for i in range(0, len(windows), bs):  # the plain HF way to a window's loss
+        ids = windows[i:i + bs].to(device)
+        model(input_ids=ids, labels=ids, use_cache=False).loss.item()
     sync(device)
     seconds = time.perf_counter() - start
     model.to("cpu")

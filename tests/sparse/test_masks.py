@@ -24,6 +24,17 @@ def test_row_lowest_exact_count_and_stable_ties():
     assert torch.equal(mask[1], torch.tensor([1, 1, 1, 0, 0, 0], dtype=torch.bool))
 
 
+def test_row_lowest_equals_stable_sort_with_many_ties():
+    torch.manual_seed(0)
+    score = torch.randint(0, 5, (64, 96)).float()  # five values: ties everywhere
+    score[:4] = 0.0
+    for sparsity in (0.1, 0.5, 0.73, 0.99):
+        count = int(96 * sparsity)
+        expected = torch.zeros_like(score, dtype=torch.bool)
+        expected.scatter_(1, torch.sort(score, dim=-1, stable=True)[1][:, :count], True)
+        assert torch.equal(row_lowest_mask(score, sparsity), expected)
+
+
 def test_row_lowest_floors_the_count():
     mask = row_lowest_mask(torch.rand(4, 7), 0.5)  # floor(3.5) = 3
     assert mask.sum(dim=1).tolist() == [3, 3, 3, 3]
