@@ -42,28 +42,23 @@ def random_windows(enc, n_samples, seq_len, what):
     return windows
 
 
-@PREPROCS.register("wikitext2_gptq")
-def wikitext2_gptq(dataset, tokenizer, n_samples, seq_len, seed, key):
-    """Random windows from the whole split joined with a single space (SparseGPT / Wanda)."""
-    random.seed(seed)
-    enc = encode(tokenizer, " ".join(dataset[key]))
-    return random_windows(enc, n_samples, seq_len, "the calibration text joined with ' '")
+def _windows_of_joined_rows(separator):
+    """A sampler: all rows joined with `separator` into one stream, then seeded random windows."""
+
+    def sample(dataset, tokenizer, n_samples, seq_len, seed, key):
+        random.seed(seed)
+        enc = encode(tokenizer, separator.join(dataset[key]))
+        return random_windows(enc, n_samples, seq_len,
+                              f"the calibration text joined with {separator!r}")
+
+    return sample
 
 
-@PREPROCS.register("ptb_gptq")
-def ptb_gptq(dataset, tokenizer, n_samples, seq_len, seed, key):
-    """As wikitext2_gptq; ptb's text column is 'sentence', which is its DatasetSpec key."""
-    random.seed(seed)
-    enc = encode(tokenizer, " ".join(dataset[key]))
-    return random_windows(enc, n_samples, seq_len, "the calibration text joined with ' '")
-
-
-@PREPROCS.register("random_window")
-def random_window(dataset, tokenizer, n_samples, seq_len, seed, key):
-    """Random windows from the rows joined with blank lines (for the built-in corpus)."""
-    random.seed(seed)
-    enc = encode(tokenizer, "\n\n".join(dataset[key]))
-    return random_windows(enc, n_samples, seq_len, "the calibration text joined with '\\n\\n'")
+# SparseGPT / Wanda join the wikitext2 train split (and ptb's 'sentence' column, its key) with a
+# single space; the built-in corpus is joined with blank lines, as paragraphs.
+wikitext2_gptq = PREPROCS.register("wikitext2_gptq")(_windows_of_joined_rows(" "))
+ptb_gptq = PREPROCS.register("ptb_gptq")(_windows_of_joined_rows(" "))
+random_window = PREPROCS.register("random_window")(_windows_of_joined_rows("\n\n"))
 
 
 @PREPROCS.register("c4_gptq")
