@@ -45,6 +45,9 @@ def test_run_end_to_end(run_config, tmp_path):
     assert results["sparsity"]["overall"] == pytest.approx(0.5)
     assert len(results["sparsity"]["per_linear"]) == 2 * 7
     assert results["config"]["sparse"]["method"] == "Wanda"
+    timings = results["timings"]
+    assert 0 < timings["eval_pretrain_wikitext2"] < timings["total"]
+    assert 0 < timings["prune_total"] < timings["total"]
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "save" / "transformed_model")
     for name, module in saved.named_modules():
         if isinstance(module, torch.nn.Linear) and ".layers." in name:
