@@ -1,4 +1,5 @@
 """Shared fixtures: a tokenizer trained in-test and tiny random models built from configs."""
+import json
 import random
 
 import pytest
@@ -7,6 +8,7 @@ import llmc.models  # noqa: F401  (fill the registries)
 import llmc.sparse  # noqa: F401
 import llmc.data  # noqa: F401
 import torch
+import yaml
 
 WORDS = ("the of and to in is was for on as with by at from his her an which that they are "
          "river city music film war king model data light water north south year born").split()
@@ -64,3 +66,25 @@ def tiny_model_dir(tmp_path, tiny_tokenizer):
         return str(path)
 
     return make
+
+
+@pytest.fixture
+def run_config(tmp_path, tiny_model_dir):
+    """A complete config on a tiny Llama with local calibration / evaluation files."""
+    calib = tmp_path / "calib.jsonl"
+    calib.write_text("".join(json.dumps({"text": random_text(300, s)}) + "\n" for s in range(4)))
+    evaluation = tmp_path / "wikitext2.jsonl"
+    evaluation.write_text("".join(json.dumps({"text": random_text(80, 100 + s)}) + "\n"
+                                  for s in range(6)))
+    config = {
+        "base": {"seed": 0, "device": "cpu"},
+        "model": {"type": "Llama", "path": tiny_model_dir("llama", num_hidden_layers=2)},
+        "calib": {"name": "wikitext2", "path": str(calib), "n_samples": 6, "seq_len": 32,
+                  "preproc": "wikitext2_gptq"},
+        "eval": {"name": "wikitext2", "path": str(evaluation), "seq_len": 32},
+        "sparse": {"method": "Wanda", "weight": {"sparsity": 0.5}},
+        "save": {"save_trans": True, "save_path": str(tmp_path / "save")},
+    }
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path

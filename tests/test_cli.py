@@ -9,30 +9,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
-from conftest import random_text
 from llmc.cli import main
-
-
-@pytest.fixture
-def run_config(tmp_path, tiny_model_dir):
-    """A complete config on a tiny Llama with local calibration / evaluation files."""
-    calib = tmp_path / "calib.jsonl"
-    calib.write_text("".join(json.dumps({"text": random_text(300, s)}) + "\n" for s in range(4)))
-    evaluation = tmp_path / "wikitext2.jsonl"
-    evaluation.write_text("".join(json.dumps({"text": random_text(80, 100 + s)}) + "\n"
-                                  for s in range(6)))
-    config = {
-        "base": {"seed": 0, "device": "cpu"},
-        "model": {"type": "Llama", "path": tiny_model_dir("llama", num_hidden_layers=2)},
-        "calib": {"name": "wikitext2", "path": str(calib), "n_samples": 6, "seq_len": 32,
-                  "preproc": "wikitext2_gptq"},
-        "eval": {"name": "wikitext2", "path": str(evaluation), "seq_len": 32},
-        "sparse": {"method": "Wanda", "weight": {"sparsity": 0.5}},
-        "save": {"save_trans": True, "save_path": str(tmp_path / "save")},
-    }
-    path = tmp_path / "config.yml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def test_run_end_to_end(run_config, tmp_path):
