@@ -1,0 +1,30 @@
+"""Where activations wait between blocks, and nested moves."""
+import pytest
+import torch
+
+from llmc.errors import LlmcError
+from llmc.runner import device as device_module
+from llmc.runner.device import activation_home, resolve_device, to_device
+
+
+def test_activations_leave_the_gpu_only_when_they_would_not_fit(monkeypatch):
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(device_module.torch.cuda, "mem_get_info", lambda d: (10 * 2**30, 80 * 2**30))
+    assert activation_home("auto", cuda, 4 * 2**30) == cuda
+    assert activation_home("auto", cuda, 6 * 2**30) == torch.device("cpu")  # > half of free
+    assert activation_home(True, cuda, 1) == torch.device("cpu")
+    assert activation_home(False, cuda, 100 * 2**30) == cuda
+    assert activation_home("auto", torch.device("cpu"), 1) == torch.device("cpu")
+
+
+def test_resolve_device(monkeypatch):
+    monkeypatch.setattr(device_module.torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(LlmcError, match="no CUDA GPU is visible"):
+        resolve_device("cuda:0")
+
+
+def test_to_device_walks_nested_values():
+    value = {"a": (torch.ones(1), [torch.zeros(1), 3]), "b": None}
+    moved = to_device(value, torch.device("cpu"))
+    assert moved["a"][1][1] == 3 and moved["b"] is None and torch.equal(moved["a"][0], torch.ones(1))
