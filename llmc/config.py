@@ -5,6 +5,7 @@ typed dataclasses and validates everything that can be checked before heavy work
 This module does not import torch.
 """
 import dataclasses
+import glob
 import os
 import re
 import typing
@@ -67,13 +68,16 @@ class EvalCfg:
 
     def path_for(self, name: str) -> Optional[str]:
         """Where dataset `name`'s local copy is: path[name] for a dict; the path itself when only
-        one dataset needs a path; else the sub-directory or file path/name (llmc's layout)."""
+        one dataset needs a path; else the entry path/name (llmc's layout), or the one file
+        path/name.<suffix> when there is no such entry."""
         if self.path is None or isinstance(self.path, dict):
             return (self.path or {}).get(name)
         needing = [n for n in self.names if n in DATASETS and DATASETS[n].needs_path]
         if len(needing) <= 1:
             return self.path
-        return os.path.join(self.path, name)
+        entry = os.path.join(self.path, name)
+        files = sorted(glob.glob(glob.escape(entry) + ".*"))  # e.g. path/c4.json.gz
+        return files[0] if not os.path.exists(entry) and len(files) == 1 else entry
 
 
 @dataclass

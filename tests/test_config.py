@@ -107,6 +107,10 @@ def test_eval_paths_follow_llmc_layout(raw, tmp_path):
     cfg = load_config(raw=raw, overrides=["eval.name=[wikitext2, c4, builtin]",
                                           f"eval.path={tmp_path / 'evals'}"])
     assert cfg.eval.path_for("c4") == str(tmp_path / "evals" / "c4")
+    (tmp_path / "evals" / "ptb.txt").write_text("a sentence\n")
+    with_file = load_config(raw=raw, overrides=["eval.name=[wikitext2, ptb]",
+                                                f"eval.path={tmp_path / 'evals'}"])
+    assert with_file.eval.path_for("ptb") == str(tmp_path / "evals" / "ptb.txt")
     single = load_config(raw=raw, overrides=["eval.name=wikitext2",
                                              f"eval.path={tmp_path / 'evals' / 'wikitext2'}"])
     assert single.eval.path_for("wikitext2") == str(tmp_path / "evals" / "wikitext2")
