@@ -27,9 +27,8 @@ from llmc.eval.perplexity import eval_windows, perplexity  # noqa: E402
 from llmc.models import load_model, load_tokenizer  # noqa: E402
 from llmc.registry import METHODS  # noqa: E402
 from llmc.runner import prune_blockwise, resolve_device  # noqa: E402
-from llmc.runner.blockwise import run_block  # noqa: E402
+from llmc.runner.blockwise import calibration_home, forward_all_blocks  # noqa: E402
 from llmc.runner.capture import capture_block_inputs  # noqa: E402
-from llmc.runner.device import activation_home  # noqa: E402
 from llmc.sparse import UniformPlan  # noqa: E402
 
 
@@ -41,14 +40,9 @@ def sync(device):
 def dense_forward_seconds(model, adapter, batches, device, offload):
     sync(device)
     start = time.perf_counter()
-    activation_bytes = sum(b.numel() for b in batches) * model.config.hidden_size * \
-        model.dtype.itemsize
-    home = activation_home(offload, device, activation_bytes)
-    inputs = capture_block_inputs(model, adapter, batches, device, home)
-    for block in adapter.get_blocks(model):
-        block.to(device)
-        run_block(block, inputs, device, replace=True)
-        block.to("cpu")
+    home = calibration_home(model, batches, device, offload)
+    forward_all_blocks(model, adapter, capture_block_inputs(model, adapter, batches, device, home),
+                       device)
     sync(device)
     return time.perf_counter() - start
 

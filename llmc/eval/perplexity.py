@@ -8,10 +8,9 @@ import time
 
 import torch
 import torch.nn.functional as F
-from loguru import logger
 from tqdm import tqdm
 
-from ..runner.blockwise import run_block
+from ..runner.blockwise import forward_all_blocks
 from ..runner.capture import capture_block_inputs
 
 
@@ -50,10 +49,7 @@ def perplexity(model, adapter, tokens, seq_len, device, bs=1, max_windows=None, 
 
 def _streamed_nlls(model, adapter, batches, device, desc):
     inputs = capture_block_inputs(model, adapter, batches, device, home=torch.device("cpu"))
-    for block in tqdm(adapter.get_blocks(model), desc=f"{desc} (per block)"):
-        block.to(device)
-        run_block(block, inputs, device, replace=True)
-        block.to("cpu")
+    forward_all_blocks(model, adapter, inputs, device)
     final = adapter.post_block_modules(model)
     for module in final:
         module.to(device)

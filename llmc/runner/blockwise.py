@@ -24,6 +24,23 @@ def run_block(block, inputs, device, replace: bool):
             inputs.hidden[index] = out.to(hidden.device)
 
 
+@torch.no_grad()
+def forward_all_blocks(model, adapter, inputs, device):
+    """Stream `inputs` (captured at block 0) through every block, one block on the device at a
+    time; afterwards they hold the last block's outputs."""
+    for block in tqdm(adapter.get_blocks(model), desc="forward per block"):
+        block.to(device)
+        run_block(block, inputs, device, replace=True)
+        block.to("cpu")
+    return inputs
+
+
+def calibration_home(model, batches, device, offload):
+    """Where this run's calibration activations wait between blocks (see activation_home)."""
+    tokens = sum(batch.numel() for batch in batches)
+    return activation_home(offload, device, tokens * model.config.hidden_size * model.dtype.itemsize)
+
+
 def prune_block(block, adapter, method, plan, block_index, statistics=None):
     for name in adapter.linear_names():
         stats = statistics.for_linear(name) if statistics else {}
@@ -50,9 +67,7 @@ def prune_blockwise(model, adapter, method, plan, batches, device, sparsity_out=
         return timings
 
     start = time.perf_counter()
-    hidden_size = model.config.hidden_size
-    activation_bytes = sum(b.numel() for b in batches) * hidden_size * model.dtype.itemsize
-    home = activation_home(offload, device, activation_bytes)
+    home = calibration_home(model, batches, device, offload)
     inputs = capture_block_inputs(model, adapter, batches, device, home)
     timings["capture"] = time.perf_counter() - start
     logger.info(f"pruning {len(blocks)} blocks with {type(method).__name__} over "
