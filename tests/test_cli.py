@@ -42,6 +42,15 @@ def test_set_overrides_reach_the_run(run_config, tmp_path):
     assert results["sparsity"]["overall"] == pytest.approx(0.5)
 
 
+def test_wanda_variant_run(run_config, tmp_path):
+    assert main(["--config", str(run_config), "--set", "sparse.use_variant=true",
+                 "--set", "eval.eval_pos=[transformed]"]) == 0
+    results = json.loads((tmp_path / "save" / "results.json").read_text())
+    assert abs(results["sparsity"]["overall"] - 0.5) < 0.02
+    per_linear = list(results["sparsity"]["per_linear"].values())
+    assert max(per_linear) - min(per_linear) < 0.1 and "pretrain" not in results["ppl"]
+
+
 @pytest.mark.parametrize("override,message", [
     ("sparse.weight.sparsty=0.5", "unknown key 'sparse.weight.sparsty'"),
     ("sparse.weight.sparsity=1.5", "sparsity must be in [0, 1)"),
