@@ -69,5 +69,5 @@ def run(cfg) -> dict:
     if cfg.save.save_trans:
         results["saved_model"] = str(save_model(model, tokenizer, cfg.save.save_path))
     results["timings"]["total"] = time.perf_counter() - started
-    write_results(cfg.save.save_path, results, cfg.to_dict())
+    write_results(cfg.save.save_path, results, results["config"])
     return results

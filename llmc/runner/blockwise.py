@@ -57,36 +57,30 @@ def prune_blockwise(model, adapter, method, plan, batches, device, sparsity_out=
     as the reference repos do (two forwards per block)."""
     blocks = adapter.get_blocks(model)
     timings = {"capture": 0.0, "forward": 0.0, "prune": 0.0}
-    if not method.needs:  # e.g. Magnitude: no calibration data at all
-        for index, block in enumerate(tqdm(blocks, desc="pruning blocks")):
-            block.to(device)
-            start = time.perf_counter()
-            prune_block(block, adapter, method, plan, index)
-            timings["prune"] += time.perf_counter() - start
-            block.to("cpu")
-        return timings
-
-    start = time.perf_counter()
-    home = calibration_home(model, batches, device, offload)
-    inputs = capture_block_inputs(model, adapter, batches, device, home)
-    timings["capture"] = time.perf_counter() - start
-    logger.info(f"pruning {len(blocks)} blocks with {type(method).__name__} over "
-                f"{len(inputs)} calibration batches on {device} (activations on {home})")
+    inputs = None
+    if method.needs:  # e.g. Magnitude needs none: no calibration data, no forward at all
+        start = time.perf_counter()
+        home = calibration_home(model, batches, device, offload)
+        inputs = capture_block_inputs(model, adapter, batches, device, home)
+        timings["capture"] = time.perf_counter() - start
+        logger.info(f"pruning {len(blocks)} blocks with {type(method).__name__} over "
+                    f"{len(inputs)} calibration batches on {device} (activations on {home})")
 
     for index, block in enumerate(tqdm(blocks, desc="pruning blocks")):
         block.to(device)
         start = time.perf_counter()
-        statistics = GroupStatistics(block, adapter.groups, method.needs, device)
-        run_block(block, inputs, device, replace=not sparsity_out)
-        statistics.remove_hooks()
+        statistics = None
+        if inputs is not None:
+            statistics = GroupStatistics(block, adapter.groups, method.needs, device)
+            run_block(block, inputs, device, replace=not sparsity_out)
+            statistics.remove_hooks()
         middle = time.perf_counter()
         prune_block(block, adapter, method, plan, index, statistics)
         del statistics
         end = time.perf_counter()
-        if sparsity_out:
+        if inputs is not None and sparsity_out:
             run_block(block, inputs, device, replace=True)
         timings["forward"] += (middle - start) + (time.perf_counter() - end)
         timings["prune"] += end - middle
         block.to("cpu")
     return timings
-
