@@ -35,6 +35,7 @@ class ModelCfg:
     type: str = "Llama"
     path: Optional[str] = None
     torch_dtype: str = "auto"
+    trust_remote_code: bool = False  # run the checkpoint's own modeling code (Baichuan needs it)
 
 
 @dataclass
