@@ -96,11 +96,23 @@ class WeightCfg:
 
 
 @dataclass
+class OwlCfg:
+    M: float = 5.0  # a weight is an outlier when its Wanda score > M x the layer's mean score
+    lambda_: float = field(default=0.08, metadata={"key": "lambda"})  # half-width of the range
+    granularity: str = "layer"  # "layer": one ratio per decoder layer; "linear": per Linear
+
+
+@dataclass
 class SparseCfg:
     method: str = "Wanda"
     weight: WeightCfg = field(default_factory=WeightCfg)
     sparsity_out: bool = False  # True: next block sees the pruned block's outputs
     use_variant: bool = False  # Wanda: per-row alpha search instead of a fixed per-row count
+    blocksize: int = 128  # SparseGPT: columns per lazy-update block
+    percdamp: float = 0.01  # SparseGPT: damping, as a fraction of mean(diag H)
+    wbits: int = 16  # SparseGPT: quantize kept weights to 2..8 bits jointly; 16 = no quantization
+    base: str = "Wanda"  # OWL: the method that prunes with OWL's per-layer sparsity
+    owl: OwlCfg = field(default_factory=OwlCfg)
 
 
 @dataclass
@@ -120,7 +132,23 @@ class Config:
     save: SaveCfg = field(default_factory=SaveCfg)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as YAML keys and plain values (loadable again with load_config(raw=...))."""
+        return _to_dict(self)
+
+
+def _key(f) -> str:
+    """The YAML key of a dataclass field (a field may not be named after a Python keyword)."""
+    return f.metadata.get("key", f.name)
+
+
+def _to_dict(value):
+    if dataclasses.is_dataclass(value):
+        return {_key(f): _to_dict(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list):
+        return [_to_dict(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_dict(v) for k, v in value.items()}
+    return value
 
 
 # ---------------------------------------------------------------- YAML
@@ -218,22 +246,22 @@ def _build(cls, raw, prefix):
     if not isinstance(raw, dict):
         raise ConfigError(f"'{prefix or 'config'}' must be a mapping of keys, got {raw!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {_key(f): f.name for f in dataclasses.fields(cls)}
     for key in raw:
-        if key not in names:
+        if key not in fields:
             where = f"{prefix}.{key}" if prefix else str(key)
-            raise ConfigError(f"unknown key '{where}'{closest(key, names)}; valid keys here: "
-                              f"{', '.join(names)}")
+            raise ConfigError(f"unknown key '{where}'{closest(str(key), list(fields))}; valid keys "
+                              f"here: {', '.join(fields)}")
     values = {}
-    for name in names:
-        if name not in raw:
+    for key, name in fields.items():
+        if key not in raw:
             continue
-        where = f"{prefix}.{name}" if prefix else name
+        where = f"{prefix}.{key}" if prefix else key
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            values[name] = _build(hint, raw[name], where)
+            values[name] = _build(hint, raw[key], where)
         else:
-            values[name] = _check_type(raw[name], hint, where)
+            values[name] = _check_type(raw[key], hint, where)
     return cls(**values)
 
 
@@ -289,7 +317,7 @@ def _validate_calib(cfg):
         raise ConfigError(f"calib.bs: {calib.bs} needs windows of one length, but preproc "
                           f"'{calib.preproc}' yields windows of different lengths; use bs: 1")
     method = METHODS.get(cfg.sparse.method)
-    if method is not None and not method.needs:
+    if method is not None and not method.calibrates(cfg.sparse):
         return  # the method uses no calibration data (e.g. Magnitude): nothing to check
     if spec.needs_path and not calib.download:
         _check_path(calib.path, "calib.path", f"a local copy of '{calib.name}' "
@@ -325,7 +353,7 @@ def _validate_eval(cfg):
 
 def _validate_sparse(cfg):
     sp = cfg.sparse
-    METHODS.lookup(sp.method, "sparse.method")
+    method = METHODS.lookup(sp.method, "sparse.method")
     s = sp.weight.sparsity
     if not 0 <= s < 1:
         raise ConfigError(f"sparse.weight.sparsity must be in [0, 1), got {s}")
@@ -343,6 +371,9 @@ def _validate_sparse(cfg):
     if sp.use_variant and sp.weight.n_m is not None:
         raise ConfigError("sparse.use_variant applies to unstructured sparsity only; "
                           "remove it or set sparsity_type: unstructured")
+    if sp.wbits != 16 and not 2 <= sp.wbits <= 8:
+        raise ConfigError(f"sparse.wbits must be 2..8 (quantize jointly) or 16 (off), got {sp.wbits}")
+    method.check_config(sp)
 
 
 # ---------------------------------------------------------------- entry point

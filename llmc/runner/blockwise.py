@@ -4,11 +4,13 @@ through it, statistics gathered by hooks, the block pruned, its outputs handed t
 It knows no method by name: a method says which statistics it needs and prunes one Linear.
 """
 import time
+from dataclasses import dataclass
 
 import torch
 from loguru import logger
 from tqdm import tqdm
 
+from ..errors import LlmcError
 from .capture import block_output, capture_block_inputs
 from .device import activation_home
 from .stats import GroupStatistics
@@ -42,9 +44,15 @@ def calibration_home(model, batches, device, offload):
 
 
 def prune_block(block, adapter, method, plan, block_index, statistics=None):
-    for name in adapter.linear_names():
-        stats = statistics.for_linear(name) if statistics else {}
-        method.prune(block.get_submodule(name), stats, plan.target(block_index, name))
+    """Prune each input group of `block`; a method's error is re-raised naming the block."""
+    for group in adapter.groups:
+        linears = {name: block.get_submodule(name) for name in group}
+        stats = statistics.for_linear(group[0]) if statistics else {}
+        targets = {name: plan.target(block_index, name) for name in group}
+        try:
+            method.prune_group(linears, stats, targets)
+        except LlmcError as err:
+            raise LlmcError(f"block {block_index} ({adapter.blocks}.{block_index}): {err}") from None
 
 
 @torch.no_grad()
@@ -84,3 +92,37 @@ def prune_blockwise(model, adapter, method, plan, batches, device, sparsity_out=
         timings["prune"] += end - middle
         block.to("cpu")
     return timings
+
+
+@torch.no_grad()
+def measure_blockwise(model, adapter, needs, batches, device, measure, offload="auto") -> list:
+    """Stream the calibration windows through the dense model, one block at a time, gathering
+    the statistics `needs` per input group; prune nothing. Returns
+    [measure(block_index, block, statistics) for every block], e.g. OWL's outlier ratios."""
+    home = calibration_home(model, batches, device, offload)
+    inputs = capture_block_inputs(model, adapter, batches, device, home)
+    measured = []
+    for index, block in enumerate(tqdm(adapter.get_blocks(model), desc="measuring blocks")):
+        block.to(device)
+        statistics = GroupStatistics(block, adapter.groups, needs, device)
+        run_block(block, inputs, device, replace=True)  # dense outputs feed the next block
+        statistics.remove_hooks()
+        measured.append(measure(index, block, statistics))
+        del statistics
+        block.to("cpu")
+    return measured
+
+
+@dataclass
+class Calibration:
+    """What a method's allocation step may use: the model, its adapter and the calibration
+    batches, with the runner's dense block loop (`measure`) so no method writes its own."""
+    model: object
+    adapter: object
+    batches: list
+    device: torch.device
+    offload: object = "auto"
+
+    def measure(self, needs, measure) -> list:
+        return measure_blockwise(self.model, self.adapter, needs, self.batches, self.device,
+                                 measure, self.offload)

@@ -3,6 +3,8 @@
 A method names what it needs (`Sparsifier.needs`); each entry here accumulates one batch of a
 Linear's input at a time. New statistics (e.g. a Hessian) are new entries.
 """
+import math
+
 import torch
 import torch.nn as nn
 
@@ -26,7 +28,27 @@ class InputNorms:
         self.value += torch.norm(x, p=2, dim=1) ** 2 / self.windows
 
 
-STATISTICS = {"input_norms": InputNorms}
+class Hessian:
+    """H = (2/N) sum over the N windows of X X^T (X: a window's inputs, columns x tokens), the
+    Hessian of the layer-wise squared reconstruction error. Kept as SparseGPT's running rescale
+    (rescale, then add the new windows scaled by sqrt(2/N)), so values match it bit for bit."""
+
+    def __init__(self, columns: int, device):
+        self.value = torch.zeros(columns, columns, dtype=torch.float32, device=device)
+        self.windows = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        if x.dim() == 2:
+            x = x.unsqueeze(0)
+        batch = x.shape[0]
+        x = x.reshape(-1, x.shape[-1]).t()
+        self.value *= self.windows / (self.windows + batch)
+        self.windows += batch
+        x = math.sqrt(2 / self.windows) * x.float()
+        self.value += x.matmul(x.t())
+
+
+STATISTICS = {"input_norms": InputNorms, "hessian": Hessian}
 
 
 class GroupStatistics:

@@ -2,7 +2,7 @@
 import torch
 import torch.nn as nn
 
-from llmc.runner.stats import GroupStatistics, InputNorms
+from llmc.runner.stats import GroupStatistics, Hessian, InputNorms
 
 
 def test_input_norms_is_mean_over_windows_of_squared_column_norms():
@@ -39,3 +39,16 @@ def test_one_accumulator_per_input_group():
     assert torch.allclose(stats.for_linear("c")["input_norms"], (hidden[0] ** 2).sum(0), atol=1e-6)
     block(x)  # hooks removed: nothing more is gathered
     assert torch.allclose(stats.for_linear("a")["input_norms"], (x[0] ** 2).sum(0))
+
+
+def test_hessian_is_two_over_n_sum_of_x_xt_over_all_windows():
+    torch.manual_seed(1)
+    windows = [torch.randn(1, 9, 6) for _ in range(5)]
+    acc = Hessian(6, "cpu")
+    for batch in (windows[0:2], windows[2:3], windows[3:5]):  # batches of 2, 1 and 2 windows
+        acc.add(torch.cat(batch))
+    x = torch.cat([w[0].double() for w in windows])  # all tokens x columns
+    expected = 2 / len(windows) * x.t() @ x
+    assert acc.windows == 5
+    assert torch.allclose(acc.value.double(), expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(acc.value, acc.value.t())
