@@ -10,6 +10,6 @@ setup(
     packages=find_packages(include=["llmc", "llmc.*"]),
     python_requires=">=3.10",
     install_requires=requirements,
-    extras_require={"test": ["pytest>=7"], "plot": ["matplotlib"]},
+    extras_require={"test": ["pytest>=7", "matplotlib"], "plot": ["matplotlib"]},
     entry_points={"console_scripts": ["llmc=llmc.cli:main"]},
 )

@@ -1,6 +1,7 @@
 """One run, start to end: data → pretrain eval → blockwise pruning → transformed eval → save."""
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,9 +12,9 @@ from .eval import perplexity
 from .models import load_model, load_tokenizer
 from .registry import METHODS
 from .report import sparsity_report, versions
-from .runner import prune_blockwise, resolve_device
-from .save import check_save_path, save_model, write_results
-from .sparse import UniformPlan
+from .plot import plot_plan
+from .runner import Calibration, prune_blockwise, resolve_device
+from .save import PLAN_PLOT, check_save_path, save_model, write_results
 
 
 def seed_everything(seed: int) -> None:
@@ -46,21 +47,28 @@ def run(cfg) -> dict:
     tokenizer = load_tokenizer(cfg.model)
     eval_sets = ({name: eval_tokens(name, cfg.eval, tokenizer) for name in cfg.eval.names}
                  if cfg.eval.eval_pos else {})
-    batches = calib_batches(cfg.calib, tokenizer) if method.needs else []
+    batches = calib_batches(cfg.calib, tokenizer) if method.calibrates(cfg.sparse) else []
     model, adapter = load_model(cfg.model)
 
     results = {"config": cfg.to_dict(), "ppl": {}, "timings": {}, "versions": versions()}
     if "pretrain" in cfg.eval.eval_pos:
         evaluate(model, adapter, eval_sets, cfg, device, "pretrain", results)
 
-    plan = UniformPlan(cfg.sparse.weight)
+    start = time.perf_counter()
+    calibration = Calibration(model, adapter, batches, device, cfg.base.offload_activations)
+    plan = method.allocate(cfg.sparse.weight, calibration)
+    results["timings"]["allocate"] = time.perf_counter() - start
     start = time.perf_counter()
     phases = prune_blockwise(model, adapter, method, plan, batches, device,
                              sparsity_out=cfg.sparse.sparsity_out,
                              offload=cfg.base.offload_activations)
     results["timings"]["prune_total"] = time.perf_counter() - start
     results["timings"].update({f"prune_{k}": v for k, v in phases.items()})
+    results["method"] = method.describe()
     results["plan"] = plan.describe()
+    plot_path = Path(cfg.save.save_path).expanduser() / PLAN_PLOT
+    if "units" in results["plan"] and plot_plan(results["plan"], plot_path):
+        results["plan_plot"] = PLAN_PLOT
     results["sparsity"] = sparsity_report(model, adapter)
     logger.info(f"achieved sparsity over all decoder Linears: {results['sparsity']['overall']:.4f}")
 

@@ -17,11 +17,12 @@ from .errors import LlmcError
 MODEL_DIR = "transformed_model"
 RESULTS = "results.json"
 CONFIG = "config.yml"
+PLAN_PLOT = "plan.png"  # written for per-layer plans (OWL) when matplotlib is installed
 
 
 def outputs(save_cfg):
     root = Path(save_cfg.save_path).expanduser()
-    names = [RESULTS, CONFIG] + ([MODEL_DIR] if save_cfg.save_trans else [])
+    names = [RESULTS, CONFIG, PLAN_PLOT] + ([MODEL_DIR] if save_cfg.save_trans else [])
     return root, [root / name for name in names]
 
 

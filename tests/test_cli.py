@@ -51,6 +51,36 @@ def test_wanda_variant_run(run_config, tmp_path):
     assert max(per_linear) - min(per_linear) < 0.1 and "pretrain" not in results["ppl"]
 
 
+def test_sparsegpt_w4_run_records_wbits(run_config, tmp_path):
+    assert main(["--config", str(run_config), "--set", "sparse.method=SparseGPT",
+                 "--set", "sparse.wbits=4", "--set", "sparse.blocksize=16"]) == 0
+    results = json.loads((tmp_path / "save" / "results.json").read_text())
+    assert results["method"]["quantization"]["wbits"] == 4
+    assert results["config"]["sparse"]["wbits"] == 4
+    assert results["ppl"]["transformed"]["wikitext2"] > 1
+    assert results["sparsity"]["overall"] >= 0.5
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "save" / "transformed_model")
+    weight = saved.model.layers[0].mlp.down_proj.weight
+    assert all(len(torch.unique(row)) <= 16 for row in weight)
+
+
+def test_owl_run_records_and_plots_the_layer_vector(run_config, tmp_path, tiny_model_dir):
+    pytest.importorskip("matplotlib")
+    assert main(["--config", str(run_config), "--set", "sparse.method=OWL",
+                 "--set", "sparse.weight.sparsity=0.7", "--set", "sparse.owl.lambda=0.1",
+                 "--set", "model.path=" + tiny_model_dir("llama", seed=1, num_hidden_layers=4)]) == 0
+    results = json.loads((tmp_path / "save" / "results.json").read_text())
+    plan = results["plan"]
+    assert plan["kind"] == "owl" and plan["units"] == ["0", "1", "2", "3"]
+    assert abs(sum(plan["sparsity"]) / 4 - 0.7) < 1e-9 and len(set(plan["sparsity"])) > 1
+    assert len(plan["score"]) == 4 and results["method"]["base"]["name"] == "Wanda"
+    for layer, target in enumerate(plan["sparsity"]):
+        achieved = results["sparsity"]["per_linear"][f"model.layers.{layer}.mlp.up_proj"]
+        assert abs(achieved - target) < 1 / 32  # floor(cols * s) per row, 32 columns
+    png = tmp_path / "save" / "plan.png"
+    assert results["plan_plot"] == "plan.png" and png.read_bytes()[:4] == b"\x89PNG"
+
+
 @pytest.mark.parametrize("override,message", [
     ("sparse.weight.sparsty=0.5", "unknown key 'sparse.weight.sparsty'"),
     ("sparse.weight.sparsity=1.5", "sparsity must be in [0, 1)"),

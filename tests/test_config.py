@@ -82,6 +82,9 @@ def test_overrides_are_yaml_and_dotted(raw):
     ("sparse.sparsity_out=maybe", "sparsity_out must be true/false"),
     ("base.device=tpu", "base.device 'tpu'"),
     ("model.torch_dtype=fp16", "torch_dtype 'fp16'"),
+    ("sparse.wbits=4", "sparse.wbits 4: Wanda does not quantize.*SparseGPT"),
+    ("sparse.wbits=9", "sparse.wbits must be 2..8 .* or 16"),
+    ("sparse.owl.lamda=0.1", "unknown key 'sparse.owl.lamda'.*did you mean 'lambda'"),
 ])
 def test_bad_input_names_the_problem(raw, override, message):
     with pytest.raises(ConfigError, match=message):
@@ -123,3 +126,36 @@ def test_missing_config_file_and_bad_yaml(tmp_path):
     bad.write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(str(bad))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["sparse.blocksize=0"], "sparse.blocksize must be >= 1"),
+    (["sparse.percdamp=-1"], "sparse.percdamp must be >= 0"),
+    (["sparse.weight.sparsity_type=2:3", "sparse.blocksize=128"],
+     "blocksize 128 must be a multiple of M = 3"),
+])
+def test_sparsegpt_keys_are_checked(raw, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(raw=raw, overrides=["sparse.method=SparseGPT"] + overrides)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["sparse.base=OWL"], "sparse.base 'OWL' must be one of Magnitude, SparseGPT, Wanda"),
+    (["sparse.owl.granularity=block"], "granularity 'block' must be one of layer, linear"),
+    (["sparse.owl.M=0"], "M must be > 0"),
+    (["sparse.base=Magnitude", "sparse.wbits=4"], "Magnitude does not quantize"),
+])
+def test_owl_keys_are_checked(raw, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(raw=raw, overrides=["sparse.method=OWL"] + overrides)
+
+
+def test_owl_lambda_key_round_trips_and_owl_always_calibrates(raw):
+    cfg = load_config(raw=raw, overrides=["sparse.method=OWL", "sparse.base=Magnitude",
+                                          "sparse.owl.lambda=0.2"])
+    assert cfg.sparse.owl.lambda_ == 0.2
+    assert cfg.to_dict()["sparse"]["owl"] == {"M": 5.0, "lambda": 0.2, "granularity": "layer"}
+    assert load_config(raw=cfg.to_dict()).sparse.owl.lambda_ == 0.2
+    raw["calib"]["path"] = None  # OWL measures activations even over Magnitude
+    with pytest.raises(ConfigError, match="calib.path is not set"):
+        load_config(raw=raw, overrides=["sparse.method=OWL", "sparse.base=Magnitude"])

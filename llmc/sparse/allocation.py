@@ -1,7 +1,8 @@
 """Allocation: how sparse each Linear should be. A plan maps (block index, Linear name) to a
-Target; uniform here, per-layer from OWL / MixGPT. Methods consume targets, never build them."""
+Target: uniform, or one per unit (layer or Linear) from OWL / MixGPT. Pruning consumes targets;
+only a method's allocation step builds them."""
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -25,3 +26,32 @@ class UniformPlan:
 
     def describe(self) -> dict:
         return {"kind": "uniform", "target": str(self.default)}
+
+
+class UnitPlan:
+    """Each unit its own target, a unit being a decoder layer (key (block index, None)) or one
+    Linear (key (block index, name)); built by methods that measure the model first (OWL).
+
+    `score_name`/`scores` record what the allocation was computed from (e.g. outlier ratios),
+    one value per unit, for results.json and the plot."""
+
+    def __init__(self, kind: str, targets: Dict[Tuple[int, Optional[str]], Target],
+                 score_name: str, scores, details: Optional[dict] = None):
+        self.kind, self.targets = kind, targets
+        self.score_name, self.scores = score_name, [float(s) for s in scores]
+        self.details = details or {}
+
+    def target(self, block_index: int, linear_name: str) -> Target:
+        found = self.targets.get((block_index, linear_name))
+        return found if found is not None else self.targets[(block_index, None)]
+
+    def sparsities(self):
+        return [t.sparsity for t in self.targets.values()]
+
+    def describe(self) -> dict:
+        units = [str(i) if name is None else f"{i}.{name}" for i, name in self.targets]
+        sparsity = self.sparsities()
+        return {"kind": self.kind, **self.details, "units": units,
+                "targets": [str(t) for t in self.targets.values()], "sparsity": sparsity,
+                "mean_sparsity": sum(sparsity) / len(sparsity),
+                "score_name": self.score_name, "score": self.scores}

@@ -26,7 +26,7 @@ class Sparsifier:
         """Method-specific validation, run before any heavy work; raises one ConfigError."""
         if sparse_cfg.wbits != 16 and not cls.quantizes:
             able = sorted(name for name, method in METHODS.items() if method.quantizes)
-            raise ConfigError(f"sparse.wbits {sparse_cfg.wbits}: {sparse_cfg.method} does not "
+            raise ConfigError(f"sparse.wbits {sparse_cfg.wbits}: {cls.__name__} does not "
                               f"quantize; remove wbits (16 = off) or use {' or '.join(able)}")
 
     @classmethod

@@ -123,3 +123,9 @@ class SparseGPT(Sparsifier):
 
     def prune(self, linear, stats, target):
         self.prune_group({"linear": linear}, stats, {"linear": target})
+
+    def describe(self) -> dict:
+        quantization = ({"wbits": self.cfg.wbits, "grid": "per-channel asymmetric min-max"}
+                        if self.cfg.wbits < 16 else None)
+        return {"name": "SparseGPT", "blocksize": self.cfg.blocksize,
+                "percdamp": self.cfg.percdamp, "quantization": quantization}

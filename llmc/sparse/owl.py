@@ -1,0 +1,120 @@
+"""OWL (Yin et al., 2024): outlier-weighted layer-wise sparsity. Layers with more outliers
+(Wanda scores far above their layer's mean) keep more weights; a base method (Wanda, SparseGPT or
+Magnitude) then prunes each layer to its own sparsity.
+
+Pass 1 measures the dense model (dense outputs propagate, nothing is pruned); pass 2 is the
+ordinary blockwise run with the per-layer plan. The mappings follow luuyin/OWL's code.
+"""
+import numpy as np
+import torch
+from loguru import logger
+
+from ..errors import ConfigError, LlmcError
+from ..registry import METHODS
+from .allocation import Target, UnitPlan
+from .base import Sparsifier
+from .wanda import wanda_score
+
+GRANULARITIES = ("layer", "linear")
+FLOOR_SPARSITY = 0.01  # the reference's value for a layer whose sparsity maps to <= 0
+
+
+def outlier_ratio(scores: torch.Tensor, m: float) -> float:
+    """Percent of entries strictly above M x their mean."""
+    return 100.0 * (scores > torch.mean(scores) * m).sum().item() / scores.numel()
+
+
+def _spread_to(ratios, width):
+    """Ratios shifted to start at 0 and scaled to span `width`; all zeros when they are equal
+    (the reference divides 0 by 0 there)."""
+    ratios = np.asarray(ratios, dtype=np.float64)
+    spread = ratios.max() - ratios.min()
+    if spread == 0:
+        return np.zeros_like(ratios)
+    return (ratios - ratios.min()) * (1 / spread * width)
+
+
+def owl_sparsity(ratios, sparsity: float, lam: float) -> np.ndarray:
+    """Unstructured: ratios to [0, 2 lambda], centred on density 1 - S; a layer's sparsity is
+    1 - density, and one <= 0 becomes 0.01. The mean is S unless that floor applies."""
+    density = _spread_to(ratios, lam * 2)
+    density = density - np.mean(density) + (1 - sparsity)
+    layer_sparsity = 1 - density
+    layer_sparsity[layer_sparsity <= 0] = FLOOR_SPARSITY
+    return layer_sparsity
+
+
+def owl_n(ratios, n: int, lam: float) -> np.ndarray:
+    """N:M (the reference's structured variant): ratios to [0, lambda], mean subtracted,
+    rounded (half to even); a layer prunes N minus that many of every M."""
+    shift = _spread_to(ratios, lam)
+    return n - np.round(shift - np.mean(shift))
+
+
+@METHODS.register("OWL")
+class OWL(Sparsifier):
+    def __init__(self, sparse_cfg):
+        super().__init__(sparse_cfg)
+        self.base = METHODS.lookup(sparse_cfg.base, "sparse.base")(sparse_cfg)
+        self.needs = self.base.needs
+
+    @classmethod
+    def check_config(cls, cfg):
+        bases = sorted(name for name, method in METHODS.items()
+                       if method.allocate is Sparsifier.allocate)  # methods with uniform plans
+        if cfg.base not in bases:
+            raise ConfigError(f"sparse.base '{cfg.base}' must be one of {', '.join(bases)}: the "
+                              "method that prunes each layer to OWL's sparsity")
+        METHODS[cfg.base].check_config(cfg)
+        owl = cfg.owl
+        if owl.M <= 0 or owl.lambda_ < 0:
+            raise ConfigError(f"sparse.owl: M must be > 0 and lambda >= 0, got M {owl.M}, "
+                              f"lambda {owl.lambda_}")
+        if owl.granularity not in GRANULARITIES:
+            raise ConfigError(f"sparse.owl.granularity '{owl.granularity}' must be one of "
+                              f"{', '.join(GRANULARITIES)}")
+
+    @classmethod
+    def calibrates(cls, sparse_cfg) -> bool:
+        return True  # pass 1 needs activations, whatever the base method
+
+    def allocate(self, weight_cfg, calibration):
+        owl = self.cfg.owl
+        names = calibration.adapter.linear_names()
+
+        def measure(index, block, statistics):
+            scores = {name: wanda_score(block.get_submodule(name).weight.data,
+                                        statistics.for_linear(name)["input_norms"]).flatten().cpu()
+                      for name in names}
+            if owl.granularity == "layer":
+                return {None: outlier_ratio(torch.cat(list(scores.values())), owl.M)}
+            return {name: outlier_ratio(score, owl.M) for name, score in scores.items()}
+
+        measured = calibration.measure(("input_norms",), measure)
+        units = [(index, name) for index, per_unit in enumerate(measured) for name in per_unit]
+        ratios = [measured[index][name] for index, name in units]
+        if weight_cfg.n_m:
+            n, m = weight_cfg.n_m
+            unit_n = owl_n(ratios, n, owl.lambda_)
+            if unit_n.min() < 0 or unit_n.max() > m - 1:
+                raise LlmcError(f"sparse.owl.lambda {owl.lambda_} moves N outside 0..{m - 1} "
+                                f"(layer N from {unit_n.min():g} to {unit_n.max():g}); lower it")
+            targets = [Target(int(k) / m, (int(k), m)) for k in unit_n]
+        else:
+            unit_sparsity = owl_sparsity(ratios, weight_cfg.sparsity, owl.lambda_)
+            if unit_sparsity.max() >= 1:
+                raise LlmcError(f"sparse.owl.lambda {owl.lambda_} gives a layer sparsity of "
+                                f"{unit_sparsity.max():.3f} >= 1; lower lambda")
+            targets = [Target(float(s)) for s in unit_sparsity]
+        plan = UnitPlan("owl", dict(zip(units, targets)), "outlier_ratio", ratios,
+                        {"granularity": owl.granularity, "M": owl.M, "lambda": owl.lambda_})
+        logger.info(f"OWL outlier ratios (%): {np.round(ratios, 3).tolist()}")
+        logger.info(f"OWL sparsity per {owl.granularity}: {[str(t) for t in targets]} "
+                    f"(mean {np.mean(plan.sparsities()):.4f})")
+        return plan
+
+    def prune_group(self, linears, stats, targets):
+        self.base.prune_group(linears, stats, targets)
+
+    def describe(self) -> dict:
+        return {"name": "OWL", "base": self.base.describe()}
