@@ -30,9 +30,9 @@ def plot_plan(plan: dict, path) -> bool:
     right.bar([p + width / 2 for p in positions], score, width, color="tab:orange",
               label=plan["score_name"])
     right.set_ylabel(plan["score_name"])
-    fig.legend(loc="upper right")
-    left.set_title(f"{plan['kind']}: mean sparsity {plan['mean_sparsity']:.4f}")
-    fig.tight_layout()
+    fig.suptitle(f"{plan['kind']}: mean sparsity {plan['mean_sparsity']:.4f}", x=0.02, ha="left")
+    fig.legend(loc="upper right", ncol=2)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))  # leave the top strip to the title and legend
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
