@@ -6,9 +6,13 @@ In one process and on the same calibration windows it times (1) one dense forwar
 through all blocks, done the runner's way (capture, then block by block on the device), (2) the
 method's blockwise prune with sparsity_out False and True (each on a fresh copy of the dense
 model), and (3) perplexity-eval tokens/s against plain Hugging Face forwards with labels (the loss) over the
-same windows.
+same windows. With --compare-per-linear it also prunes with one statistic per Linear instead of
+one per input group (q/k/v, gate/up) and reports shared / per-Linear time (SparseGPT: Hessians),
+checking that both give identical weights. A method that allocates first (OWL) has its
+measuring pass timed as allocate_s, outside the prune time.
 Ratios, not seconds, are the figures to compare across machines.
 """
+import dataclasses
 import argparse
 import copy
 import json
@@ -26,10 +30,9 @@ from llmc.data import calib_batches, eval_tokens  # noqa: E402
 from llmc.eval.perplexity import eval_windows, perplexity  # noqa: E402
 from llmc.models import load_model, load_tokenizer  # noqa: E402
 from llmc.registry import METHODS  # noqa: E402
-from llmc.runner import prune_blockwise, resolve_device  # noqa: E402
+from llmc.runner import Calibration, prune_blockwise, resolve_device  # noqa: E402
 from llmc.runner.blockwise import calibration_home, forward_all_blocks  # noqa: E402
 from llmc.runner.capture import capture_block_inputs  # noqa: E402
-from llmc.sparse import UniformPlan  # noqa: E402
 
 
 def sync(device):
@@ -67,6 +70,8 @@ def main():
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     parser.add_argument("--sparsity-out", choices=["both", "false", "true"], default="both",
                         help="which propagation modes to time (each needs a copy of the model)")
+    parser.add_argument("--compare-per-linear", action="store_true",
+                        help="also time one statistic per Linear instead of one per input group")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
 
@@ -83,18 +88,35 @@ def main():
     dense_forward_seconds(model, adapter, batches[:1], device, cfg.base.offload_activations)
     forward = dense_forward_seconds(model, adapter, batches, device, cfg.base.offload_activations)
     figures["dense_forward_s"] = forward
+    start = time.perf_counter()
+    plan = method.allocate(cfg.sparse.weight, Calibration(model, adapter, batches, device,
+                                                          cfg.base.offload_activations))
+    figures["allocate_s"] = time.perf_counter() - start
+    figures["allocate_over_forward"] = figures["allocate_s"] / forward
     modes = {"both": [False, True], "false": [False], "true": [True]}[args.sparsity_out]
+    per_linear = dataclasses.replace(adapter, groups=tuple((n,) for n in adapter.linear_names()))
     for flag in modes:
-        pruned = copy.deepcopy(model)
-        sync(device)
-        start = time.perf_counter()
-        prune_blockwise(pruned, adapter, method, UniformPlan(cfg.sparse.weight), batches, device,
-                        sparsity_out=flag, offload=cfg.base.offload_activations)
-        sync(device)
-        seconds = time.perf_counter() - start
+        results = {}
+        for kind, table in (("shared", adapter), ("per_linear", per_linear)):
+            if kind == "per_linear" and not args.compare_per_linear:
+                continue
+            pruned = copy.deepcopy(model)
+            sync(device)
+            start = time.perf_counter()
+            prune_blockwise(pruned, table, method, plan, batches, device, sparsity_out=flag,
+                            offload=cfg.base.offload_activations)
+            sync(device)
+            results[kind] = (time.perf_counter() - start, pruned)
+        seconds = results["shared"][0]
         figures[f"prune_s_sparsity_out_{flag}"] = seconds
         figures[f"prune_over_forward_sparsity_out_{flag}"] = seconds / forward
-        del pruned
+        if "per_linear" in results:
+            figures[f"prune_s_per_linear_sparsity_out_{flag}"] = results["per_linear"][0]
+            figures[f"shared_over_per_linear_sparsity_out_{flag}"] = seconds / results["per_linear"][0]
+            figures[f"identical_sparsity_out_{flag}"] = all(
+                torch.equal(a, b) for a, b in zip(results["shared"][1].state_dict().values(),
+                                                  results["per_linear"][1].state_dict().values()))
+        del results
 
     name = cfg.eval.names[0]
     tokens = eval_tokens(name, cfg.eval, tokenizer)
@@ -114,10 +136,18 @@ def main():
     print(f"\n{cfg.sparse.method} on {cfg.model.path} ({device}), "
           f"{figures['calib_tokens']} calibration tokens")
     print(f"  dense forward through all blocks : {forward:8.2f} s")
+    if figures["allocate_s"] > 0.01:
+        print(f"  allocation (measuring pass)      : {figures['allocate_s']:8.2f} s  = "
+              f"{figures['allocate_over_forward']:.3f} x dense forward")
     for flag in modes:
         print(f"  prune, sparsity_out {str(flag):5}      : "
               f"{figures[f'prune_s_sparsity_out_{flag}']:8.2f} s  = "
               f"{figures[f'prune_over_forward_sparsity_out_{flag}']:.3f} x dense forward")
+        if f"prune_s_per_linear_sparsity_out_{flag}" in figures:
+            print(f"    per-Linear statistics instead  : "
+                  f"{figures[f'prune_s_per_linear_sparsity_out_{flag}']:8.2f} s; shared / "
+                  f"per-Linear = {figures[f'shared_over_per_linear_sparsity_out_{flag}']:.3f}, "
+                  f"identical weights: {figures[f'identical_sparsity_out_{flag}']}")
     print(f"  eval {name}: {llmc_speed:.0f} tokens/s vs plain HF {hf_speed:.0f} tokens/s "
           f"= {figures['eval_over_plain_hf']:.3f} x")
     print(f"  peak RSS: {figures['peak_rss_gib']:.2f} GiB")
