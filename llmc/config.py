@@ -282,7 +282,9 @@ def validate(cfg: Config) -> Config:
     if cfg.base.offload_activations not in (True, False, "auto"):
         raise ConfigError("base.offload_activations must be auto, true or false")
 
-    MODELS.lookup(cfg.model.type, "model.type")
+    # Checkpoints whose modeling code is not part of transformers (Baichuan) need permission.
+    MODELS.lookup(cfg.model.type, "model.type").check_remote_code_allowed(
+        cfg.model.trust_remote_code)
     if cfg.model.torch_dtype not in DTYPES:
         raise ConfigError(f"model.torch_dtype '{cfg.model.torch_dtype}' must be one of "
                           f"{', '.join(DTYPES)}{closest(cfg.model.torch_dtype, DTYPES)}")

@@ -1,4 +1,4 @@
 """Model adapters (registered on import) and loading."""
-from . import builtin, llama, qwen2  # noqa: F401  (register)
+from . import baichuan, bloom, builtin, llama, opt, qwen2  # noqa: F401  (register)
 from .adapter import Adapter  # noqa: F401
 from .loading import load_model, load_tokenizer  # noqa: F401

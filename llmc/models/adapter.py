@@ -1,11 +1,13 @@
-"""A model adapter is a table: where the blocks, embeddings, final norm and head live, and which
-Linears of a block share one input (its input groups, in forward order). It knows no method."""
+"""A model adapter is a table: where the blocks live, which modules run before and after them,
+and which Linears of a block share one input (its input groups, in forward order). It knows no
+method."""
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Any, Tuple
 
 import torch.nn as nn
+from loguru import logger
 
-from ..errors import LlmcError
+from ..errors import ConfigError, LlmcError
 
 
 @dataclass(frozen=True)
@@ -13,11 +15,18 @@ class Adapter:
     name: str
     model_types: Tuple[str, ...]  # config.model_type values this table describes
     blocks: str  # dotted path of the ModuleList of decoder blocks
-    embeddings: Tuple[str, ...]  # modules run before block 0 (missing ones are skipped)
-    final_norm: str
-    head: str
+    # Modules the model runs before block 0 / after the last block, in the order it applies them.
+    # Absent or None ones are skipped: e.g. OPT's project_in/out and final_layer_norm exist only
+    # in some checkpoints.
+    pre_blocks: Tuple[str, ...]
+    post_blocks: Tuple[str, ...]
     groups: Tuple[Tuple[str, ...], ...]  # Linears (relative to a block) sharing one input
+    # True where the modeling code ships with the checkpoint instead of transformers (Baichuan):
+    # loading it runs that code, which the user must allow (model.trust_remote_code).
     trust_remote_code: bool = False
+    # (config attribute, value) set before the model is built, where a checkpoint's setting would
+    # hide a Linear's input from the statistics hooks (BLOOM's slow_but_exact).
+    config_overrides: Tuple[Tuple[str, Any], ...] = ()
 
     def get_blocks(self, model) -> nn.ModuleList:
         return model.get_submodule(self.blocks)
@@ -32,11 +41,27 @@ class Adapter:
         return found
 
     def pre_block_modules(self, model):
-        return self._present(model, self.embeddings)
+        return self._present(model, self.pre_blocks)
 
     def post_block_modules(self, model):
-        """Final norm then head, in the order the model applies them."""
-        return self._present(model, (self.final_norm, self.head))
+        """The modules after the last block (final norm, projections, head), in order."""
+        return self._present(model, self.post_blocks)
+
+    def check_remote_code_allowed(self, allowed: bool) -> None:
+        """Refuse, before any of its code runs, a checkpoint llmc was not allowed to run code of."""
+        if self.trust_remote_code and not allowed:
+            raise ConfigError(
+                f"model.type {self.name}: the modeling code of {self.name} checkpoints ships with "
+                "the checkpoint (its .py files) and is not part of transformers, so llmc must be "
+                "allowed to run it; set model.trust_remote_code: True (only for checkpoints you "
+                "trust)")
+
+    def apply_config_overrides(self, config) -> None:
+        for key, value in self.config_overrides:
+            if getattr(config, key, value) != value:
+                logger.warning(f"model.type {self.name}: setting {key}={value} (the checkpoint "
+                               f"says {getattr(config, key)!r}); see docs/models.md")
+            setattr(config, key, value)
 
     def linear_names(self):
         return [name for group in self.groups for name in group]

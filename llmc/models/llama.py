@@ -6,9 +6,8 @@ LLAMA = MODELS.register("Llama")(Adapter(
     name="Llama",
     model_types=("llama", "mistral"),
     blocks="model.layers",
-    embeddings=("model.embed_tokens", "model.rotary_emb"),
-    final_norm="model.norm",
-    head="lm_head",
+    pre_blocks=("model.embed_tokens", "model.rotary_emb"),
+    post_blocks=("model.norm", "lm_head"),
     groups=(
         ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
         ("self_attn.o_proj",),
