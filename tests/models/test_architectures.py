@@ -1,0 +1,240 @@
+"""OPT, BLOOM and Baichuan under the runner, each against a plain whole-model computation:
+blockwise Wanda and SparseGPT prune exactly what a plain implementation prunes, the streamed eval gives the
+plain forward's perplexity, and a pruned model saved and reloaded gives identical logits."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
+
+from conftest import ARCHITECTURES, arch_model, save_model_dir
+from llmc.config import ModelCfg, SparseCfg
+from llmc.eval.perplexity import perplexity
+from llmc.models import load_model
+from llmc.registry import METHODS, MODELS
+from llmc.runner import prune_blockwise
+from llmc.runner.stats import Hessian
+from llmc.save import save_model
+from llmc.sparse import UniformPlan
+from llmc.sparse.masks import n_m_mask, row_lowest_mask
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+NEW = ["opt", "opt_350m", "bloom", "baichuan2_7b", "baichuan2_13b", "baichuan_7b"]
+CPU = torch.device("cpu")
+LAYERS = 3
+
+
+def _batches(n=4, length=12, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 300, (1, length), generator=gen) for _ in range(n)]
+
+
+def _adapter(arch):
+    return MODELS[ARCHITECTURES[arch][0]]
+
+
+def _block_linears(model, adapter, index):
+    block = adapter.get_blocks(model)[index]
+    return [block.get_submodule(name) for name in adapter.linear_names()]
+
+
+def _plain_input_norms(model, linears, batches):
+    """The whole model run once per window; per Linear, the mean over windows of each input
+    column's squared norm over the window's tokens (OPT's fc1/fc2 see (tokens, features))."""
+    sums = {id(m): 0 for m in linears}
+
+    def hook(module, inputs, output):
+        x = inputs[0].reshape(-1, inputs[0].shape[-1]).float()
+        sums[id(module)] = sums[id(module)] + (x ** 2).sum(0)
+
+    handles = [m.register_forward_hook(hook) for m in linears]
+    with torch.no_grad():
+        for ids in batches:
+            model(input_ids=ids)
+    for handle in handles:
+        handle.remove()
+    return {key: value / len(batches) for key, value in sums.items()}
+
+
+def _plain_wanda(model, linears, batches, sparsity, n_m):
+    norms = _plain_input_norms(model, linears, batches)
+    for linear in linears:
+        score = linear.weight.data.abs() * torch.sqrt(norms[id(linear)])
+        mask = n_m_mask(score, *n_m) if n_m else row_lowest_mask(score, sparsity)
+        linear.weight.data[mask] = 0
+
+
+@pytest.mark.parametrize("arch", NEW)
+@pytest.mark.parametrize("sparsity_out,sparsity_type", [(False, "unstructured"), (True, "2:4")])
+def test_blockwise_wanda_equals_plain(arch, sparsity_out, sparsity_type):
+    model = arch_model(arch, layers=LAYERS)
+    adapter = _adapter(arch)
+    batches = _batches()
+    with torch.no_grad():  # Baichuan2's NormHead normalises itself on its first forward
+        model(input_ids=batches[0])
+    cfg = SparseCfg(sparsity_out=sparsity_out)
+    cfg.weight.sparsity, cfg.weight.sparsity_type = 0.5, sparsity_type
+    n_m = cfg.weight.n_m
+
+    plain = copy.deepcopy(model)
+    if sparsity_out:  # each block sees the outputs of the already-pruned blocks before it
+        for index in range(LAYERS):
+            _plain_wanda(plain, _block_linears(plain, adapter, index), batches, 0.5, n_m)
+    else:  # every block's statistics come from the dense model
+        everything = [m for i in range(LAYERS) for m in _block_linears(plain, adapter, i)]
+        _plain_wanda(plain, everything, batches, 0.5, n_m)
+
+    prune_blockwise(model, adapter, METHODS["Wanda"](cfg), UniformPlan(cfg.weight), batches, CPU,
+                    sparsity_out=sparsity_out)
+    pruned = dict(model.named_parameters())
+    for name, expected in plain.named_parameters():  # weights, biases, embeddings, heads
+        assert torch.equal(pruned[name], expected), name
+    for index in range(LAYERS):
+        for linear in _block_linears(model, adapter, index):
+            zeros = linear.weight == 0
+            if n_m:
+                assert (zeros.reshape(zeros.shape[0], -1, 4).sum(-1) == 2).all()
+            else:
+                assert (zeros.sum(1) == linear.in_features // 2).all()
+
+
+def _plain_sparsegpt(model, linears, batches, cfg):
+    """Hessians of every Linear from whole-model forwards, then each Linear pruned on its own
+    with the library's OBS pass (tested against a float64 OBS in tests/sparse/)."""
+    hessians = {id(m): Hessian(m.in_features, CPU) for m in linears}
+    handles = [m.register_forward_hook(lambda mod, inp, out: hessians[id(mod)].add(inp[0]))
+               for m in linears]
+    with torch.no_grad():
+        for ids in batches:
+            model(input_ids=ids)
+    for handle in handles:
+        handle.remove()
+    method = METHODS["SparseGPT"](cfg)
+    target = UniformPlan(cfg.weight).target(0, "")
+    for linear in linears:
+        method.prune(linear, {"hessian": hessians[id(linear)].value}, target)
+
+
+@pytest.mark.parametrize("arch", NEW)
+@pytest.mark.parametrize("sparsity_out,sparsity_type", [(False, "unstructured"), (True, "2:4")])
+def test_blockwise_sparsegpt_equals_plain(arch, sparsity_out, sparsity_type):
+    model = arch_model(arch, layers=LAYERS)
+    adapter = _adapter(arch)
+    batches = _batches()
+    with torch.no_grad():  # Baichuan2's NormHead normalises itself on its first forward
+        model(input_ids=batches[0])
+    cfg = SparseCfg(method="SparseGPT", sparsity_out=sparsity_out, blocksize=16)
+    cfg.weight.sparsity, cfg.weight.sparsity_type = 0.5, sparsity_type
+
+    plain = copy.deepcopy(model)
+    if sparsity_out:
+        for index in range(LAYERS):
+            _plain_sparsegpt(plain, _block_linears(plain, adapter, index), batches, cfg)
+    else:
+        everything = [m for i in range(LAYERS) for m in _block_linears(plain, adapter, i)]
+        _plain_sparsegpt(plain, everything, batches, cfg)
+
+    prune_blockwise(model, adapter, METHODS["SparseGPT"](cfg), UniformPlan(cfg.weight), batches,
+                    CPU, sparsity_out=sparsity_out)
+    pruned = dict(model.named_parameters())
+    for name, expected in plain.named_parameters():
+        assert torch.equal(pruned[name], expected), name
+    if cfg.weight.n_m:
+        for index in range(LAYERS):
+            for linear in _block_linears(model, adapter, index):
+                zeros = (linear.weight == 0).reshape(linear.weight.shape[0], -1, 4).sum(-1)
+                assert (zeros == 2).all()
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_table_names_every_module_that_runs_outside_the_blocks(arch):
+    """On a GPU only the table's pre-/post-block modules go to the device with the blocks, so
+    every module with weights or buffers that the forward runs before block 0 must be among (or
+    inside) pre_blocks, and the ones after the last block must be post_blocks, in that order."""
+    model = arch_model(arch)
+    adapter = _adapter(arch)
+    blocks = adapter.get_blocks(model)
+    phase, ran = ["pre"], []
+    handles = [blocks[0].register_forward_pre_hook(lambda *a: phase.__setitem__(0, "blocks")),
+               blocks[-1].register_forward_hook(lambda *a: phase.__setitem__(0, "post"))]
+    inside = {id(m) for m in blocks.modules()}
+    for name, module in model.named_modules():
+        own = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
+        if id(module) not in inside and own:
+            handles.append(module.register_forward_hook(
+                lambda m, i, o, name=name: ran.append((phase[0], name))))
+    with torch.no_grad():
+        model(input_ids=torch.randint(0, 300, (1, 8)))
+    for handle in handles:
+        handle.remove()
+
+    def listed(name, paths):
+        return any(name == path or name.startswith(path + ".") for path in paths)
+
+    assert all(listed(name, adapter.pre_blocks) for when, name in ran if when == "pre")
+    after = [model.get_submodule(name) for when, name in ran if when == "post"]
+    assert after == adapter.post_block_modules(model)
+
+
+def _plain_forward_ppl(model, tokens, seq_len):
+    """exp of the mean next-token cross entropy over the windows, from the model's logits."""
+    losses = []
+    with torch.no_grad():
+        for i in range(tokens.numel() // seq_len):
+            ids = tokens[:, i * seq_len:(i + 1) * seq_len]
+            logits = model(input_ids=ids).logits
+            losses.append(F.cross_entropy(logits[0, :-1].float(), ids[0, 1:]).item())
+    return math.exp(sum(losses) / len(losses))
+
+
+@pytest.mark.parametrize("arch", NEW)
+def test_streamed_eval_equals_plain_forward(arch):
+    """The streamed eval runs the adapter's pre-block modules, the blocks with the captured
+    arguments, then its post-block modules (OPT-350m: project_out, no final norm) in order."""
+    model = arch_model(arch)
+    tokens = torch.randint(0, 300, (1, 16 * 5 + 3), generator=torch.Generator().manual_seed(0))
+    expected = _plain_forward_ppl(model, tokens, 16)
+    streamed, _ = perplexity(model, _adapter(arch), tokens, 16, CPU, per_block=True)
+    whole, _ = perplexity(model, _adapter(arch), tokens, 16, CPU)
+    assert streamed == pytest.approx(expected, rel=1e-6)
+    assert whole == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("arch", NEW)
+def test_pruned_model_round_trips_and_only_block_weights_change(arch, tmp_path, tiny_tokenizer):
+    remote = ARCHITECTURES[arch][0] == "Baichuan"
+    dense = arch_model(arch)
+    with torch.no_grad():  # nonzero biases, so "untouched" can fail
+        for name, parameter in dense.named_parameters():
+            if name.endswith(".bias"):
+                parameter.normal_()
+    path = save_model_dir(dense, tiny_tokenizer, tmp_path / f"{arch}_dense")
+    model, adapter = load_model(ModelCfg(type=ARCHITECTURES[arch][0], path=path,
+                                         trust_remote_code=remote))
+    before = {name: p.clone() for name, p in model.named_parameters()}
+    cfg = SparseCfg()
+    cfg.weight.sparsity_type = "2:4"
+    prune_blockwise(model, adapter, METHODS["Wanda"](cfg), UniformPlan(cfg.weight), _batches(),
+                    CPU)
+
+    pruned = {f"{adapter.blocks}.{i}.{name}.weight" for i in range(len(adapter.get_blocks(model)))
+              for name in adapter.linear_names()}
+    for name, parameter in model.named_parameters():
+        if name in pruned:  # 2:4 everywhere; the kept weights are the original ones
+            zeros = (parameter == 0).reshape(parameter.shape[0], -1, 4).sum(-1)
+            assert (zeros == 2).all(), name
+            assert torch.equal(parameter[parameter != 0], before[name][parameter != 0]), name
+        else:  # biases, norms, embeddings, positions, projections, lm_head
+            assert torch.equal(parameter, before[name]), name
+
+    saved = save_model(model, tiny_tokenizer, tmp_path / "out")
+    reloaded = AutoModelForCausalLM.from_pretrained(saved, trust_remote_code=remote).eval()
+    ids = torch.randint(0, 300, (2, 10))
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, reloaded(input_ids=ids).logits)
+    for name, parameter in reloaded.named_parameters():
+        if name in pruned:
+            assert ((parameter == 0).reshape(parameter.shape[0], -1, 4).sum(-1) == 2).all(), name
