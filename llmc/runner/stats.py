@@ -8,6 +8,8 @@ import math
 import torch
 import torch.nn as nn
 
+from ..errors import LlmcError
+
 
 class InputNorms:
     """Per input column j: the mean over windows of ||X_j||^2 (norm over a window's tokens).
@@ -73,9 +75,16 @@ class GroupStatistics:
         return gather
 
     def remove_hooks(self):
+        """Stop gathering; a group whose first Linear never saw an input is an error (its
+        statistics would be silently empty, e.g. a Linear the model calls as F.linear slices)."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        for name, accumulators in self.by_linear.items():
+            if any(acc.windows == 0 for acc in accumulators.values()):
+                raise LlmcError(f"no calibration input reached {name} through its forward hook; "
+                                "the model computes it without calling the Linear module, so "
+                                "its adapter table must change (see docs/models.md)")
 
     def for_linear(self, name):
         return {need: acc.value for need, acc in self.by_linear[name].items()}

@@ -52,3 +52,15 @@ def test_hessian_is_two_over_n_sum_of_x_xt_over_all_windows():
     assert acc.windows == 5
     assert torch.allclose(acc.value.double(), expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(acc.value, acc.value.t())
+
+
+def test_a_group_that_never_sees_an_input_is_an_error():
+    import pytest
+
+    from llmc.errors import LlmcError
+
+    block = _Block()
+    stats = GroupStatistics(block, (("a", "b"), ("c",)), ("input_norms",), "cpu")
+    block.a(torch.randn(1, 5, 4))  # c is never called
+    with pytest.raises(LlmcError, match="no calibration input reached c"):
+        stats.remove_hooks()
