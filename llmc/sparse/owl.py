@@ -21,23 +21,24 @@ FLOOR_SPARSITY = 0.01  # the reference's value for a layer whose sparsity maps t
 
 def outlier_ratio(scores: torch.Tensor, m: float) -> float:
     """Percent of entries strictly above M x their mean."""
-    return 100.0 * (scores > torch.mean(scores) * m).sum().item() / scores.numel()
+    return float((scores > torch.mean(scores) * m).sum().item()) / scores.numel() * 100
 
 
-def _spread_to(ratios, width):
-    """Ratios shifted to start at 0 and scaled to span `width`; all zeros when they are equal
+def _spread_to(ratios, lam, factor):
+    """Ratios shifted to start at 0 and scaled to span lambda x factor, with the reference's
+    order of operations (so the floats match it bit for bit); all zeros when the ratios are equal
     (the reference divides 0 by 0 there)."""
     ratios = np.asarray(ratios, dtype=np.float64)
     spread = ratios.max() - ratios.min()
     if spread == 0:
         return np.zeros_like(ratios)
-    return (ratios - ratios.min()) * (1 / spread * width)
+    return (ratios - ratios.min()) * (1 / spread * lam * factor)
 
 
 def owl_sparsity(ratios, sparsity: float, lam: float) -> np.ndarray:
     """Unstructured: ratios to [0, 2 lambda], centred on density 1 - S; a layer's sparsity is
     1 - density, and one <= 0 becomes 0.01. The mean is S unless that floor applies."""
-    density = _spread_to(ratios, lam * 2)
+    density = _spread_to(ratios, lam, 2)
     density = density - np.mean(density) + (1 - sparsity)
     layer_sparsity = 1 - density
     layer_sparsity[layer_sparsity <= 0] = FLOOR_SPARSITY
@@ -47,7 +48,7 @@ def owl_sparsity(ratios, sparsity: float, lam: float) -> np.ndarray:
 def owl_n(ratios, n: int, lam: float) -> np.ndarray:
     """N:M (the reference's structured variant): ratios to [0, lambda], mean subtracted,
     rounded (half to even); a layer prunes N minus that many of every M."""
-    shift = _spread_to(ratios, lam)
+    shift = _spread_to(ratios, lam, 1)
     return n - np.round(shift - np.mean(shift))
 
 
