@@ -1,7 +1,8 @@
 """The block loop: one decoder block at a time on the device, calibration windows streamed
 through it, statistics gathered by hooks, the block pruned, its outputs handed to the next block.
 
-It knows no method by name: a method says which statistics it needs and prunes one Linear.
+It knows no method by name: a method says which statistics it needs and prunes one input group
+(the Linears reading the same tensor); a method that allocates first measures through `measure`.
 """
 import time
 from dataclasses import dataclass
