@@ -10,15 +10,14 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from conftest import ARCHITECTURES, arch_model, save_model_dir
+from plain_pruning import plain_sparsegpt, plain_wanda
 from llmc.config import ModelCfg, SparseCfg
 from llmc.eval.perplexity import perplexity
 from llmc.models import load_model
 from llmc.registry import METHODS, MODELS
 from llmc.runner import prune_blockwise
-from llmc.runner.stats import Hessian
 from llmc.save import save_model
 from llmc.sparse import UniformPlan
-from llmc.sparse.masks import n_m_mask, row_lowest_mask
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -41,32 +40,6 @@ def _block_linears(model, adapter, index):
     return [block.get_submodule(name) for name in adapter.linear_names()]
 
 
-def _plain_input_norms(model, linears, batches):
-    """The whole model run once per window; per Linear, the mean over windows of each input
-    column's squared norm over the window's tokens (OPT's fc1/fc2 see (tokens, features))."""
-    sums = {id(m): 0 for m in linears}
-
-    def hook(module, inputs, output):
-        x = inputs[0].reshape(-1, inputs[0].shape[-1]).float()
-        sums[id(module)] = sums[id(module)] + (x ** 2).sum(0)
-
-    handles = [m.register_forward_hook(hook) for m in linears]
-    with torch.no_grad():
-        for ids in batches:
-            model(input_ids=ids)
-    for handle in handles:
-        handle.remove()
-    return {key: value / len(batches) for key, value in sums.items()}
-
-
-def _plain_wanda(model, linears, batches, sparsity, n_m):
-    norms = _plain_input_norms(model, linears, batches)
-    for linear in linears:
-        score = linear.weight.data.abs() * torch.sqrt(norms[id(linear)])
-        mask = n_m_mask(score, *n_m) if n_m else row_lowest_mask(score, sparsity)
-        linear.weight.data[mask] = 0
-
-
 @pytest.mark.parametrize("arch", NEW)
 @pytest.mark.parametrize("sparsity_out,sparsity_type", [(False, "unstructured"), (True, "2:4")])
 def test_blockwise_wanda_equals_plain(arch, sparsity_out, sparsity_type):
@@ -82,10 +55,10 @@ def test_blockwise_wanda_equals_plain(arch, sparsity_out, sparsity_type):
     plain = copy.deepcopy(model)
     if sparsity_out:  # each block sees the outputs of the already-pruned blocks before it
         for index in range(LAYERS):
-            _plain_wanda(plain, _block_linears(plain, adapter, index), batches, 0.5, n_m)
+            plain_wanda(plain, _block_linears(plain, adapter, index), batches, 0.5, n_m)
     else:  # every block's statistics come from the dense model
         everything = [m for i in range(LAYERS) for m in _block_linears(plain, adapter, i)]
-        _plain_wanda(plain, everything, batches, 0.5, n_m)
+        plain_wanda(plain, everything, batches, 0.5, n_m)
 
     prune_blockwise(model, adapter, METHODS["Wanda"](cfg), UniformPlan(cfg.weight), batches, CPU,
                     sparsity_out=sparsity_out)
@@ -99,23 +72,6 @@ def test_blockwise_wanda_equals_plain(arch, sparsity_out, sparsity_type):
                 assert (zeros.reshape(zeros.shape[0], -1, 4).sum(-1) == 2).all()
             else:
                 assert (zeros.sum(1) == linear.in_features // 2).all()
-
-
-def _plain_sparsegpt(model, linears, batches, cfg):
-    """Hessians of every Linear from whole-model forwards, then each Linear pruned on its own
-    with the library's OBS pass (tested against a float64 OBS in tests/sparse/)."""
-    hessians = {id(m): Hessian(m.in_features, CPU) for m in linears}
-    handles = [m.register_forward_hook(lambda mod, inp, out: hessians[id(mod)].add(inp[0]))
-               for m in linears]
-    with torch.no_grad():
-        for ids in batches:
-            model(input_ids=ids)
-    for handle in handles:
-        handle.remove()
-    method = METHODS["SparseGPT"](cfg)
-    target = UniformPlan(cfg.weight).target(0, "")
-    for linear in linears:
-        method.prune(linear, {"hessian": hessians[id(linear)].value}, target)
 
 
 @pytest.mark.parametrize("arch", NEW)
@@ -132,10 +88,10 @@ def test_blockwise_sparsegpt_equals_plain(arch, sparsity_out, sparsity_type):
     plain = copy.deepcopy(model)
     if sparsity_out:
         for index in range(LAYERS):
-            _plain_sparsegpt(plain, _block_linears(plain, adapter, index), batches, cfg)
+            plain_sparsegpt(plain, _block_linears(plain, adapter, index), batches, cfg)
     else:
         everything = [m for i in range(LAYERS) for m in _block_linears(plain, adapter, i)]
-        _plain_sparsegpt(plain, everything, batches, cfg)
+        plain_sparsegpt(plain, everything, batches, cfg)
 
     prune_blockwise(model, adapter, METHODS["SparseGPT"](cfg), UniformPlan(cfg.weight), batches,
                     CPU, sparsity_out=sparsity_out)

@@ -6,12 +6,12 @@ import torch
 import torch.nn as nn
 
 from conftest import tiny_model
+from plain_pruning import plain_wanda
 from llmc.config import SparseCfg
 from llmc.registry import METHODS, MODELS
 from llmc.runner.blockwise import prune_blockwise
 from llmc.runner.capture import block_output, capture_block_inputs
 from llmc.sparse import UniformPlan
-from llmc.sparse.masks import n_m_mask, row_lowest_mask
 
 ADAPTERS = {"llama": "Llama", "qwen2": "Qwen2"}
 CPU = torch.device("cpu")
@@ -20,30 +20,6 @@ CPU = torch.device("cpu")
 def _batches(n=5, length=12, seed=1):
     gen = torch.Generator().manual_seed(seed)
     return [torch.randint(0, 300, (1, length), generator=gen) for _ in range(n)]
-
-
-def _plain_input_norms(model, linears, batches):
-    """Run the whole model once per window; mean over windows of squared input column norms."""
-    sums = {id(m): 0 for m in linears}
-
-    def hook(module, inputs, output):
-        sums[id(module)] = sums[id(module)] + (inputs[0][0].float() ** 2).sum(0)
-
-    handles = [m.register_forward_hook(hook) for m in linears]
-    with torch.no_grad():
-        for ids in batches:
-            model(input_ids=ids)
-    for h in handles:
-        h.remove()
-    return {key: value / len(batches) for key, value in sums.items()}
-
-
-def _plain_wanda(model, linears, batches, sparsity, n_m):
-    norms = _plain_input_norms(model, linears, batches)
-    for linear in linears:
-        score = linear.weight.data.abs() * torch.sqrt(norms[id(linear)])
-        mask = n_m_mask(score, *n_m) if n_m else row_lowest_mask(score, sparsity)
-        linear.weight.data[mask] = 0
 
 
 def _block_linears(model, index):
@@ -63,10 +39,10 @@ def test_blockwise_wanda_equals_plain(arch, sparsity_out, sparsity_type):
     plain = copy.deepcopy(model)
     if sparsity_out:  # each block sees the outputs of the already-pruned blocks before it
         for index in range(3):
-            _plain_wanda(plain, _block_linears(plain, index), batches, 0.5, n_m)
+            plain_wanda(plain, _block_linears(plain, index), batches, 0.5, n_m)
     else:  # every block's statistics come from the dense model
         everything = [m for i in range(3) for m in _block_linears(plain, i)]
-        _plain_wanda(plain, everything, batches, 0.5, n_m)
+        plain_wanda(plain, everything, batches, 0.5, n_m)
 
     adapter = MODELS[ADAPTERS[arch]]
     prune_blockwise(model, adapter, METHODS["Wanda"](cfg), UniformPlan(cfg.weight), batches, CPU,

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from conftest import tiny_model
+from plain_pruning import plain_sparsegpt as plain_whole_model_sparsegpt
 from llmc.config import SparseCfg
 from llmc.errors import LlmcError
 from llmc.registry import METHODS, MODELS
@@ -196,30 +197,14 @@ def test_shared_group_hessian_equals_per_linear_hessians():
     assert (model.model.layers[1].self_attn.k_proj.weight == 0).float().mean() > 0.45
 
 
-def _plain_whole_model_sparsegpt(model, batches, cfg):
-    """Hessians of every Linear from one whole-model pass per window (dense statistics, as
-    sparsity_out False), then each Linear pruned on its own."""
-    linears = [m for layer in model.model.layers for m in layer.modules()
-               if isinstance(m, nn.Linear)]
-    hessians = {id(m): Hessian(m.in_features, CPU) for m in linears}
-    handles = [m.register_forward_hook(
-        lambda mod, inp, out: hessians[id(mod)].add(inp[0])) for m in linears]
-    with torch.no_grad():
-        for ids in batches:
-            model(input_ids=ids)
-    for handle in handles:
-        handle.remove()
-    method = METHODS["SparseGPT"](cfg)
-    for linear in linears:
-        method.prune(linear, {"hessian": hessians[id(linear)].value}, Target(0.5))
-
-
 @pytest.mark.parametrize("arch,adapter", [("llama", "Llama"), ("qwen2", "Qwen2")])
 def test_blockwise_equals_plain_whole_model(arch, adapter):
     model = tiny_model(arch, num_hidden_layers=2)
     plain = copy.deepcopy(model)
     cfg = _cfg(blocksize=16)
-    _plain_whole_model_sparsegpt(plain, _batches(), cfg)
+    linears = [m for layer in plain.model.layers for m in layer.modules()
+               if isinstance(m, nn.Linear)]
+    plain_whole_model_sparsegpt(plain, linears, _batches(), cfg)  # dense statistics: sparsity_out False
     prune_blockwise(model, MODELS[adapter], METHODS["SparseGPT"](cfg), UniformPlan(cfg.weight),
                     _batches(), CPU, sparsity_out=False)
     for (name, p), (_, q) in zip(model.named_parameters(), plain.named_parameters()):
