@@ -20,9 +20,9 @@ DAMPING_RETRIES = 3
 
 
 def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float):
-    """(U, dead): U is the upper Cholesky factor of (H + percdamp * mean(diag H) * I)^-1, with
-    dead inputs (H_ii = 0, never active) given H_ii = 1; `dead` marks them. `hessian` is not
-    modified (a group's Linears share it)."""
+    """(U, dead, diag): U is the upper Cholesky factor of H_d^-1, H_d = H + percdamp *
+    mean(diag H) * I with dead inputs (H_ii = 0, never active) given H_ii = 1; `dead` marks
+    them; `diag` is diag(H_d). `hessian` is not modified (a group's Linears share it)."""
     if not torch.isfinite(hessian).all():
         raise LlmcError("the Hessian has NaN/inf entries: the calibration activations overflowed; "
                         "try model.torch_dtype: float32 or bfloat16")
@@ -39,7 +39,7 @@ def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float):
         if info == 0:
             upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
             if info == 0 and torch.isfinite(upper).all():
-                return upper, dead
+                return upper, dead, torch.diag(h)
         if attempt < DAMPING_RETRIES:
             logger.warning(f"Hessian is not positive definite with percdamp {damping:g}; "
                            "retrying with 10x more damping")
@@ -47,12 +47,18 @@ def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float):
                     "use more calibration windows (calib.n_samples) or a larger sparse.percdamp")
 
 
-def obs_prune(weight, upper, target, blocksize, quantizer=None):
+def obs_saliency(block, u_diag, columns):
+    """SparseGPT's score of pruning each weight of a column block: w^2 / [H^-1]_mm, with
+    [H^-1]_mm = U_mm^2 (U_mm of the columns not yet pruned, as the Cholesky form gives it)."""
+    return block ** 2 / u_diag ** 2
+
+
+def obs_prune(weight, upper, target, blocksize, quantizer=None, saliency=obs_saliency):
     """SparseGPT's pass over fp32 `weight` (rows x columns, modified in place and returned) with
-    U = `upper`. Unstructured: per block, prune the lowest int(numel * s) of w^2 / U_ii^2 over the
-    whole block (lazy updates applied). N:M: at every M-th column, the N lowest of the next M.
-    With a quantizer, each kept weight is rounded to its grid inside the same pass.
-    Returns (weight, the summed OBS loss)."""
+    U = `upper`. Unstructured: per block, prune the lowest int(numel * s) of
+    `saliency(block, u_diag, columns)` over the whole block (lazy updates applied). N:M: at every
+    M-th column, the N lowest w^2 / U_ii^2 of the next M. With a quantizer, each kept weight is
+    rounded to its grid inside the same pass. Returns (weight, the summed OBS loss)."""
     rows, columns = weight.shape
     n, m = target.n_m or (0, 0)
     loss = torch.zeros(rows, device=weight.device)
@@ -66,10 +72,11 @@ def obs_prune(weight, upper, target, blocksize, quantizer=None):
         if n:
             mask = torch.zeros_like(block, dtype=torch.bool)
         else:
-            mask = layer_threshold_mask(block ** 2 / u_diag ** 2, target.sparsity)
+            mask = layer_threshold_mask(saliency(block, u_diag, slice(start, end)),
+                                        target.sparsity)
         for i in range(end - start):
             if n and i % m == 0:
-                score = block[:, i:i + m] ** 2 / u_diag[:, i:i + m] ** 2
+                score = obs_saliency(block[:, i:i + m], u_diag[:, i:i + m], None)
                 lowest = torch.topk(score, min(n, score.shape[1]), dim=1, largest=False)[1]
                 mask.scatter_(1, i + lowest, True)
             w = block[:, i]
@@ -108,18 +115,24 @@ class SparseGPT(Sparsifier):
     def prune_group(self, linears, stats, targets):
         """The group's Linears share one Hessian, so U is factored once for all of them."""
         try:
-            upper, dead = inverse_hessian_factor(stats["hessian"], self.cfg.percdamp)
+            upper, dead, hessian_diag = inverse_hessian_factor(stats["hessian"], self.cfg.percdamp)
         except LlmcError as err:
             raise LlmcError(f"{', '.join(linears)}: {err}") from None
+        saliency = self.saliency(hessian_diag)
         for name, linear in linears.items():
             weight = linear.weight.data.to(torch.float32, copy=True)
             quantizer = MinMaxQuantizer(weight, self.cfg.wbits) if self.cfg.wbits < 16 else None
             weight[:, dead] = 0
-            weight, loss = obs_prune(weight, upper, targets[name], self.cfg.blocksize, quantizer)
+            weight, loss = obs_prune(weight, upper, targets[name], self.cfg.blocksize, quantizer,
+                                     saliency)
             if not torch.isfinite(weight).all():
                 raise LlmcError(f"{name}: SparseGPT produced NaN/inf weights")
             logger.debug(f"{name}: OBS loss {loss:.4g}")
             linear.weight.data.copy_(weight)
+
+    def saliency(self, hessian_diag):
+        """The unstructured mask's score (see obs_prune); MixGPT swaps in its own."""
+        return obs_saliency
 
     def prune(self, linear, stats, target):
         self.prune_group({"linear": linear}, stats, {"linear": target})

@@ -162,10 +162,11 @@ def test_singular_hessian_is_retried_with_more_damping():
 
     handle = logger.add(lambda m: messages.append(str(m)), level="WARNING")
     try:
-        upper, dead = inverse_hessian_factor(hessian, percdamp=0.0)
+        upper, dead, damped_diag = inverse_hessian_factor(hessian, percdamp=0.0)
     finally:
         logger.remove(handle)
     assert torch.isfinite(upper).all() and not dead.any()
+    assert (damped_diag > torch.diag(hessian)).all()  # the damping that made it factor
     assert any("retrying with" in m for m in messages)
 
 
