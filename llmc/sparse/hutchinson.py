@@ -1,0 +1,46 @@
+"""Hutchinson's estimator of Hessian traces: for a Rademacher vector v (entries +-1),
+E[v^T H v] = Tr(H). One Hessian-vector product with v spread over many parameter tensors gives,
+per tensor i, v_i^T (H v)_i, whose mean is Tr(H_ii), the trace of that tensor's own diagonal block
+(the cross terms v_i^T H_ij v_j, j != i, have mean 0 since v_i and v_j are independent). So one
+product per probe estimates every tensor's trace at once.
+"""
+from typing import Callable, Dict, List
+
+import torch
+from tqdm import tqdm
+
+
+def rademacher(shape, generator: torch.Generator) -> torch.Tensor:
+    """+-1 with equal odds as int8 (a byte per entry), drawn on the CPU so that a seed gives the
+    same v on every device."""
+    return torch.randint(0, 2, shape, generator=generator, dtype=torch.int8).mul_(2).sub_(1)
+
+
+def _dot(v: torch.Tensor, hv: torch.Tensor) -> float:
+    return float(torch.sum(v.to(hv.device, torch.float64) * hv.detach().to(torch.float64)))
+
+
+def hutchinson_traces(hvp: Callable[[List[torch.Tensor]], List[torch.Tensor]],
+                      shapes: Dict[str, torch.Size], max_iter: int, tol: float, seed: int):
+    """Estimate Tr(H_ii) for every named tensor. `hvp(vectors)` returns H v for the probe
+    `vectors` (one per name, in `shapes` order; int8 on the CPU, for hvp to place and cast).
+
+    Stops after `max_iter` probes, or earlier once the vector of running means moves less than
+    `tol` relatively in one probe (L1 norms), checked from the second probe on.
+    Returns ({name: trace}, probes used, converged)."""
+    generator = torch.Generator().manual_seed(seed)
+    names = list(shapes)
+    total = torch.zeros(len(names), dtype=torch.float64)
+    previous = None
+    for probe in tqdm(range(1, max_iter + 1), desc="Hutchinson probes"):
+        vectors = [rademacher(shapes[name], generator) for name in names]
+        products = hvp(vectors)
+        total += torch.tensor([_dot(v, hv) for v, hv in zip(vectors, products)],
+                              dtype=torch.float64)
+        mean = total / probe
+        if previous is not None:
+            change = float((mean - previous).abs().sum() / previous.abs().sum().clamp_min(1e-30))
+            if change < tol:
+                return dict(zip(names, mean.tolist())), probe, True
+        previous = mean
+    return dict(zip(names, (total / max_iter).tolist())), max_iter, False
