@@ -62,7 +62,7 @@ def save_model(model, tokenizer, save_path) -> Path:
     return root / MODEL_DIR
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.",
                                      delete=False) as f:
@@ -72,7 +72,7 @@ def _write_text(path: Path, text: str) -> None:
 
 def write_results(save_path, results: dict, config: dict) -> Path:
     root = Path(save_path).expanduser()
-    _write_text(root / CONFIG, yaml.safe_dump(config, sort_keys=False))
-    _write_text(root / RESULTS, json.dumps(results, indent=2))
+    write_text(root / CONFIG, yaml.safe_dump(config, sort_keys=False))
+    write_text(root / RESULTS, json.dumps(results, indent=2))
     logger.info(f"wrote {root / RESULTS}")
     return root / RESULTS

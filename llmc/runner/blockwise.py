@@ -6,14 +6,18 @@ It knows no method by name: a method says which statistics it needs and prunes o
 """
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
 
 import torch
 from loguru import logger
 from tqdm import tqdm
 
 from ..errors import LlmcError
+from .cache import cached_json, weights_fingerprint, windows_fingerprint
 from .capture import block_output, capture_block_inputs
 from .device import activation_home
+from .loss_hessian import block_weights, calibration_windows, loss_hessian
 from .stats import GroupStatistics
 
 
@@ -117,13 +121,35 @@ def measure_blockwise(model, adapter, needs, batches, device, measure, offload="
 @dataclass
 class Calibration:
     """What a method's allocation step may use: the model, its adapter and the calibration
-    batches, with the runner's dense block loop (`measure`) so no method writes its own."""
+    batches, with the runner's dense block loop (`measure`) so no method writes its own, the
+    whole-model loss Hessian (`loss_hessian`) and a cache of measurements in `cache_dir`."""
     model: object
     adapter: object
     batches: list
     device: torch.device
     offload: object = "auto"
+    cache_dir: Optional[str] = None  # where `cached` keeps files (save.save_path); None: no cache
+    overwrite: bool = False  # whether a cached file for another key may be replaced
 
     def measure(self, needs, measure) -> list:
         return measure_blockwise(self.model, self.adapter, needs, self.batches, self.device,
                                  measure, self.offload)
+
+    def windows(self, n_windows: int) -> list:
+        return calibration_windows(self.batches, n_windows)
+
+    def loss_hessian(self, n_windows: int):
+        """Context manager yielding (shapes, hvp) over the first `n_windows` windows (see
+        llmc.runner.loss_hessian)."""
+        return loss_hessian(self.model, self.adapter, self.windows(n_windows), self.device)
+
+    def fingerprint(self, n_windows: int) -> dict:
+        """What identifies the model's block weights and the first `n_windows` windows."""
+        return {"model": weights_fingerprint(block_weights(self.model, self.adapter)),
+                "windows": windows_fingerprint(self.windows(n_windows))}
+
+    def cached(self, filename: str, key: dict, compute):
+        """(value, reused): compute() kept in cache_dir/filename for `key` (see cached_json)."""
+        if self.cache_dir is None:
+            return compute(), False
+        return cached_json(Path(self.cache_dir) / filename, key, compute, self.overwrite)

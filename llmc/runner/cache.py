@@ -1,0 +1,60 @@
+"""Measurements worth keeping between runs (MixGPT's Hessian traces cost far more than the
+pruning): a JSON file in save_path holding the value and the key it was computed for, reused
+only when the key (model weights, calibration windows, settings) is the same."""
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from loguru import logger
+
+from ..errors import LlmcError
+from ..save import write_text
+
+
+def _digest(tensors) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for tensor in tensors:
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{tuple(tensor.shape)} {tensor.dtype};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def weights_fingerprint(weights) -> str:
+    """A digest of the weights' names, shapes, dtypes and bytes."""
+    names = hashlib.blake2b("\n".join(weights).encode(), digest_size=8).hexdigest()
+    return f"{names}-{_digest(weights.values())}"
+
+
+def windows_fingerprint(windows) -> str:
+    """A digest of the token ids of the windows, in order."""
+    return _digest(windows)
+
+
+def cached_json(path, key: dict, compute, overwrite: bool):
+    """(value, reused): the value stored at `path` for `key`, or compute() stored there.
+    A file for another key is replaced only with `overwrite`; otherwise that is an error, raised
+    before compute() runs."""
+    path = Path(path).expanduser()
+    if path.exists():
+        try:
+            stored = json.loads(path.read_text())
+            same = stored["key"] == json.loads(json.dumps(key))
+        except (ValueError, KeyError, TypeError):
+            stored, same = None, False
+        if same:
+            logger.info(f"reusing {path} (same model, calibration windows and settings)")
+            return stored["value"], True
+        if not overwrite:
+            differs = ([k for k in key if stored["key"].get(k) != key[k]]
+                       if isinstance(stored, dict) and isinstance(stored.get("key"), dict)
+                       else ["(unreadable file)"])
+            raise LlmcError(f"'{path}' holds values for another {', '.join(map(str, differs))}; "
+                            "set save.overwrite: True to replace it, or choose another "
+                            "save.save_path")
+        logger.warning(f"{path} is for another model, data or settings; replacing it")
+    value = compute()
+    write_text(path, json.dumps({"key": key, "value": value}, indent=1))
+    logger.info(f"wrote {path}")
+    return value, False
