@@ -102,6 +102,25 @@ class OwlCfg:
 
 
 @dataclass
+class SensitivityCfg:
+    n_samples: int = 1  # calibration windows whose loss is differentiated (the first ones)
+    max_iter: int = 50  # Hutchinson probes at most
+    tol: float = 1e-3  # stop once the running means move less than this, relatively
+    normalize: bool = True  # Tr(H) / numel, the average trace (paper eq. 6); False: Tr(H)
+    cache: bool = True  # keep the traces in save_path/sensitivity.json and reuse them
+    seed: int = 0  # seeds the probes
+
+
+@dataclass
+class MixGptCfg:
+    alpha: float = 0.1  # sparsities span p - alpha (most sensitive) .. p + alpha (least)
+    granularity: str = "layer"  # "layer": one sparsity per decoder layer; "linear": per Linear
+    weighted: bool = False  # shift the plan so the parameter-weighted mean sparsity is p
+    saliency: str = "isc"  # "isc": w^2 (H_mm + 1/[H^-1]_mm); "obs": SparseGPT's w^2/[H^-1]_mm
+    sensitivity: SensitivityCfg = field(default_factory=SensitivityCfg)
+
+
+@dataclass
 class SparseCfg:
     method: str = "Wanda"
     weight: WeightCfg = field(default_factory=WeightCfg)
@@ -112,6 +131,7 @@ class SparseCfg:
     wbits: int = 16  # SparseGPT: quantize kept weights to 2..8 bits jointly; 16 = no quantization
     base: str = "Wanda"  # OWL: the method that prunes with OWL's per-layer sparsity
     owl: OwlCfg = field(default_factory=OwlCfg)
+    mixgpt: MixGptCfg = field(default_factory=MixGptCfg)
 
 
 @dataclass
@@ -191,6 +211,8 @@ def _validate_calib(cfg):
     method = METHODS.get(cfg.sparse.method)
     if method is not None and not method.calibrates(cfg.sparse):
         return  # the method uses no calibration data (e.g. Magnitude): nothing to check
+    if method is not None:
+        method.check_calibration(cfg.sparse, calib)
     if spec.needs_path and not calib.download:
         _check_path(calib.path, "calib.path", f"a local copy of '{calib.name}' "
                     "(or set calib.download: True)")

@@ -11,7 +11,7 @@ from .data import calib_batches, eval_tokens
 from .eval import perplexity
 from .models import load_model, load_tokenizer
 from .registry import METHODS
-from .report import sparsity_report, versions
+from .report import sparsity_report, unit_sparsity, versions
 from .plot import plot_plan
 from .runner import Calibration, prune_blockwise, resolve_device
 from .save import PLAN_PLOT, check_save_path, save_model, write_results
@@ -51,13 +51,16 @@ def run(cfg) -> dict:
     model, adapter = load_model(cfg.model)
 
     results = {"config": cfg.to_dict(), "ppl": {}, "timings": {}, "versions": versions()}
+    # Allocation first: it reads the dense model as the pretrain eval does, and its problems
+    # (a plan out of range, a cached file for another model) should surface before the eval.
+    start = time.perf_counter()
+    calibration = Calibration(model, adapter, batches, device, cfg.base.offload_activations,
+                              cache_dir=cfg.save.save_path, overwrite=cfg.save.overwrite)
+    plan = method.allocate(cfg.sparse.weight, calibration)
+    results["timings"]["allocate"] = time.perf_counter() - start
     if "pretrain" in cfg.eval.eval_pos:
         evaluate(model, adapter, eval_sets, cfg, device, "pretrain", results)
 
-    start = time.perf_counter()
-    calibration = Calibration(model, adapter, batches, device, cfg.base.offload_activations)
-    plan = method.allocate(cfg.sparse.weight, calibration)
-    results["timings"]["allocate"] = time.perf_counter() - start
     start = time.perf_counter()
     phases = prune_blockwise(model, adapter, method, plan, batches, device,
                              sparsity_out=cfg.sparse.sparsity_out,
@@ -70,6 +73,8 @@ def run(cfg) -> dict:
     if "units" in results["plan"] and plot_plan(results["plan"], plot_path):
         results["plan_plot"] = PLAN_PLOT
     results["sparsity"] = sparsity_report(model, adapter)
+    if "units" in results["plan"]:
+        results["plan"]["achieved"] = unit_sparsity(model, adapter, plan.targets)
     logger.info(f"achieved sparsity over all decoder Linears: {results['sparsity']['overall']:.4f}")
 
     if "transformed" in cfg.eval.eval_pos:

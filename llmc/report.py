@@ -16,6 +16,19 @@ def sparsity_report(model, adapter) -> dict:
     return {"overall": zeros / max(total, 1), "per_linear": per_linear}
 
 
+def unit_sparsity(model, adapter, units) -> list:
+    """Fraction of exact zeros per plan unit: (block index, None) is a whole decoder layer's
+    Linears, (block index, name) one Linear."""
+    blocks = adapter.get_blocks(model)
+    achieved = []
+    for index, name in units:
+        weights = [blocks[index].get_submodule(n).weight
+                   for n in (adapter.linear_names() if name is None else [name])]
+        achieved.append(sum(int((w == 0).sum()) for w in weights) /
+                        sum(w.numel() for w in weights))
+    return achieved
+
+
 def versions() -> dict:
     import transformers
 

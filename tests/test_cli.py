@@ -105,3 +105,31 @@ def test_bad_config_fails_fast_as_a_process_and_keeps_existing_outputs(run_confi
     assert done.returncode == 2
     assert "already exists" in done.stderr and "save.overwrite" in done.stderr
     assert (kept / "weights.bin").read_text() == "earlier run"
+
+
+def test_mixgpt_run_records_plan_achieved_and_reuses_its_traces(run_config, tmp_path,
+                                                                tiny_model_dir):
+    pytest.importorskip("matplotlib")
+    args = ["--config", str(run_config), "--set", "sparse.method=MixGPT",
+            "--set", "sparse.mixgpt.granularity=linear", "--set", "sparse.mixgpt.weighted=true",
+            "--set", "sparse.mixgpt.sensitivity.max_iter=10", "--set", "sparse.blocksize=16",
+            "--set", "model.path=" + tiny_model_dir("llama", seed=1, num_hidden_layers=2)]
+    assert main(args) == 0
+    save = tmp_path / "save"
+    results = json.loads((save / "results.json").read_text())
+    plan = results["plan"]
+    assert plan["kind"] == "mixgpt" and plan["score_name"] == "sensitivity"
+    assert len(plan["units"]) == len(plan["score"]) == 14 and len(set(plan["sparsity"])) == 14
+    for target, achieved in zip(plan["sparsity"], plan["achieved"]):
+        assert abs(achieved - target) <= 1 / 32  # the tiny Linears have 32 or more columns
+    assert results["sparsity"]["overall"] == pytest.approx(0.5, abs=0.01)
+    sensitivity = results["method"]["sensitivity"]
+    assert sensitivity["probes"] == 10 and not sensitivity["reused"]
+    cached = json.loads((save / "sensitivity.json").read_text())
+    assert len(cached["value"]["traces"]) == 14 and cached["key"]["max_iter"] == 10
+    assert (save / "plan.png").read_bytes()[:4] == b"\x89PNG"
+
+    assert main(args + ["--set", "save.overwrite=true"]) == 0  # same model and data: reused
+    again = json.loads((save / "results.json").read_text())
+    assert again["method"]["sensitivity"]["reused"] and again["plan"]["score"] == plan["score"]
+    assert again["ppl"]["transformed"] == results["ppl"]["transformed"]

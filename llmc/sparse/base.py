@@ -30,6 +30,10 @@ class Sparsifier:
                               f"quantize; remove wbits (16 = off) or use {' or '.join(able)}")
 
     @classmethod
+    def check_calibration(cls, sparse_cfg, calib_cfg) -> None:
+        """Checks of the method's settings against calib (e.g. windows it needs)."""
+
+    @classmethod
     def calibrates(cls, sparse_cfg) -> bool:
         """Whether a run needs calibration data (Magnitude alone does not)."""
         return bool(cls.needs)
