@@ -25,7 +25,7 @@ def local_paths(tmp_path):
 
 
 def test_every_model_has_its_configs():
-    assert FILES == ["baichuan_7b/sparsegpt.yml", "baichuan_7b/wanda.yml",
+    assert FILES == ["baichuan_7b/mixgpt.yml", "baichuan_7b/sparsegpt.yml", "baichuan_7b/wanda.yml",
                      "bloom_560m/magnitude.yml", "bloom_560m/sparsegpt.yml",
                      "bloom_560m/wanda.yml", "opt_125m/magnitude.yml", "opt_125m/sparsegpt.yml",
                      "opt_125m/wanda.yml"]
@@ -47,8 +47,12 @@ def test_config_loads_with_the_paper_setting(name, local_paths):
     assert (cfg.sparse.weight.sparsity, cfg.sparse.weight.sparsity_type) == (0.5, "unstructured")
     if model_dir != "baichuan_7b":  # the SparseGPT repo's OPT / BLOOM evaluation
         assert cfg.eval.names == ["wikitext2", "ptb", "c4"]
-    if cfg.sparse.method == "SparseGPT":
+    if cfg.sparse.method in ("SparseGPT", "MixGPT"):
         assert (cfg.sparse.blocksize, cfg.sparse.percdamp) == (128, 0.01)
+    if cfg.sparse.method == "MixGPT":
+        mix = cfg.sparse.mixgpt
+        assert (mix.alpha, mix.granularity, mix.saliency, mix.sensitivity.n_samples) == \
+            (0.1, "layer", "isc", 1)
 
 
 def test_baichuan_config_without_permission_is_refused(local_paths):
