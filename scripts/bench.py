@@ -8,8 +8,10 @@ method's blockwise prune with sparsity_out False and True (each on a fresh copy 
 model), and (3) perplexity-eval tokens/s against plain Hugging Face forwards with labels (the loss) over the
 same windows. With --compare-per-linear it also prunes with one statistic per Linear instead of
 one per input group (q/k/v, gate/up) and reports shared / per-Linear time (SparseGPT: Hessians),
-checking that both give identical weights. A method that allocates first (OWL) has its
-measuring pass timed as allocate_s, outside the prune time.
+checking that both give identical weights. A method that allocates first (OWL, MixGPT) has its
+measuring pass timed as allocate_s, outside the prune time; for MixGPT the Hessian traces are
+also given as a ratio to the dense forward, and each probe as a ratio to one dense forward of the
+windows it differentiates.
 Ratios, not seconds, are the figures to compare across machines.
 """
 import dataclasses
@@ -93,6 +95,17 @@ def main():
                                                           cfg.base.offload_activations))
     figures["allocate_s"] = time.perf_counter() - start
     figures["allocate_over_forward"] = figures["allocate_s"] / forward
+    sensitivity = method.describe().get("sensitivity")
+    if sensitivity:  # MixGPT: Hessian traces by Hutchinson probes over the first windows
+        windows = sum(([b[r:r + 1] for r in range(b.shape[0])] for b in batches), [])
+        window_forward = dense_forward_seconds(model, adapter, windows[:sensitivity["n_samples"]],
+                                               device, cfg.base.offload_activations)
+        figures.update({
+            "sensitivity_s": sensitivity["seconds"], "sensitivity_probes": sensitivity["probes"],
+            "sensitivity_over_forward": sensitivity["seconds"] / forward,
+            "sensitivity_window_forward_s": window_forward,
+            "probe_over_window_forward":
+                sensitivity["seconds"] / sensitivity["probes"] / window_forward})
     modes = {"both": [False, True], "false": [False], "true": [True]}[args.sparsity_out]
     per_linear = dataclasses.replace(adapter, groups=tuple((n,) for n in adapter.linear_names()))
     for flag in modes:
@@ -139,6 +152,11 @@ def main():
     if figures["allocate_s"] > 0.01:
         print(f"  allocation (measuring pass)      : {figures['allocate_s']:8.2f} s  = "
               f"{figures['allocate_over_forward']:.3f} x dense forward")
+    if "sensitivity_s" in figures:
+        print(f"    of which Hessian traces        : {figures['sensitivity_s']:8.2f} s  = "
+              f"{figures['sensitivity_over_forward']:.3f} x dense forward; "
+              f"{figures['sensitivity_probes']} probes, each "
+              f"{figures['probe_over_window_forward']:.2f} x a dense forward of its window(s)")
     for flag in modes:
         print(f"  prune, sparsity_out {str(flag):5}      : "
               f"{figures[f'prune_s_sparsity_out_{flag}']:8.2f} s  = "
