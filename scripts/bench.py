@@ -35,6 +35,7 @@ from llmc.registry import METHODS  # noqa: E402
 from llmc.runner import Calibration, prune_blockwise, resolve_device  # noqa: E402
 from llmc.runner.blockwise import calibration_home, forward_all_blocks  # noqa: E402
 from llmc.runner.capture import capture_block_inputs  # noqa: E402
+from llmc.runner.loss_hessian import calibration_windows  # noqa: E402
 
 
 def sync(device):
@@ -97,9 +98,9 @@ def main():
     figures["allocate_over_forward"] = figures["allocate_s"] / forward
     sensitivity = method.describe().get("sensitivity")
     if sensitivity:  # MixGPT: Hessian traces by Hutchinson probes over the first windows
-        windows = sum(([b[r:r + 1] for r in range(b.shape[0])] for b in batches), [])
-        window_forward = dense_forward_seconds(model, adapter, windows[:sensitivity["n_samples"]],
-                                               device, cfg.base.offload_activations)
+        windows = calibration_windows(batches, sensitivity["n_samples"])
+        window_forward = dense_forward_seconds(model, adapter, windows, device,
+                                               cfg.base.offload_activations)
         figures.update({
             "sensitivity_s": sensitivity["seconds"], "sensitivity_probes": sensitivity["probes"],
             "sensitivity_over_forward": sensitivity["seconds"] / forward,
