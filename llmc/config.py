@@ -209,9 +209,9 @@ def _validate_calib(cfg):
         raise ConfigError(f"calib.bs: {calib.bs} needs windows of one length, but preproc "
                           f"'{calib.preproc}' yields windows of different lengths; use bs: 1")
     method = METHODS.get(cfg.sparse.method)
-    if method is not None and not method.calibrates(cfg.sparse):
-        return  # the method uses no calibration data (e.g. Magnitude): nothing to check
     if method is not None:
+        if not method.calibrates(cfg.sparse):
+            return  # the method uses no calibration data (e.g. Magnitude): nothing to check
         method.check_calibration(cfg.sparse, calib)
     if spec.needs_path and not calib.download:
         _check_path(calib.path, "calib.path", f"a local copy of '{calib.name}' "

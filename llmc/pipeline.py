@@ -69,12 +69,11 @@ def run(cfg) -> dict:
     results["timings"].update({f"prune_{k}": v for k, v in phases.items()})
     results["method"] = method.describe()
     results["plan"] = plan.describe()
-    plot_path = Path(cfg.save.save_path).expanduser() / PLAN_PLOT
-    if "units" in results["plan"] and plot_plan(results["plan"], plot_path):
-        results["plan_plot"] = PLAN_PLOT
-    results["sparsity"] = sparsity_report(model, adapter)
-    if "units" in results["plan"]:
+    if "units" in results["plan"]:  # a per-unit plan (OWL, MixGPT)
         results["plan"]["achieved"] = unit_sparsity(model, adapter, plan.targets)
+        if plot_plan(results["plan"], Path(cfg.save.save_path).expanduser() / PLAN_PLOT):
+            results["plan_plot"] = PLAN_PLOT
+    results["sparsity"] = sparsity_report(model, adapter)
     logger.info(f"achieved sparsity over all decoder Linears: {results['sparsity']['overall']:.4f}")
 
     if "transformed" in cfg.eval.eval_pos:

@@ -101,9 +101,6 @@ class MixGPT(SparseGPT):
     def measure_sensitivity(self, calibration) -> dict:
         """Hessian traces of every block Linear, cached in save_path/sensitivity.json."""
         sens = self.cfg.mixgpt.sensitivity
-        key = {"estimator": "hutchinson", **calibration.fingerprint(sens.n_samples),
-               "n_samples": sens.n_samples, "max_iter": sens.max_iter, "tol": sens.tol,
-               "seed": sens.seed}
 
         def compute():
             start = time.perf_counter()
@@ -117,7 +114,10 @@ class MixGPT(SparseGPT):
             return {"traces": traces, "numel": numel, "probes": probes, "converged": converged,
                     "seconds": time.perf_counter() - start}
 
-        if sens.cache:
+        if sens.cache:  # the key digests every block weight: only worth it for the cache
+            key = {"estimator": "hutchinson", **calibration.fingerprint(sens.n_samples),
+                   "n_samples": sens.n_samples, "max_iter": sens.max_iter, "tol": sens.tol,
+                   "seed": sens.seed}
             record, reused = calibration.cached(SENSITIVITY_FILE, key, compute)
         else:
             record, reused = compute(), False
