@@ -1,9 +1,16 @@
 """Plain whole-model pruning, the references the blockwise runner is tested against: the whole
-model runs once per window with hooks on the given Linears, then each Linear is pruned alone."""
+model runs once per window with hooks on the given Linears, then each Linear is pruned alone.
+
+The statistics are accumulated with the library's own accumulators (InputNorms, Hessian), each
+Linear hooked on its own: their maths is tested against float64 re-computations in
+tests/runner/test_stats.py. So a reference and the runner run the same floating-point operations
+in the same order (the same block kernels on the same inputs, the same accumulation), and the
+tests compare them bit for bit: what differs is only what the runner adds (capturing block 0's
+inputs, replaying each block with them, input groups sharing one accumulator, sparsity_out)."""
 import torch
 
 from llmc.registry import METHODS
-from llmc.runner.stats import Hessian
+from llmc.runner.stats import Hessian, InputNorms
 from llmc.sparse import UniformPlan
 from llmc.sparse.masks import n_m_mask, row_lowest_mask
 
@@ -20,14 +27,9 @@ def _forward_all(model, linears, batches, hook):
 def plain_input_norms(model, linears, batches):
     """Per Linear, the mean over windows of each input column's squared norm over the window's
     tokens (OPT's fc1/fc2 see (tokens, features))."""
-    sums = {id(m): 0 for m in linears}
-
-    def hook(module, inputs, output):
-        x = inputs[0].reshape(-1, inputs[0].shape[-1]).float()
-        sums[id(module)] = sums[id(module)] + (x ** 2).sum(0)
-
-    _forward_all(model, linears, batches, hook)
-    return {key: value / len(batches) for key, value in sums.items()}
+    norms = {id(m): InputNorms(m.in_features, "cpu") for m in linears}
+    _forward_all(model, linears, batches, lambda mod, inp, out: norms[id(mod)].add(inp[0]))
+    return {key: accumulator.value for key, accumulator in norms.items()}
 
 
 def plain_wanda(model, linears, batches, sparsity, n_m):

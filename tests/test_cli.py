@@ -132,4 +132,5 @@ def test_mixgpt_run_records_plan_achieved_and_reuses_its_traces(run_config, tmp_
     assert main(args + ["--set", "save.overwrite=true"]) == 0  # same model and data: reused
     again = json.loads((save / "results.json").read_text())
     assert again["method"]["sensitivity"]["reused"] and again["plan"]["score"] == plan["score"]
+    # bitwise: the rerun repeats the same operations in the same order in the same process
     assert again["ppl"]["transformed"] == results["ppl"]["transformed"]

@@ -19,7 +19,7 @@ def test_round_trip_gives_identical_logits(tmp_path, tiny_tokenizer, arch):
     path = save_model(model, tiny_tokenizer, tmp_path)
     reloaded = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
     ids = torch.randint(0, 300, (2, 10))
-    with torch.no_grad():
+    with torch.no_grad():  # bitwise: the same weights through the same kernels, in one process
         assert torch.equal(model(input_ids=ids).logits, reloaded(input_ids=ids).logits)
     assert (reloaded.model.layers[0].mlp.up_proj.weight[:, ::2] == 0).all()
     assert list(path.parent.iterdir()) == [path]  # no temporary directory left behind

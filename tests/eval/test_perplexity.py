@@ -29,9 +29,15 @@ def test_ppl_matches_plain_hf_and_streaming(arch, adapter):
     whole, speed = perplexity(model, MODELS[adapter], tokens, 16, CPU)
     streamed, _ = perplexity(model, MODELS[adapter], tokens, 16, CPU, per_block=True)
     batched, _ = perplexity(model, MODELS[adapter], tokens, 16, CPU, bs=3)
-    assert whole == pytest.approx(expected, rel=1e-5)
+    # HF's loss routine and a batch of 3 (other matmul shapes, so other BLAS kernels) round
+    # differently in fp32: logits agree to ~1e-6 relative, and since ppl = exp(mean loss), the
+    # ppl's relative error is the mean loss's absolute error, ~1e-6 here. 1e-4 leaves margin
+    # on any CPU; a real mistake (a shifted label, a lost window, a wrong mask) moves it by %.
+    assert whole == pytest.approx(expected, rel=1e-4)
+    assert batched == pytest.approx(whole, rel=1e-4)
+    # The same kernels on the same windows (blocks replayed with the captured arguments, then
+    # the final norm and head): equal up to the last reduction.
     assert streamed == pytest.approx(whole, rel=1e-6)
-    assert batched == pytest.approx(whole, rel=1e-5)
     assert speed > 0
 
 

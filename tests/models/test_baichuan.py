@@ -17,6 +17,7 @@ from llmc.models import load_model, load_tokenizer
 from llmc.registry import MODELS
 from llmc.runner import capture_block_inputs
 
+# One thread for speed alone (see conftest.one_torch_thread); no result depends on it.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REFUSAL = (r"not part of transformers, so llmc must be allowed to run it; set "

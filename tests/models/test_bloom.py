@@ -10,6 +10,7 @@ from llmc.registry import MODELS
 from llmc.runner import capture_block_inputs
 from llmc.runner.capture import block_output
 
+# One thread for speed alone (see conftest.one_torch_thread); no result depends on it.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 BLOOM = MODELS["Bloom"]
@@ -29,7 +30,7 @@ def test_captured_alibi_replays_block_0_exactly():
         model(input_ids=ids)
         replayed = block_output(model.transformer.h[0](inputs.hidden[0], *args, **kwargs))
     handle.remove()
-    assert torch.equal(replayed, seen[0])
+    assert torch.equal(replayed, seen[0])  # bitwise: block 0 replayed with the same arguments
 
 
 def _fires(linear, model, ids):

@@ -16,6 +16,7 @@ from llmc.registry import METHODS, MODELS
 from llmc.runner import Calibration, prune_blockwise
 from llmc.sparse import UniformPlan
 
+# One thread for speed alone (see conftest.one_torch_thread); no result depends on it.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CPU = torch.device("cpu")

@@ -8,6 +8,7 @@ from llmc.errors import LlmcError
 from llmc.models import load_model
 from llmc.registry import MODELS
 
+# One thread for speed alone (see conftest.one_torch_thread); no result depends on it.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 OPT = MODELS["OPT"]

@@ -48,6 +48,7 @@ def test_blockwise_wanda_equals_plain(arch, sparsity_out, sparsity_type):
     prune_blockwise(model, adapter, METHODS["Wanda"](cfg), UniformPlan(cfg.weight), batches, CPU,
                     sparsity_out=sparsity_out)
     pruned = dict(model.named_parameters())
+    # bitwise: the plain reference runs the same operations in the same order (plain_pruning.py)
     for name, expected in plain.named_parameters():
         assert torch.equal(pruned[name], expected), name
     for index in range(3):
@@ -70,6 +71,7 @@ def test_sparsity_out_changes_later_blocks_only():
         prune_blockwise(pruned, MODELS["Llama"], METHODS["Wanda"](cfg), UniformPlan(cfg.weight),
                         _batches(), CPU, sparsity_out=flag)
         results[flag] = pruned
+    # bitwise: block 0 sees the same inputs and runs the same operations either way
     first = [torch.equal(a, b) for a, b in zip(_block_linears(results[False], 0)[0].weight,
                                                _block_linears(results[True], 0)[0].weight)]
     assert all(first)
@@ -97,7 +99,7 @@ def test_capture_records_every_kwarg_and_shares_equal_ones():
     assert "position_embeddings" in kwargs  # rotary cos/sin computed by the model, passed on
     assert inputs.calls[1] is inputs.calls[0]  # same-length windows share one argument set
     expected = model.model.embed_tokens(_batches(n=3)[2])
-    assert torch.equal(inputs.hidden[2], expected)
+    assert torch.equal(inputs.hidden[2], expected)  # an embedding lookup: exact
 
 
 def test_block_output_accepts_tensor_or_tuple():
@@ -129,5 +131,6 @@ def test_tuple_returning_blocks_prune_the_same():
     cfg = SparseCfg()
     for m, a in ((model, adapter), (wrapped, wrapped_adapter)):
         prune_blockwise(m, a, METHODS["Wanda"](cfg), UniformPlan(cfg.weight), _batches(), CPU)
+    # bitwise: the wrapper adds no arithmetic, so both run the same operations in the same order
     for (name, p), (_, q) in zip(model.named_parameters(), wrapped.named_parameters()):
         assert torch.equal(p, q), name

@@ -51,7 +51,7 @@ def test_products_equal_a_plain_whole_model_hvp(n_windows):
     for name, got, same, want in zip(names, first, again, expected):
         # float64, but the two paths may take different attention kernels: agree to 1e-6
         assert torch.allclose(got, want, rtol=1e-6, atol=1e-6 * float(want.abs().max())), name
-        assert torch.equal(got, same), name
+        assert torch.equal(got, same), name  # bitwise: the same product computed twice
 
 
 def test_model_comes_back_unchanged_with_its_flags():

@@ -13,7 +13,10 @@ def test_input_norms_is_mean_over_windows_of_squared_column_norms():
         acc.add(torch.cat(batch))
     expected = torch.stack([(w[0].double() ** 2).sum(0) for w in windows]).mean(0)
     assert acc.windows == 6
-    assert torch.allclose(acc.value.double(), expected, rtol=1e-6)
+    # fp32 against float64: a 7-term norm, squared, then six rescale-and-add steps of the
+    # running mean stay within ~30 roundings; 64 eps leaves room and still catches any slip.
+    assert torch.allclose(acc.value.double(), expected, rtol=64 * torch.finfo(torch.float32).eps,
+                          atol=0)
 
 
 class _Block(nn.Module):
@@ -50,8 +53,13 @@ def test_hessian_is_two_over_n_sum_of_x_xt_over_all_windows():
     x = torch.cat([w[0].double() for w in windows])  # all tokens x columns
     expected = 2 / len(windows) * x.t() @ x
     assert acc.windows == 5
-    assert torch.allclose(acc.value.double(), expected, rtol=1e-5, atol=1e-5)
-    assert torch.equal(acc.value, acc.value.t())
+    # Each entry is an fp32 sum of 45 products (accumulated in a different order from the
+    # float64 reference): the standard bound for such a sum is n * eps * sum |products|.
+    bound = 45 * torch.finfo(torch.float32).eps * (2 / len(windows) * x.abs().t() @ x.abs())
+    assert ((acc.value.double() - expected).abs() <= bound).all()
+    # X X^T is symmetric in exact arithmetic, but a BLAS kernel may sum the two triangles in
+    # different orders (it does on some AMD CPUs), so symmetry holds to the same bound only.
+    assert ((acc.value - acc.value.t()).double().abs() <= bound).all()
 
 
 def test_a_group_that_never_sees_an_input_is_an_error():

@@ -74,6 +74,7 @@ def test_variant_alpha_search_matches_reference():
         score = torch.rand(32, 64) + 0.01
         mask, alpha = variant_mask(score, sparsity)
         ref_mask, ref_alpha = _reference_variant(score, sparsity)
+        # bitwise: sort, cumsum and comparisons, the same operations on both sides
         assert torch.equal(mask, ref_mask)
         assert alpha == ref_alpha
         assert abs(mask.float().mean().item() - sparsity) < 0.01
