@@ -18,20 +18,14 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def load(config_path, overrides=()):
-    """The validated Config, with every registry filled (methods, models, datasets)."""
-    from . import data, models, sparse  # noqa: F401  (register their names)
-    from .config import load_config
-
-    return load_config(config_path, overrides)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     logger.remove()
     logger.add(sys.stderr, level=args.log_level.upper())
     try:
-        cfg = load(args.config, args.overrides)
+        from .config import load_config
+
+        cfg = load_config(args.config, args.overrides)
         from .pipeline import run
 
         run(cfg)
@@ -42,7 +36,3 @@ def main(argv=None) -> int:
         print("llmc: interrupted", file=sys.stderr)
         return 130
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,24 +2,25 @@
 
 `load_config(path, overrides)` reads YAML (anchors work), applies `--set a.b=c` overrides, builds
 typed dataclasses and validates everything that can be checked before heavy work starts.
-This module does not import torch.
+This module imports no torch itself; the registries it consults import their packages (methods,
+adapters, datasets) the first time they are read.
 """
+import dataclasses
 import glob
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import yaml
 
-from .config_io import apply_override, build, parse_yaml, to_dict  # noqa: F401  (re-exported)
+from .config_io import (apply_override, build, field_default, parse_yaml, to_dict,  # noqa: F401
+                        yaml_key)
 from .errors import ConfigError
 from .registry import BUILTIN_MODELS, DATASETS, METHODS, MODELS, PREPROCS, closest
 
 EVAL_POSITIONS = ("pretrain", "transformed")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-# Preprocs that yield windows of different lengths: they can only be batched one window at a time.
-VARIABLE_LENGTH_PREPROCS = ("pileval_smooth",)
 
 
 @dataclass
@@ -94,30 +95,33 @@ class WeightCfg:
         return int(n), int(m)
 
 
-@dataclass
-class OwlCfg:
-    M: float = 5.0  # a weight is an outlier when its Wanda score > M x the layer's mean score
-    lambda_: float = field(default=0.08, metadata={"key": "lambda"})  # half-width of the range
-    granularity: str = "layer"  # "layer": one ratio per decoder layer; "linear": per Linear
+def method_keys() -> Dict[str, object]:
+    """{YAML key: type hint} of every key a registered method declares under `sparse:` (its
+    Settings dataclass, next to its maths): the rest of the sparse schema."""
+    return {key: hint for key, (hint, _, _) in declared_settings().items()}
 
 
-@dataclass
-class SensitivityCfg:
-    n_samples: int = 1  # calibration windows whose loss is differentiated (the first ones)
-    max_iter: int = 50  # Hutchinson probes at most
-    tol: float = 1e-3  # stop once the running means move less than this, relatively
-    normalize: bool = True  # Tr(H) / numel, the average trace (paper eq. 6); False: Tr(H)
-    cache: bool = True  # keep the traces in save_path/sensitivity.json and reuse them
-    seed: int = 0  # seeds the probes
+def declared_settings() -> Dict[str, Tuple[object, object, Tuple[str, ...]]]:
+    """{YAML key: (type hint, field, names of the methods whose Settings have it)}. A key two
+    methods declare must mean the same: same type and default (e.g. MixGPT's Settings extend
+    SparseGPT's, so both have blocksize)."""
+    import typing
 
-
-@dataclass
-class MixGptCfg:
-    alpha: float = 0.1  # sparsities span p - alpha (most sensitive) .. p + alpha (least)
-    granularity: str = "layer"  # "layer": one sparsity per decoder layer; "linear": per Linear
-    weighted: bool = False  # shift the plan so the parameter-weighted mean sparsity is p
-    saliency: str = "isc"  # "isc": w^2 (H_mm + 1/[H^-1]_mm); "obs": SparseGPT's w^2/[H^-1]_mm
-    sensitivity: SensitivityCfg = field(default_factory=SensitivityCfg)
+    found = {}
+    for name in sorted(METHODS):
+        settings = METHODS[name].Settings
+        hints = typing.get_type_hints(settings)
+        for f in dataclasses.fields(settings):
+            key = yaml_key(f)
+            if key in found:
+                hint, first, users = found[key]
+                if hint != hints[f.name] or field_default(first) != field_default(f):
+                    raise ConfigError(f"sparse.{key} is declared differently by "
+                                      f"{', '.join(users)} and {name}; one key, one meaning")
+                found[key] = (hint, first, users + (name,))
+            else:
+                found[key] = (hints[f.name], f, (name,))
+    return found
 
 
 @dataclass
@@ -125,13 +129,36 @@ class SparseCfg:
     method: str = "Wanda"
     weight: WeightCfg = field(default_factory=WeightCfg)
     sparsity_out: bool = False  # True: next block sees the pruned block's outputs
-    use_variant: bool = False  # Wanda: per-row alpha search instead of a fixed per-row count
-    blocksize: int = 128  # SparseGPT: columns per lazy-update block
-    percdamp: float = 0.01  # SparseGPT: damping, as a fraction of mean(diag H)
-    wbits: int = 16  # SparseGPT: quantize kept weights to 2..8 bits jointly; 16 = no quantization
-    base: str = "Wanda"  # OWL: the method that prunes with OWL's per-layer sparsity
-    owl: OwlCfg = field(default_factory=OwlCfg)
-    mixgpt: MixGptCfg = field(default_factory=MixGptCfg)
+    # The keys methods declare (sparse.blocksize, sparse.owl, ...), written flat under `sparse:`
+    # as llmc users always have: {YAML key: typed value} for those the config sets. A method
+    # reads its own through settings_for(); defaults live in its Settings.
+    settings: Dict[str, Any] = field(default_factory=dict, metadata={"extra_keys": method_keys})
+
+    def settings_for(self, method_cls):
+        """`method_cls.Settings` with the values this config sets, defaults for the rest."""
+        return method_cls.Settings(**{f.name: self.settings[yaml_key(f)]
+                                      for f in dataclasses.fields(method_cls.Settings)
+                                      if yaml_key(f) in self.settings})
+
+    def parts(self):
+        """The method classes whose settings this run uses: the method, and what it composes
+        (OWL: its base)."""
+        return METHODS.lookup(self.method, "sparse.method").parts(self)
+
+    def in_effect(self) -> Dict[str, Any]:
+        """{YAML key: value} of every setting the run uses, defaults included."""
+        found = {}
+        for part in self.parts():
+            settings = self.settings_for(part)
+            for f in dataclasses.fields(settings):
+                found.setdefault(yaml_key(f), getattr(settings, f.name))
+        return found
+
+    def as_yaml(self) -> dict:
+        """As written in YAML: the common keys and the settings in effect (not other methods')."""
+        return {"method": self.method, "weight": to_dict(self.weight),
+                "sparsity_out": self.sparsity_out,
+                **{key: to_dict(value) for key, value in self.in_effect().items()}}
 
 
 @dataclass
@@ -198,14 +225,14 @@ def _validate_calib(cfg):
     if calib.type != "txt":
         raise ConfigError(f"calib.type '{calib.type}': only 'txt' calibration data is supported")
     spec = DATASETS.lookup(calib.name, "calib.name")
-    PREPROCS.lookup(calib.preproc, "calib.preproc")
+    PREPROCS.lookup(calib.preproc, "calib.preproc")  # a Sampler (llmc.data.preproc)
     if calib.n_samples < 1:
         raise ConfigError(f"calib.n_samples must be >= 1, got {calib.n_samples}")
     if calib.seq_len < 1:
         raise ConfigError(f"calib.seq_len must be >= 1, got {calib.seq_len}")
     if calib.bs == 0 or calib.bs < -1:
         raise ConfigError(f"calib.bs must be -1 (one batch) or >= 1, got {calib.bs}")
-    if calib.bs != 1 and calib.preproc in VARIABLE_LENGTH_PREPROCS:
+    if calib.bs != 1 and PREPROCS[calib.preproc].variable_length:
         raise ConfigError(f"calib.bs: {calib.bs} needs windows of one length, but preproc "
                           f"'{calib.preproc}' yields windows of different lengths; use bs: 1")
     method = METHODS.get(cfg.sparse.method)
@@ -246,7 +273,12 @@ def _validate_eval(cfg):
 
 
 def _validate_sparse(cfg):
-    sp = cfg.sparse
+    validate_sparse(cfg.sparse)
+
+
+def validate_sparse(sp: SparseCfg) -> SparseCfg:
+    """The common keys, then the method's own checks of its settings (and its parts'), then no
+    setting the config gives is one the method would silently ignore."""
     method = METHODS.lookup(sp.method, "sparse.method")
     s = sp.weight.sparsity
     if not 0 <= s < 1:
@@ -262,19 +294,37 @@ def _validate_sparse(cfg):
             raise ConfigError(f"sparse.weight.sparsity_type '{kind}': N:M needs 0 < N < M "
                               "(N of every M consecutive weights are zeroed), e.g. '2:4'")
         sp.weight.sparsity_type = f"{n}:{m}"
-    if sp.use_variant and sp.weight.n_m is not None:
-        raise ConfigError("sparse.use_variant applies to unstructured sparsity only; "
-                          "remove it or set sparsity_type: unstructured")
-    if sp.wbits != 16 and not 2 <= sp.wbits <= 8:
-        raise ConfigError(f"sparse.wbits must be 2..8 (quantize jointly) or 16 (off), got {sp.wbits}")
     method.check_config(sp)
+    _refuse_settings_not_in_effect(sp)
+    return sp
+
+
+def _refuse_settings_not_in_effect(sp: SparseCfg) -> None:
+    """A setting of another method, given a value other than its default, would be silently
+    ignored (e.g. wbits: 4 with Wanda quantizes nothing): an error naming who uses it. At its
+    default it changes nothing, so configs shared between methods keep working."""
+    used = sp.in_effect()
+    declared = declared_settings()
+    for key, value in sp.settings.items():
+        _, f, users = declared[key]
+        if key not in used and value != field_default(f):
+            raise ConfigError(f"sparse.{key} is a setting of {' and '.join(users)}; "
+                              f"{sp.method} does not use it: remove it, or set sparse.method to "
+                              f"{' or '.join(users)}")
+
+
+def sparse_config(**raw) -> SparseCfg:
+    """A validated SparseCfg from keys as written under `sparse:` in YAML, e.g.
+    sparse_config(method="SparseGPT", blocksize=16, weight={"sparsity_type": "2:4"})."""
+    return validate_sparse(build(SparseCfg, raw, "sparse"))
 
 
 # ---------------------------------------------------------------- entry point
 
 
 def load_config(path: Optional[str] = None, overrides=(), raw: Optional[dict] = None) -> Config:
-    """Read YAML `path` (or take `raw`), apply overrides, build and validate a Config."""
+    """Read YAML `path` (or take `raw`), apply overrides, build and validate a Config. The
+    registries (methods, model types, datasets, samplers) fill themselves on first use."""
     if raw is None:
         if path is None:
             raise ConfigError("no config given; pass --config FILE.yml")

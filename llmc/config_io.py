@@ -1,10 +1,11 @@
 """Reading a config: YAML text (anchors work, `2:4` stays a string), `--set a.b=c` overrides,
 and the typed build of nested dataclasses with one clear error per wrong key or type. It knows
-no schema: llmc.config defines the dataclasses and validates them."""
+no schema: llmc.config defines the dataclasses and validates them; methods declare their own
+settings with `setting()`."""
 import dataclasses
 import re
 import typing
-from typing import Dict, List, Union
+from typing import Dict, List, Optional, Union
 
 import yaml
 
@@ -17,7 +18,32 @@ def yaml_key(f) -> str:
     return f.metadata.get("key", f.name)
 
 
+def setting(default=dataclasses.MISSING, doc: str = "", *, factory=dataclasses.MISSING,
+            key: Optional[str] = None):
+    """A documented config field: `blocksize: int = setting(128, "columns per block")`.
+    `factory` for a nested settings dataclass; `key` when the YAML key is a Python keyword."""
+    metadata = {"doc": doc, **({"key": key} if key else {})}
+    if factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def field_default(f):
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def extra_keys_field(cls):
+    """The field of `cls` that collects keys declared elsewhere (SparseCfg.settings), or None.
+    Its metadata["extra_keys"] is a callable giving {YAML key: type hint} of those keys."""
+    found = [f for f in dataclasses.fields(cls) if "extra_keys" in f.metadata]
+    return found[0] if found else None
+
+
 def to_dict(value):
+    """A config as YAML keys and plain values. A dataclass may say how it is written
+    (`as_yaml()`: SparseCfg writes the settings its method uses, flat)."""
+    if hasattr(value, "as_yaml"):
+        return value.as_yaml()
     if dataclasses.is_dataclass(value):
         return {yaml_key(f): to_dict(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, list):
@@ -116,26 +142,35 @@ def _type_name(hint):
             str: "a string"}.get(hint, str(hint))
 
 
+def _typed(value, hint, where):
+    return build(hint, value, where) if dataclasses.is_dataclass(hint) else \
+        _check_type(value, hint, where)
+
+
 def build(cls, raw, prefix=""):
+    """`cls` from the mapping `raw`: every key known, every value of its field's type. Keys
+    declared elsewhere (see extra_keys_field) are typed by their declaration and collected in
+    that field, as {YAML key: value}."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"'{prefix or 'config'}' must be a mapping of keys, got {raw!r}")
     hints = typing.get_type_hints(cls)
-    fields = {yaml_key(f): f.name for f in dataclasses.fields(cls)}
+    extra = extra_keys_field(cls)
+    fields = {yaml_key(f): f.name for f in dataclasses.fields(cls) if f is not extra}
+    declared = extra.metadata["extra_keys"]() if extra else {}
+    known = list(fields) + list(declared)
     for key in raw:
-        if key not in fields:
+        if key not in fields and key not in declared:
             where = f"{prefix}.{key}" if prefix else str(key)
-            raise ConfigError(f"unknown key '{where}'{closest(str(key), list(fields))}; valid keys "
-                              f"here: {', '.join(fields)}")
+            raise ConfigError(f"unknown key '{where}'{closest(str(key), known)}; valid keys "
+                              f"here: {', '.join(known)}")
     values = {}
     for key, name in fields.items():
-        if key not in raw:
-            continue
-        where = f"{prefix}.{key}" if prefix else key
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            values[name] = build(hint, raw[key], where)
-        else:
-            values[name] = _check_type(raw[key], hint, where)
+        if key in raw:
+            values[name] = _typed(raw[key], hints[name], f"{prefix}.{key}" if prefix else key)
+    if extra:
+        values[extra.name] = {key: _typed(value, declared[key], f"{prefix}.{key}" if prefix
+                                          else key)
+                              for key, value in raw.items() if key in declared}
     return cls(**values)

@@ -10,10 +10,10 @@ from loguru import logger
 from .data import calib_batches, eval_tokens
 from .eval import perplexity
 from .models import load_model, load_tokenizer
-from .registry import METHODS
 from .report import sparsity_report, unit_sparsity, versions
 from .plot import plot_plan
 from .runner import Calibration, prune_blockwise, resolve_device
+from .sparse import UnitPlan, build_method
 from .save import PLAN_PLOT, check_save_path, save_model, write_results
 
 
@@ -41,7 +41,7 @@ def run(cfg) -> dict:
     check_save_path(cfg.save)
     seed_everything(cfg.base.seed)
     device = resolve_device(cfg.base.device)
-    method = METHODS.lookup(cfg.sparse.method, "sparse.method")(cfg.sparse)
+    method = build_method(cfg.sparse)
 
     # Data before the model: a data problem should surface before the slow part.
     tokenizer = load_tokenizer(cfg.model)
@@ -69,7 +69,7 @@ def run(cfg) -> dict:
     results["timings"].update({f"prune_{k}": v for k, v in phases.items()})
     results["method"] = method.describe()
     results["plan"] = plan.describe()
-    if "units" in results["plan"]:  # a per-unit plan (OWL, MixGPT)
+    if isinstance(plan, UnitPlan):  # one target per layer or Linear (OWL, MixGPT)
         results["plan"]["achieved"] = unit_sparsity(model, adapter, plan.targets)
         if plot_plan(results["plan"], Path(cfg.save.save_path).expanduser() / PLAN_PLOT):
             results["plan_plot"] = PLAN_PLOT

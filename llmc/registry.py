@@ -1,5 +1,12 @@
-"""Name → object tables: methods, model adapters, datasets, preprocs are chosen by name in YAML."""
+"""Name → object tables: methods, model adapters, datasets, samplers and statistics are chosen by
+name in YAML (or by a method's `needs`).
+
+Each table fills itself: the first time it is read, it imports the package whose modules register
+its entries, so `llmc.config.load_config` (or any entry point) works from a bare import.
+"""
 import difflib
+import importlib
+from collections.abc import Mapping
 
 from .errors import ConfigError
 
@@ -14,21 +21,41 @@ def closest(name, choices):
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
-class Registry(dict):
-    """A dict with a decorator to fill it and an error that lists what exists."""
+class Registry(Mapping):
+    """A read-only mapping filled by a decorator, that imports `package` (whose modules register
+    the entries) the first time it is read, and whose lookup error lists what exists."""
 
-    def __init__(self, kind):
-        super().__init__()
+    def __init__(self, kind, package):
         self.kind = kind
+        self._package = package
+        self._entries = {}
+        self._filled = False
+
+    def _fill(self):
+        if not self._filled:
+            self._filled = True  # first: the package's own imports may read this table
+            importlib.import_module(self._package)
 
     def register(self, name):
         def add(obj):
-            if name in self:
+            if name in self._entries:
                 raise ValueError(f"{self.kind} '{name}' registered twice")
-            self[name] = obj
+            self._entries[name] = obj
             return obj
 
         return add
+
+    def __getitem__(self, name):
+        self._fill()
+        return self._entries[name]
+
+    def __iter__(self):
+        self._fill()
+        return iter(self._entries)
+
+    def __len__(self):
+        self._fill()
+        return len(self._entries)
 
     def lookup(self, name, key=None):
         if name not in self:
@@ -40,8 +67,9 @@ class Registry(dict):
         return self[name]
 
 
-METHODS = Registry("method")
-MODELS = Registry("model type")
-DATASETS = Registry("dataset")
-PREPROCS = Registry("preproc")
-BUILTIN_MODELS = Registry("built-in model")
+METHODS = Registry("method", "llmc.sparse")
+MODELS = Registry("model type", "llmc.models")
+DATASETS = Registry("dataset", "llmc.data")
+PREPROCS = Registry("preproc", "llmc.data")
+BUILTIN_MODELS = Registry("built-in model", "llmc.models")
+STATISTICS = Registry("statistic", "llmc.runner.stats")

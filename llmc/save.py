@@ -13,11 +13,12 @@ import yaml
 from loguru import logger
 
 from .errors import LlmcError
+from .files import write_text
 
 MODEL_DIR = "transformed_model"
 RESULTS = "results.json"
 CONFIG = "config.yml"
-PLAN_PLOT = "plan.png"  # written for per-layer plans (OWL) when matplotlib is installed
+PLAN_PLOT = "plan.png"  # written for per-unit plans (OWL, MixGPT) when matplotlib is installed
 
 
 def outputs(save_cfg):
@@ -60,14 +61,6 @@ def save_model(model, tokenizer, save_path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info(f"saved the transformed model to {root / MODEL_DIR}")
     return root / MODEL_DIR
-
-
-def write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.",
-                                     delete=False) as f:
-        f.write(text)
-    os.replace(f.name, path)
 
 
 def write_results(save_path, results: dict, config: dict) -> Path:

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llmc.cli import load  # noqa: E402
+from llmc.config import load_config as load  # noqa: E402
 from llmc.data import calib_batches, eval_tokens  # noqa: E402
 from llmc.eval.perplexity import eval_windows, perplexity  # noqa: E402
 from llmc.models import load_model, load_tokenizer  # noqa: E402

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llmc.cli import load  # noqa: E402
+from llmc.config import load_config as load  # noqa: E402
 from llmc.pipeline import run  # noqa: E402
 
 FIELDS = ["method", "sparsity", "sparsity_type", "dataset", "ppl_pretrain", "ppl_transformed",

@@ -6,7 +6,7 @@ import copy
 
 import torch
 
-from llmc.config import load_config
+from llmc.config import load_config, sparse_config
 from llmc.data import calib_batches, eval_tokens
 from llmc.eval import perplexity
 from llmc.models import load_model, load_tokenizer
@@ -44,8 +44,7 @@ def test_sparsegpt_beats_wanda_beats_magnitude_and_mixgpt_runs_on_the_builtin_mo
     assert dense < pruned["SparseGPT"] < pruned["Wanda"] < pruned["Magnitude"], (dense, pruned)
 
     # MixGPT with a few probes (the real config uses up to 50): per-layer plan, 0.4 .. 0.6
-    cfg.sparse.method = "MixGPT"
-    cfg.sparse.mixgpt.sensitivity.max_iter = 3
+    cfg.sparse = sparse_config(method="MixGPT", mixgpt={"sensitivity": {"max_iter": 3}})
     method = METHODS["MixGPT"](cfg.sparse)
     candidate = copy.deepcopy(model)
     plan = method.allocate(cfg.sparse.weight, Calibration(candidate, adapter, batches, cpu))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from llmc.cli import load
+from llmc.config import load_config as load
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FILES = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yml"))

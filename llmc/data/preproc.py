@@ -9,6 +9,8 @@ forever (no long enough document), these raise an LlmcError that names the fix i
 never return fewer than n_samples windows.
 """
 import random
+from dataclasses import dataclass
+from typing import Callable
 
 from loguru import logger
 
@@ -19,6 +21,25 @@ from ..registry import PREPROCS
 # long enough at all (a check that never touches `random`, so the windows stay the reference's).
 TRIES_BEFORE_LENGTH_CHECK = 256
 SCAN_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A registered sampler: the function, and whether its windows vary in length (then they
+    can only be batched one window at a time: calib.bs 1)."""
+    sample: Callable
+    variable_length: bool = False
+
+    def __call__(self, dataset, tokenizer, n_samples, seq_len, seed, key):
+        return self.sample(dataset, tokenizer, n_samples, seq_len, seed, key)
+
+
+def sampler(name, variable_length=False):
+    """Register a sampler function under `name` (calib.preproc)."""
+    def add(sample):
+        PREPROCS.register(name)(Sampler(sample, variable_length))
+        return sample
+    return add
 
 
 def encode(tokenizer, text, **kwargs):
@@ -56,12 +77,12 @@ def _windows_of_joined_rows(separator):
 
 # SparseGPT / Wanda join the wikitext2 train split (and ptb's 'sentence' column, its key) with a
 # single space; the built-in corpus is joined with blank lines, as paragraphs.
-wikitext2_gptq = PREPROCS.register("wikitext2_gptq")(_windows_of_joined_rows(" "))
-ptb_gptq = PREPROCS.register("ptb_gptq")(_windows_of_joined_rows(" "))
-random_window = PREPROCS.register("random_window")(_windows_of_joined_rows("\n\n"))
+wikitext2_gptq = sampler("wikitext2_gptq")(_windows_of_joined_rows(" "))
+ptb_gptq = sampler("ptb_gptq")(_windows_of_joined_rows(" "))
+random_window = sampler("random_window")(_windows_of_joined_rows("\n\n"))
 
 
-@PREPROCS.register("c4_gptq")
+@sampler("c4_gptq")
 def c4_gptq(dataset, tokenizer, n_samples, seq_len, seed, key):
     """Per window: draw documents until one is longer than seq_len tokens (strictly, as
     SparseGPT / Wanda), then a random window inside it."""
@@ -123,7 +144,7 @@ def _first_rows_of_shuffle(dataset, tokenizer, n_samples, seq_len, key, min_len,
                     + (" or calib.seq_len" if min_len > 1 else "") + ", or add rows")
 
 
-@PREPROCS.register("pileval_smooth")
+@sampler("pileval_smooth", variable_length=True)
 def pileval_smooth(dataset, tokenizer, n_samples, seq_len, seed, key):
     """The first n_samples rows of shuffle(seed=42), each truncated to seq_len tokens; windows
     have different lengths. One deviation from ModelTC llmc: a row that encodes to no tokens
@@ -134,7 +155,7 @@ def pileval_smooth(dataset, tokenizer, n_samples, seq_len, seed, key):
                                   "pileval_smooth")
 
 
-@PREPROCS.register("txt_general_preproc")
+@sampler("txt_general_preproc")
 def txt_general_preproc(dataset, tokenizer, n_samples, seq_len, seed, key):
     """Rows of shuffle(seed=42) that have at least seq_len tokens, truncated to seq_len."""
     random.seed(seed)

@@ -22,7 +22,6 @@ from .builtin_corpus import builtin_split
 # calibrate on 'train' and evaluate on 'test', c4 on 'validation').
 CALIB_SPLITS = ("train",)
 EVAL_SPLITS = ("test", "validation")
-ROLES = ("calib", "eval")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import torch
 from loguru import logger
 
 from ..errors import LlmcError
-from ..save import write_text
+from ..files import write_text
 
 
 def _digest(tensors) -> str:

@@ -1,7 +1,8 @@
 """Statistics gathered by forward hooks, once per input group, over all calibration windows (fp32).
 
-A method names what it needs (`Sparsifier.needs`); each entry here accumulates one batch of a
-Linear's input at a time. New statistics (e.g. a Hessian) are new entries.
+A method names what it needs (`Sparsifier.needs`, checked against this table when the method is
+built); each entry accumulates one batch of a Linear's input at a time. A new statistic is a new
+class registered here.
 """
 import math
 
@@ -9,8 +10,10 @@ import torch
 import torch.nn as nn
 
 from ..errors import LlmcError
+from ..registry import STATISTICS
 
 
+@STATISTICS.register("input_norms")
 class InputNorms:
     """Per input column j: the mean over windows of ||X_j||^2 (norm over a window's tokens).
 
@@ -30,6 +33,7 @@ class InputNorms:
         self.value += torch.norm(x, p=2, dim=1) ** 2 / self.windows
 
 
+@STATISTICS.register("hessian")
 class Hessian:
     """H = (2/N) sum over the N windows of X X^T (X: a window's inputs, columns x tokens), the
     Hessian of the layer-wise squared reconstruction error. Kept as SparseGPT's running rescale
@@ -48,9 +52,6 @@ class Hessian:
         self.windows += batch
         x = math.sqrt(2 / self.windows) * x.float()
         self.value += x.matmul(x.t())
-
-
-STATISTICS = {"input_norms": InputNorms, "hessian": Hessian}
 
 
 class GroupStatistics:

@@ -30,7 +30,7 @@ class UniformPlan:
 
 class UnitPlan:
     """Each unit its own target, a unit being a decoder layer (key (block index, None)) or one
-    Linear (key (block index, name)); built by methods that measure the model first (OWL).
+    Linear (key (block index, name)); built by methods that measure the model first (OWL, MixGPT).
 
     `score_name`/`scores` record what the allocation was computed from (e.g. outlier ratios),
     one value per unit, for results.json and the plot."""

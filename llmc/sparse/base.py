@@ -1,33 +1,47 @@
-"""What a pruning method is: the statistics it needs, how it allocates sparsity, and its math
-on the Linears of one input group."""
+"""What a pruning method is: its own settings, the statistics it needs, how it allocates
+sparsity, and its maths on the Linears of one input group."""
+from dataclasses import dataclass
 from typing import Dict, Tuple
 
 import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from ..registry import METHODS
+from ..registry import METHODS, STATISTICS
 from .allocation import Target, UniformPlan
 
 
 class Sparsifier:
-    """Subclasses set `needs` (names in llmc.runner.stats.STATISTICS, gathered once per input
-    group over all calibration windows) and implement `prune` on a single Linear (or
-    `prune_group` when the Linears of a group can share work)."""
+    """A method. Subclasses declare:
+    - `Settings`: a dataclass of the keys it reads under `sparse:` (fields made with
+      llmc.config_io.setting: default and doc together), with `check(weight_cfg)` raising one
+      ConfigError. The config schema and docs/config.md are assembled from these declarations.
+    - `needs`: names in STATISTICS (llmc.runner.stats), gathered once per input group over all
+      calibration windows; checked when the method is built (`build_method`).
+    - `prune` on a single Linear (or `prune_group` when the Linears of a group share work).
+    """
+
+    @dataclass
+    class Settings:
+        def check(self, weight_cfg) -> None:
+            """Raise one ConfigError for a bad value, before any heavy work."""
 
     needs: Tuple[str, ...] = ()
-    quantizes = False  # honours sparse.wbits
 
     def __init__(self, sparse_cfg):
-        self.cfg = sparse_cfg
+        self.cfg = sparse_cfg  # the common keys (weight, sparsity_out)
+        self.settings = sparse_cfg.settings_for(type(self))
+
+    @classmethod
+    def parts(cls, sparse_cfg) -> Tuple[type, ...]:
+        """The methods whose settings a run of this one uses: itself, and any method it
+        composes (OWL: its base)."""
+        return (cls,)
 
     @classmethod
     def check_config(cls, sparse_cfg) -> None:
         """Method-specific validation, run before any heavy work; raises one ConfigError."""
-        if sparse_cfg.wbits != 16 and not cls.quantizes:
-            able = sorted(name for name, method in METHODS.items() if method.quantizes)
-            raise ConfigError(f"sparse.wbits {sparse_cfg.wbits}: {cls.__name__} does not "
-                              f"quantize; remove wbits (16 = off) or use {' or '.join(able)}")
+        sparse_cfg.settings_for(cls).check(sparse_cfg.weight)
 
     @classmethod
     def check_calibration(cls, sparse_cfg, calib_cfg) -> None:
@@ -56,6 +70,18 @@ class Sparsifier:
     def describe(self) -> dict:
         """What results.json records about the method beyond the config."""
         return {"name": type(self).__name__}
+
+
+def build_method(sparse_cfg) -> Sparsifier:
+    """The configured method, its statistics checked against the known ones (a method's needs
+    may depend on its settings, as OWL's on its base), before any heavy work."""
+    method = METHODS.lookup(sparse_cfg.method, "sparse.method")(sparse_cfg)
+    unknown = [need for need in method.needs if need not in STATISTICS]
+    if unknown:
+        raise ConfigError(f"sparse.method {sparse_cfg.method} needs the statistic "
+                          f"'{unknown[0]}', which no accumulator provides; known: "
+                          f"{', '.join(sorted(STATISTICS))}")
+    return method
 
 
 def apply_mask(linear: nn.Linear, mask: torch.Tensor) -> None:

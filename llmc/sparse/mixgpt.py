@@ -10,10 +10,12 @@
    Criterion w^2 (H_mm + 1/[H^-1]_mm) instead of OBS's w^2/[H^-1]_mm (N:M masks keep OBS).
 """
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from loguru import logger
 
+from ..config_io import setting
 from ..errors import ConfigError, LlmcError
 from ..registry import METHODS
 from .allocation import Target, UnitPlan
@@ -65,42 +67,79 @@ def isc_saliency(hessian_diag):
     return saliency
 
 
+@dataclass
+class SensitivityCfg:
+    n_samples: int = setting(1, "how many calibration windows (the first ones) the loss Hessian "
+                             "is taken over; at most `calib.n_samples`")
+    max_iter: int = setting(50, "Hutchinson probes at most")
+    tol: float = setting(1e-3, "stop once the vector of running trace means moves less than "
+                         "this in one probe, relatively (L1)")
+    normalize: bool = setting(True, "the average trace Tr(H)/numel (paper eq. 6); `False`: the "
+                              "trace")
+    cache: bool = setting(True, "keep the traces in `save_path/sensitivity.json` and reuse them "
+                          "when model weights, windows and these settings match")
+    seed: int = setting(0, "seeds the Rademacher probes")
+
+
+@dataclass
+class MixGptCfg:
+    alpha: float = setting(0.1, "sparsities run from p - alpha (most sensitive unit) to p + alpha "
+                           "(least); p +- alpha must stay in [0, 1)")
+    granularity: str = setting("layer", "`layer` (a layer's sensitivity is the sum of its "
+                               "Linears') or `linear` (each Linear ranked on its own)")
+    weighted: bool = setting(False, "unstructured: shift the plan so the parameter-weighted mean "
+                             "sparsity is exactly p (the paper's plan has mean p over units)")
+    saliency: str = setting("isc", "`isc`, the paper's w^2 (H_mm + 1/[H^-1]_mm), or `obs`, "
+                            "SparseGPT's w^2/[H^-1]_mm; N:M masks use OBS either way")
+    sensitivity: SensitivityCfg = setting(factory=SensitivityCfg,
+                                          doc="the Hessian traces (Hutchinson)")
+
+
 @METHODS.register("MixGPT")
 class MixGPT(SparseGPT):
+    """SparseGPT's pass with MixGPT's allocation and saliency: its settings are SparseGPT's
+    (blocksize, percdamp, wbits) and `mixgpt`."""
+
+    @dataclass
+    class Settings(SparseGPT.Settings):
+        mixgpt: MixGptCfg = setting(factory=MixGptCfg, doc="sensitivity-aware mixed sparsity")
+
+        def check(self, weight_cfg):
+            super().check(weight_cfg)
+            mix, sens = self.mixgpt, self.mixgpt.sensitivity
+            if mix.granularity not in GRANULARITIES:
+                raise ConfigError(f"sparse.mixgpt.granularity '{mix.granularity}' must be one "
+                                  f"of {', '.join(GRANULARITIES)}")
+            if mix.saliency not in SALIENCIES:
+                raise ConfigError(f"sparse.mixgpt.saliency '{mix.saliency}' must be one of "
+                                  f"{', '.join(SALIENCIES)}")
+            n_m = weight_cfg.n_m
+            p = n_m[0] / n_m[1] if n_m else weight_cfg.sparsity
+            if not (mix.alpha >= 0 and p - mix.alpha >= 0 and p + mix.alpha < 1):
+                raise ConfigError(f"sparse.mixgpt.alpha {mix.alpha} must be >= 0 and keep "
+                                  f"sparsity {p:g} +- alpha within [0, 1); lower it")
+            if mix.weighted and n_m:
+                raise ConfigError("sparse.mixgpt.weighted applies to unstructured sparsity; "
+                                  "remove it")
+            if sens.n_samples < 1 or sens.max_iter < 1 or sens.tol < 0:
+                raise ConfigError(f"sparse.mixgpt.sensitivity: n_samples and max_iter must be "
+                                  f">= 1 and tol >= 0, got {sens.n_samples}, {sens.max_iter}, "
+                                  f"{sens.tol}")
+
     def __init__(self, sparse_cfg):
         super().__init__(sparse_cfg)
         self.sensitivity_record = None
 
     @classmethod
-    def check_config(cls, cfg):
-        super().check_config(cfg)
-        mix, sens = cfg.mixgpt, cfg.mixgpt.sensitivity
-        if mix.granularity not in GRANULARITIES:
-            raise ConfigError(f"sparse.mixgpt.granularity '{mix.granularity}' must be one of "
-                              f"{', '.join(GRANULARITIES)}")
-        if mix.saliency not in SALIENCIES:
-            raise ConfigError(f"sparse.mixgpt.saliency '{mix.saliency}' must be one of "
-                              f"{', '.join(SALIENCIES)}")
-        p = cfg.weight.n_m[0] / cfg.weight.n_m[1] if cfg.weight.n_m else cfg.weight.sparsity
-        if not (mix.alpha >= 0 and p - mix.alpha >= 0 and p + mix.alpha < 1):
-            raise ConfigError(f"sparse.mixgpt.alpha {mix.alpha} must be >= 0 and keep "
-                              f"sparsity {p:g} +- alpha within [0, 1); lower it")
-        if mix.weighted and cfg.weight.n_m:
-            raise ConfigError("sparse.mixgpt.weighted applies to unstructured sparsity; remove it")
-        if sens.n_samples < 1 or sens.max_iter < 1 or sens.tol < 0:
-            raise ConfigError(f"sparse.mixgpt.sensitivity: n_samples and max_iter must be >= 1 "
-                              f"and tol >= 0, got {sens.n_samples}, {sens.max_iter}, {sens.tol}")
-
-    @classmethod
     def check_calibration(cls, cfg, calib_cfg):
-        if cfg.mixgpt.sensitivity.n_samples > calib_cfg.n_samples:
-            raise ConfigError(f"sparse.mixgpt.sensitivity.n_samples "
-                              f"{cfg.mixgpt.sensitivity.n_samples} is more than the "
+        windows = cfg.settings_for(cls).mixgpt.sensitivity.n_samples
+        if windows > calib_cfg.n_samples:
+            raise ConfigError(f"sparse.mixgpt.sensitivity.n_samples {windows} is more than the "
                               f"{calib_cfg.n_samples} calibration windows (calib.n_samples)")
 
     def measure_sensitivity(self, calibration) -> dict:
         """Hessian traces of every block Linear, cached in save_path/sensitivity.json."""
-        sens = self.cfg.mixgpt.sensitivity
+        sens = self.settings.mixgpt.sensitivity
 
         def compute():
             start = time.perf_counter()
@@ -129,7 +168,7 @@ class MixGPT(SparseGPT):
         return record
 
     def allocate(self, weight_cfg, calibration):
-        mix = self.cfg.mixgpt
+        mix = self.settings.mixgpt
         record = self.measure_sensitivity(calibration)
         sensitivity, sizes = {}, {}
         for name, trace in record["traces"].items():
@@ -164,8 +203,8 @@ class MixGPT(SparseGPT):
         return plan
 
     def saliency(self, hessian_diag):
-        return isc_saliency(hessian_diag) if self.cfg.mixgpt.saliency == "isc" else obs_saliency
+        return isc_saliency(hessian_diag) if self.settings.mixgpt.saliency == "isc" else obs_saliency
 
     def describe(self) -> dict:
-        return {**super().describe(), "name": "MixGPT", "saliency": self.cfg.mixgpt.saliency,
+        return {**super().describe(), "name": "MixGPT", "saliency": self.settings.mixgpt.saliency,
                 "sensitivity": self.sensitivity_record}

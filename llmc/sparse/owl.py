@@ -5,10 +5,13 @@ Magnitude) then prunes each layer to its own sparsity.
 Pass 1 measures the dense model (dense outputs propagate, nothing is pruned); pass 2 is the
 ordinary blockwise run with the per-layer plan. The mappings follow luuyin/OWL's code.
 """
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from loguru import logger
 
+from ..config_io import setting
 from ..errors import ConfigError, LlmcError
 from ..registry import METHODS
 from .allocation import Target, UnitPlan
@@ -52,35 +55,67 @@ def owl_n(ratios, n: int, lam: float) -> np.ndarray:
     return n - np.round(shift - np.mean(shift))
 
 
+@dataclass
+class OwlCfg:
+    M: float = setting(5.0, "a score is an outlier when > M x its layer's mean score")
+    lambda_: float = setting(0.08, "half-width of the sparsity range (unstructured: sparsities "
+                             "span S +- lambda at most); for N:M the range of N (e.g. 2 for 5:8 "
+                             "-> 4:8 ... 6:8)", key="lambda")
+    granularity: str = setting("layer", "`layer` (one ratio per decoder layer, as the paper) or "
+                               "`linear` (one per Linear)")
+
+
+def _uniform_plan_methods():
+    """The methods OWL can prune with: those whose plan is uniform (they do not allocate)."""
+    return sorted(name for name, method in METHODS.items()
+                  if method.allocate is Sparsifier.allocate)
+
+
 @METHODS.register("OWL")
 class OWL(Sparsifier):
+    """Composed: its own settings (base, owl) plus its base method's (e.g. OWL over SparseGPT
+    reads blocksize, percdamp, wbits), see `parts`."""
+
+    @dataclass
+    class Settings(Sparsifier.Settings):
+        base: str = setting("Wanda", "the method that prunes each layer to its OWL sparsity: "
+                            "`Wanda`, `SparseGPT`, `Magnitude`; its own settings apply too")
+        owl: OwlCfg = setting(factory=OwlCfg, doc="outlier-weighted layer-wise sparsity")
+
+        def check(self, weight_cfg):
+            bases = _uniform_plan_methods()
+            if self.base not in bases:
+                raise ConfigError(f"sparse.base '{self.base}' must be one of {', '.join(bases)}: "
+                                  "the method that prunes each layer to OWL's sparsity")
+            owl = self.owl
+            if owl.M <= 0 or owl.lambda_ < 0:
+                raise ConfigError(f"sparse.owl: M must be > 0 and lambda >= 0, got M {owl.M}, "
+                                  f"lambda {owl.lambda_}")
+            if owl.granularity not in GRANULARITIES:
+                raise ConfigError(f"sparse.owl.granularity '{owl.granularity}' must be one of "
+                                  f"{', '.join(GRANULARITIES)}")
+
     def __init__(self, sparse_cfg):
         super().__init__(sparse_cfg)
-        self.base = METHODS.lookup(sparse_cfg.base, "sparse.base")(sparse_cfg)
+        self.base = METHODS[self.settings.base](sparse_cfg)
         self.needs = self.base.needs
 
     @classmethod
-    def check_config(cls, cfg):
-        bases = sorted(name for name, method in METHODS.items()
-                       if method.allocate is Sparsifier.allocate)  # methods with uniform plans
-        if cfg.base not in bases:
-            raise ConfigError(f"sparse.base '{cfg.base}' must be one of {', '.join(bases)}: the "
-                              "method that prunes each layer to OWL's sparsity")
-        METHODS[cfg.base].check_config(cfg)
-        owl = cfg.owl
-        if owl.M <= 0 or owl.lambda_ < 0:
-            raise ConfigError(f"sparse.owl: M must be > 0 and lambda >= 0, got M {owl.M}, "
-                              f"lambda {owl.lambda_}")
-        if owl.granularity not in GRANULARITIES:
-            raise ConfigError(f"sparse.owl.granularity '{owl.granularity}' must be one of "
-                              f"{', '.join(GRANULARITIES)}")
+    def parts(cls, sparse_cfg):
+        base = sparse_cfg.settings_for(cls).base
+        return (cls,) + ((METHODS[base],) if base in _uniform_plan_methods() else ())
+
+    @classmethod
+    def check_config(cls, sparse_cfg):
+        for part in cls.parts(sparse_cfg):  # OWL's own first: it checks that base exists
+            sparse_cfg.settings_for(part).check(sparse_cfg.weight)
 
     @classmethod
     def calibrates(cls, sparse_cfg) -> bool:
         return True  # pass 1 needs activations, whatever the base method
 
     def allocate(self, weight_cfg, calibration):
-        owl = self.cfg.owl
+        owl = self.settings.owl
         names = calibration.adapter.linear_names()
 
         def measure(index, block, statistics):

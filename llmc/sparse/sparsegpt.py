@@ -7,9 +7,12 @@ costs (w_i - q_i)^2 / U_ii^2 and the best fix of the later weights is -(w_i - q_
 Columns go in blocks of `blocksize`: inside a block updates are applied at once per column, to
 the rest of the matrix once per block (the same result, far fewer memory passes).
 """
+from dataclasses import dataclass
+
 import torch
 from loguru import logger
 
+from ..config_io import setting
 from ..errors import ConfigError, LlmcError
 from ..registry import METHODS
 from .base import Sparsifier
@@ -96,35 +99,46 @@ def obs_prune(weight, upper, target, blocksize, quantizer=None, saliency=obs_sal
 
 @METHODS.register("SparseGPT")
 class SparseGPT(Sparsifier):
-    needs = ("hessian",)
-    quantizes = True
+    @dataclass
+    class Settings(Sparsifier.Settings):
+        blocksize: int = setting(128, "columns per lazy-update block (and per unstructured "
+                                 "mask); for N:M a multiple of M")
+        percdamp: float = setting(0.01, "damping added to diag(H), as a fraction of its mean; "
+                                  "raised 10x automatically if H is not positive definite")
+        wbits: int = setting(16, "`2`..`8` quantizes the kept weights jointly (per-channel "
+                             "asymmetric min-max grid); `16` = no quantization")
 
-    @classmethod
-    def check_config(cls, cfg):
-        super().check_config(cfg)
-        if cfg.blocksize < 1:
-            raise ConfigError(f"sparse.blocksize must be >= 1, got {cfg.blocksize}")
-        if cfg.percdamp < 0:
-            raise ConfigError(f"sparse.percdamp must be >= 0, got {cfg.percdamp}")
-        n_m = cfg.weight.n_m
-        if n_m and cfg.blocksize % n_m[1]:
-            raise ConfigError(f"sparse.blocksize {cfg.blocksize} must be a multiple of M = "
-                              f"{n_m[1]} for {cfg.weight.sparsity_type} sparsity, so no group of "
-                              "M columns straddles two blocks")
+        def check(self, weight_cfg):
+            if self.blocksize < 1:
+                raise ConfigError(f"sparse.blocksize must be >= 1, got {self.blocksize}")
+            if self.percdamp < 0:
+                raise ConfigError(f"sparse.percdamp must be >= 0, got {self.percdamp}")
+            if self.wbits != 16 and not 2 <= self.wbits <= 8:
+                raise ConfigError(f"sparse.wbits must be 2..8 (quantize jointly) or 16 (off), "
+                                  f"got {self.wbits}")
+            n_m = weight_cfg.n_m
+            if n_m and self.blocksize % n_m[1]:
+                raise ConfigError(f"sparse.blocksize {self.blocksize} must be a multiple of M = "
+                                  f"{n_m[1]} for {weight_cfg.sparsity_type} sparsity, so no "
+                                  "group of M columns straddles two blocks")
+
+    needs = ("hessian",)
 
     def prune_group(self, linears, stats, targets):
         """The group's Linears share one Hessian, so U is factored once for all of them."""
         try:
-            upper, dead, hessian_diag = inverse_hessian_factor(stats["hessian"], self.cfg.percdamp)
+            upper, dead, hessian_diag = inverse_hessian_factor(stats["hessian"],
+                                                               self.settings.percdamp)
         except LlmcError as err:
             raise LlmcError(f"{', '.join(linears)}: {err}") from None
         saliency = self.saliency(hessian_diag)
         for name, linear in linears.items():
             weight = linear.weight.data.to(torch.float32, copy=True)
-            quantizer = MinMaxQuantizer(weight, self.cfg.wbits) if self.cfg.wbits < 16 else None
+            wbits = self.settings.wbits
+            quantizer = MinMaxQuantizer(weight, wbits) if wbits < 16 else None
             weight[:, dead] = 0
-            weight, loss = obs_prune(weight, upper, targets[name], self.cfg.blocksize, quantizer,
-                                     saliency)
+            weight, loss = obs_prune(weight, upper, targets[name], self.settings.blocksize,
+                                     quantizer, saliency)
             if not torch.isfinite(weight).all():
                 raise LlmcError(f"{name}: SparseGPT produced NaN/inf weights")
             logger.debug(f"{name}: OBS loss {loss:.4g}")
@@ -138,7 +152,8 @@ class SparseGPT(Sparsifier):
         self.prune_group({"linear": linear}, stats, {"linear": target})
 
     def describe(self) -> dict:
-        quantization = ({"wbits": self.cfg.wbits, "grid": "per-channel asymmetric min-max"}
-                        if self.cfg.wbits < 16 else None)
-        return {"name": "SparseGPT", "blocksize": self.cfg.blocksize,
-                "percdamp": self.cfg.percdamp, "quantization": quantization}
+        settings = self.settings
+        quantization = ({"wbits": settings.wbits, "grid": "per-channel asymmetric min-max"}
+                        if settings.wbits < 16 else None)
+        return {"name": "SparseGPT", "blocksize": settings.blocksize,
+                "percdamp": settings.percdamp, "quantization": quantization}

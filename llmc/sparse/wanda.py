@@ -1,7 +1,11 @@
 """Wanda (Sun et al., 2023): score |W_ij| * ||X_j||, where ||X_j||^2 is the mean over calibration
 windows of input column j's squared L2 norm; compared within each output row."""
+from dataclasses import dataclass
+
 import torch
 
+from ..config_io import setting
+from ..errors import ConfigError
 from ..registry import METHODS
 from .base import Sparsifier, apply_mask
 from .masks import n_m_mask, row_lowest_mask
@@ -41,13 +45,23 @@ def variant_mask(score: torch.Tensor, sparsity: float, tolerance: float = 0.001)
 
 @METHODS.register("Wanda")
 class Wanda(Sparsifier):
+    @dataclass
+    class Settings(Sparsifier.Settings):
+        use_variant: bool = setting(False, "unstructured only: the paper's variant, a per-row "
+                                    "alpha search instead of a fixed count per row")
+
+        def check(self, weight_cfg):
+            if self.use_variant and weight_cfg.n_m is not None:
+                raise ConfigError("sparse.use_variant applies to unstructured sparsity only; "
+                                  "remove it or set sparsity_type: unstructured")
+
     needs = ("input_norms",)
 
     def prune(self, linear, stats, target):
         score = wanda_score(linear.weight.data, stats["input_norms"])
         if target.n_m:
             mask = n_m_mask(score, *target.n_m)
-        elif self.cfg.use_variant:
+        elif self.settings.use_variant:
             mask, _ = variant_mask(score, target.sparsity)
         else:
             mask = row_lowest_mask(score, target.sparsity)

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from conftest import ARCHITECTURES, arch_model, save_model_dir
 from plain_pruning import plain_sparsegpt, plain_wanda
-from llmc.config import ModelCfg, SparseCfg
+from llmc.config import ModelCfg, SparseCfg, sparse_config
 from llmc.eval.perplexity import perplexity
 from llmc.models import load_model
 from llmc.registry import METHODS, MODELS
@@ -19,6 +19,7 @@ from llmc.runner import prune_blockwise
 from llmc.save import save_model
 from llmc.sparse import UniformPlan
 
+# One thread for speed alone (see conftest.one_torch_thread); no result depends on it.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 NEW = ["opt", "opt_350m", "bloom", "baichuan2_7b", "baichuan2_13b", "baichuan_7b"]
@@ -63,6 +64,7 @@ def test_blockwise_wanda_equals_plain(arch, sparsity_out, sparsity_type):
     prune_blockwise(model, adapter, METHODS["Wanda"](cfg), UniformPlan(cfg.weight), batches, CPU,
                     sparsity_out=sparsity_out)
     pruned = dict(model.named_parameters())
+    # bitwise: the plain reference runs the same operations in the same order (plain_pruning.py)
     for name, expected in plain.named_parameters():  # weights, biases, embeddings, heads
         assert torch.equal(pruned[name], expected), name
     for index in range(LAYERS):
@@ -82,7 +84,7 @@ def test_blockwise_sparsegpt_equals_plain(arch, sparsity_out, sparsity_type):
     batches = _batches()
     with torch.no_grad():  # Baichuan2's NormHead normalises itself on its first forward
         model(input_ids=batches[0])
-    cfg = SparseCfg(method="SparseGPT", sparsity_out=sparsity_out, blocksize=16)
+    cfg = sparse_config(method="SparseGPT", sparsity_out=sparsity_out, blocksize=16)
     cfg.weight.sparsity, cfg.weight.sparsity_type = 0.5, sparsity_type
 
     plain = copy.deepcopy(model)
@@ -96,6 +98,7 @@ def test_blockwise_sparsegpt_equals_plain(arch, sparsity_out, sparsity_type):
     prune_blockwise(model, adapter, METHODS["SparseGPT"](cfg), UniformPlan(cfg.weight), batches,
                     CPU, sparsity_out=sparsity_out)
     pruned = dict(model.named_parameters())
+    # bitwise: the plain reference runs the same operations in the same order (plain_pruning.py)
     for name, expected in plain.named_parameters():
         assert torch.equal(pruned[name], expected), name
     if cfg.weight.n_m:
@@ -155,6 +158,8 @@ def test_streamed_eval_equals_plain_forward(arch):
     expected = _plain_forward_ppl(model, tokens, 16)
     streamed, _ = perplexity(model, _adapter(arch), tokens, 16, CPU, per_block=True)
     whole, _ = perplexity(model, _adapter(arch), tokens, 16, CPU)
+    # The same kernels on the same windows as the plain forward; only the final reduction of
+    # the losses differs (fp32 tensors vs Python floats), a few roundings of ~1e-7.
     assert streamed == pytest.approx(expected, rel=1e-6)
     assert whole == pytest.approx(expected, rel=1e-6)
 
@@ -189,7 +194,7 @@ def test_pruned_model_round_trips_and_only_block_weights_change(arch, tmp_path, 
     saved = save_model(model, tiny_tokenizer, tmp_path / "out")
     reloaded = AutoModelForCausalLM.from_pretrained(saved, trust_remote_code=remote).eval()
     ids = torch.randint(0, 300, (2, 10))
-    with torch.no_grad():
+    with torch.no_grad():  # bitwise: the same weights through the same kernels, in one process
         assert torch.equal(model(input_ids=ids).logits, reloaded(input_ids=ids).logits)
     for name, parameter in reloaded.named_parameters():
         if name in pruned:
