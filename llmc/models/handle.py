@@ -17,7 +17,7 @@ import torch.nn as nn
 from .adapter import Adapter
 
 
-@dataclass(eq=False)  # identity, not field-wise ==: two handles are the same only if they are
+@dataclass(eq=False)  # compared and hashed by identity, like the modules it holds
 class ModelHandle:
     """`model` (kept on the CPU between uses) with the `adapter` table that says where its
     blocks, pre-/post-block modules and input groups are."""
