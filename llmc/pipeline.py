@@ -23,11 +23,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def evaluate(model, adapter, eval_sets, cfg, device, position, results):
+def evaluate(handle, eval_sets, cfg, device, position, results):
     ev = cfg.eval
     for name, tokens in eval_sets.items():
         start = time.perf_counter()
-        ppl, speed = perplexity(model, adapter, tokens, ev.seq_len, device, bs=ev.bs,
+        ppl, speed = perplexity(handle, tokens, ev.seq_len, device, bs=ev.bs,
                                 max_windows=ev.max_windows, per_block=ev.inference_per_block,
                                 desc=f"{position} {name}")
         logger.info(f"ppl {position} {name}: {ppl:.4f} ({speed:.0f} tokens/s)")
@@ -48,21 +48,21 @@ def run(cfg) -> dict:
     eval_sets = ({name: eval_tokens(name, cfg.eval, tokenizer) for name in cfg.eval.names}
                  if cfg.eval.eval_pos else {})
     batches = calib_batches(cfg.calib, tokenizer) if method.calibrates(cfg.sparse) else []
-    model, adapter = load_model(cfg.model)
+    handle = load_model(cfg.model)
 
     results = {"config": cfg.to_dict(), "ppl": {}, "timings": {}, "versions": versions()}
     # Allocation first: it reads the dense model as the pretrain eval does, and its problems
     # (a plan out of range, a cached file for another model) should surface before the eval.
     start = time.perf_counter()
-    calibration = Calibration(model, adapter, batches, device, cfg.base.offload_activations,
+    calibration = Calibration(handle, batches, device, cfg.base.offload_activations,
                               cache_dir=cfg.save.save_path, overwrite=cfg.save.overwrite)
     plan = method.allocate(cfg.sparse.weight, calibration)
     results["timings"]["allocate"] = time.perf_counter() - start
     if "pretrain" in cfg.eval.eval_pos:
-        evaluate(model, adapter, eval_sets, cfg, device, "pretrain", results)
+        evaluate(handle, eval_sets, cfg, device, "pretrain", results)
 
     start = time.perf_counter()
-    phases = prune_blockwise(model, adapter, method, plan, batches, device,
+    phases = prune_blockwise(handle, method, plan, batches, device,
                              sparsity_out=cfg.sparse.sparsity_out,
                              offload=cfg.base.offload_activations)
     results["timings"]["prune_total"] = time.perf_counter() - start
@@ -70,16 +70,16 @@ def run(cfg) -> dict:
     results["method"] = method.describe()
     results["plan"] = plan.describe()
     if isinstance(plan, UnitPlan):  # one target per layer or Linear (OWL, MixGPT)
-        results["plan"]["achieved"] = unit_sparsity(model, adapter, plan.targets)
+        results["plan"]["achieved"] = unit_sparsity(handle, plan.targets)
         if plot_plan(results["plan"], Path(cfg.save.save_path).expanduser() / PLAN_PLOT):
             results["plan_plot"] = PLAN_PLOT
-    results["sparsity"] = sparsity_report(model, adapter)
+    results["sparsity"] = sparsity_report(handle)
     logger.info(f"achieved sparsity over all decoder Linears: {results['sparsity']['overall']:.4f}")
 
     if "transformed" in cfg.eval.eval_pos:
-        evaluate(model, adapter, eval_sets, cfg, device, "transformed", results)
+        evaluate(handle, eval_sets, cfg, device, "transformed", results)
     if cfg.save.save_trans:
-        results["saved_model"] = str(save_model(model, tokenizer, cfg.save.save_path))
+        results["saved_model"] = str(save_model(handle.model, tokenizer, cfg.save.save_path))
     results["timings"]["total"] = time.perf_counter() - started
     write_results(cfg.save.save_path, results, results["config"])
     return results

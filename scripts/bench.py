@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llmc.config import load_config as load  # noqa: E402
 from llmc.data import calib_batches, eval_tokens  # noqa: E402
 from llmc.eval.perplexity import eval_windows, perplexity  # noqa: E402
-from llmc.models import load_model, load_tokenizer  # noqa: E402
+from llmc.models import ModelHandle, load_model, load_tokenizer  # noqa: E402
 from llmc.registry import METHODS  # noqa: E402
 from llmc.runner import Calibration, prune_blockwise, resolve_device  # noqa: E402
 from llmc.runner.blockwise import calibration_home, forward_all_blocks  # noqa: E402
@@ -43,27 +43,25 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def dense_forward_seconds(model, adapter, batches, device, offload):
+def dense_forward_seconds(handle, batches, device, offload):
     sync(device)
     start = time.perf_counter()
-    home = calibration_home(model, batches, device, offload)
-    forward_all_blocks(model, adapter, capture_block_inputs(model, adapter, batches, device, home),
-                       device)
+    home = calibration_home(handle, batches, device, offload)
+    forward_all_blocks(handle, capture_block_inputs(handle, batches, device, home), device)
     sync(device)
     return time.perf_counter() - start
 
 
 @torch.no_grad()
-def plain_hf_tokens_per_second(model, windows, device, bs):
-    model.to(device)
-    sync(device)
-    start = time.perf_counter()
-    for i in range(0, len(windows), bs):  # the plain HF way to a window's loss
-        ids = windows[i:i + bs].to(device)
-        model(input_ids=ids, labels=ids, use_cache=False).loss.item()
-    sync(device)
-    seconds = time.perf_counter() - start
-    model.to("cpu")
+def plain_hf_tokens_per_second(handle, windows, device, bs):
+    with handle.whole_on(device) as model:
+        sync(device)
+        start = time.perf_counter()
+        for i in range(0, len(windows), bs):  # the plain HF way to a window's loss
+            ids = windows[i:i + bs].to(device)
+            model(input_ids=ids, labels=ids, use_cache=False).loss.item()
+        sync(device)
+        seconds = time.perf_counter() - start
     return windows.numel() / seconds
 
 
@@ -83,23 +81,23 @@ def main():
     torch.manual_seed(cfg.base.seed)
     tokenizer = load_tokenizer(cfg.model)
     batches = calib_batches(cfg.calib, tokenizer)
-    model, adapter = load_model(cfg.model)
+    handle = load_model(cfg.model)
     method = METHODS[cfg.sparse.method](cfg.sparse)
     figures = {"config": args.config, "method": cfg.sparse.method, "device": str(device),
                "calib_tokens": sum(b.numel() for b in batches)}
 
-    dense_forward_seconds(model, adapter, batches[:1], device, cfg.base.offload_activations)
-    forward = dense_forward_seconds(model, adapter, batches, device, cfg.base.offload_activations)
+    dense_forward_seconds(handle, batches[:1], device, cfg.base.offload_activations)
+    forward = dense_forward_seconds(handle, batches, device, cfg.base.offload_activations)
     figures["dense_forward_s"] = forward
     start = time.perf_counter()
-    plan = method.allocate(cfg.sparse.weight, Calibration(model, adapter, batches, device,
+    plan = method.allocate(cfg.sparse.weight, Calibration(handle, batches, device,
                                                           cfg.base.offload_activations))
     figures["allocate_s"] = time.perf_counter() - start
     figures["allocate_over_forward"] = figures["allocate_s"] / forward
     sensitivity = method.describe().get("sensitivity")
     if sensitivity:  # MixGPT: Hessian traces by Hutchinson probes over the first windows
         windows = calibration_windows(batches, sensitivity["n_samples"])
-        window_forward = dense_forward_seconds(model, adapter, windows, device,
+        window_forward = dense_forward_seconds(handle, windows, device,
                                                cfg.base.offload_activations)
         figures.update({
             "sensitivity_s": sensitivity["seconds"], "sensitivity_probes": sensitivity["probes"],
@@ -108,17 +106,18 @@ def main():
             "probe_over_window_forward":
                 sensitivity["seconds"] / sensitivity["probes"] / window_forward})
     modes = {"both": [False, True], "false": [False], "true": [True]}[args.sparsity_out]
+    adapter = handle.adapter
     per_linear = dataclasses.replace(adapter, groups=tuple((n,) for n in adapter.linear_names()))
     for flag in modes:
         results = {}
         for kind, table in (("shared", adapter), ("per_linear", per_linear)):
             if kind == "per_linear" and not args.compare_per_linear:
                 continue
-            pruned = copy.deepcopy(model)
+            pruned = copy.deepcopy(handle.model)
             sync(device)
             start = time.perf_counter()
-            prune_blockwise(pruned, table, method, plan, batches, device, sparsity_out=flag,
-                            offload=cfg.base.offload_activations)
+            prune_blockwise(ModelHandle(pruned, table), method, plan, batches, device,
+                            sparsity_out=flag, offload=cfg.base.offload_activations)
             sync(device)
             results[kind] = (time.perf_counter() - start, pruned)
         seconds = results["shared"][0]
@@ -135,9 +134,9 @@ def main():
     name = cfg.eval.names[0]
     tokens = eval_tokens(name, cfg.eval, tokenizer)
     windows = eval_windows(tokens, cfg.eval.seq_len, cfg.eval.max_windows)
-    plain_hf_tokens_per_second(model, windows[:1], device, 1)  # warm-up
-    hf_speed = plain_hf_tokens_per_second(model, windows, device, cfg.eval.bs)
-    _, llmc_speed = perplexity(model, adapter, tokens, cfg.eval.seq_len, device, bs=cfg.eval.bs,
+    plain_hf_tokens_per_second(handle, windows[:1], device, 1)  # warm-up
+    hf_speed = plain_hf_tokens_per_second(handle, windows, device, cfg.eval.bs)
+    _, llmc_speed = perplexity(handle, tokens, cfg.eval.seq_len, device, bs=cfg.eval.bs,
                                max_windows=cfg.eval.max_windows,
                                per_block=cfg.eval.inference_per_block, desc="bench eval")
     figures.update({"eval_dataset": name, "eval_tokens": windows.numel(),

@@ -9,7 +9,7 @@ import torch
 from llmc.config import load_config, sparse_config
 from llmc.data import calib_batches, eval_tokens
 from llmc.eval import perplexity
-from llmc.models import load_model, load_tokenizer
+from llmc.models import ModelHandle, load_model, load_tokenizer
 from llmc.registry import METHODS
 from llmc.report import sparsity_report
 from llmc.report import unit_sparsity
@@ -25,20 +25,21 @@ def test_sparsegpt_beats_wanda_beats_magnitude_and_mixgpt_runs_on_the_builtin_mo
     tokenizer = load_tokenizer(cfg.model)
     batches = calib_batches(cfg.calib, tokenizer)
     tokens = eval_tokens("builtin", cfg.eval, tokenizer)
-    model, adapter = load_model(cfg.model)
+    handle = load_model(cfg.model)
+    model, adapter = handle.model, handle.adapter
     cpu = torch.device("cpu")
 
-    def ppl(m):
-        return perplexity(m, adapter, tokens, 256, cpu, max_windows=16)[0]
+    def ppl(h):
+        return perplexity(h, tokens, 256, cpu, max_windows=16)[0]
 
-    dense = ppl(model)
+    dense = ppl(handle)
     pruned = {}
     for method in ("SparseGPT", "Wanda", "Magnitude"):
-        candidate = copy.deepcopy(model)
+        candidate = ModelHandle(copy.deepcopy(model), adapter)
         cfg.sparse.method = method
-        prune_blockwise(candidate, adapter, METHODS[method](cfg.sparse),
-                        UniformPlan(cfg.sparse.weight), batches, cpu)
-        assert abs(sparsity_report(candidate, adapter)["overall"] - 0.5) < 1e-3
+        prune_blockwise(candidate, METHODS[method](cfg.sparse), UniformPlan(cfg.sparse.weight),
+                        batches, cpu)
+        assert abs(sparsity_report(candidate)["overall"] - 0.5) < 1e-3
         pruned[method] = ppl(candidate)
     assert 5 < dense < 40, dense  # a real language model, not random weights
     assert dense < pruned["SparseGPT"] < pruned["Wanda"] < pruned["Magnitude"], (dense, pruned)
@@ -46,13 +47,13 @@ def test_sparsegpt_beats_wanda_beats_magnitude_and_mixgpt_runs_on_the_builtin_mo
     # MixGPT with a few probes (the real config uses up to 50): per-layer plan, 0.4 .. 0.6
     cfg.sparse = sparse_config(method="MixGPT", mixgpt={"sensitivity": {"max_iter": 3}})
     method = METHODS["MixGPT"](cfg.sparse)
-    candidate = copy.deepcopy(model)
-    plan = method.allocate(cfg.sparse.weight, Calibration(candidate, adapter, batches, cpu))
+    candidate = ModelHandle(copy.deepcopy(model), adapter)
+    plan = method.allocate(cfg.sparse.weight, Calibration(candidate, batches, cpu))
     assert method.describe()["sensitivity"]["probes"] == 3
-    prune_blockwise(candidate, adapter, method, plan, batches, cpu, sparsity_out=True)
+    prune_blockwise(candidate, method, plan, batches, cpu, sparsity_out=True)
     planned = plan.sparsities()
     assert abs(min(planned) - 0.4) < 1e-12 and abs(max(planned) - 0.6) < 1e-12
-    for target, achieved in zip(planned, unit_sparsity(candidate, adapter, plan.targets)):
+    for target, achieved in zip(planned, unit_sparsity(candidate, plan.targets)):
         assert abs(achieved - target) < 1 / 576  # the narrowest Linear has 576 columns
-    assert abs(sparsity_report(candidate, adapter)["overall"] - 0.5) < 0.01
+    assert abs(sparsity_report(candidate)["overall"] - 0.5) < 0.01
     assert dense < ppl(candidate) < pruned["Magnitude"], (dense, ppl(candidate), pruned)

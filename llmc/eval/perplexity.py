@@ -29,36 +29,32 @@ def window_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def perplexity(model, adapter, tokens, seq_len, device, bs=1, max_windows=None, per_block=False,
+def perplexity(handle, tokens, seq_len, device, bs=1, max_windows=None, per_block=False,
                desc="ppl"):
-    """(ppl, tokens per second) of `model` on the token stream `tokens` (1, N)."""
+    """(ppl, tokens per second) of `handle`'s model on the token stream `tokens` (1, N)."""
     windows = eval_windows(tokens, seq_len, max_windows)
     batches = [windows[i:i + bs] for i in range(0, len(windows), bs)]
     start = time.perf_counter()
     if per_block:
-        nlls = _streamed_nlls(model, adapter, batches, device, desc)
+        nlls = _streamed_nlls(handle, batches, device)
     else:
-        model.to(device)
-        nlls = [window_nll(model(input_ids=ids.to(device), use_cache=False).logits, ids.to(device))
-                for ids in tqdm(batches, desc=desc)]
-        model.to("cpu")
+        with handle.whole_on(device) as model:
+            nlls = [window_nll(model(input_ids=ids.to(device), use_cache=False).logits,
+                               ids.to(device))
+                    for ids in tqdm(batches, desc=desc)]
     seconds = time.perf_counter() - start
     ppl = torch.exp(torch.stack(nlls).sum() / (len(windows) * seq_len)).item()
     return ppl, windows.numel() / seconds
 
 
-def _streamed_nlls(model, adapter, batches, device, desc):
-    inputs = capture_block_inputs(model, adapter, batches, device, home=torch.device("cpu"))
-    forward_all_blocks(model, adapter, inputs, device)
-    final = adapter.post_block_modules(model)
-    for module in final:
-        module.to(device)
+def _streamed_nlls(handle, batches, device):
+    inputs = capture_block_inputs(handle, batches, device, home=torch.device("cpu"))
+    forward_all_blocks(handle, inputs, device)
     nlls = []
-    for hidden, ids in zip(inputs.hidden, batches):
-        hidden = hidden.to(device)
-        for module in final:
-            hidden = module(hidden)
-        nlls.append(window_nll(hidden, ids.to(device)))
-    for module in final:
-        module.to("cpu")
+    with handle.post_blocks_on(device) as final:
+        for hidden, ids in zip(inputs.hidden, batches):
+            hidden = hidden.to(device)
+            for module in final:
+                hidden = module(hidden)
+            nlls.append(window_nll(hidden, ids.to(device)))
     return nlls

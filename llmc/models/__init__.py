@@ -1,4 +1,5 @@
-"""Model adapters (registered on import) and loading."""
+"""Model adapters (registered on import), the handle of a loaded model, and loading."""
 from . import baichuan, bloom, builtin, llama, opt, qwen2  # noqa: F401  (register)
 from .adapter import Adapter  # noqa: F401
+from .handle import ModelHandle  # noqa: F401
 from .loading import load_model, load_tokenizer  # noqa: F401

@@ -11,7 +11,7 @@ before block 0. NormHead normalises its weight rows on its first forward in eval
 from ..registry import MODELS
 from .adapter import Adapter
 
-BAICHUAN = MODELS.register("Baichuan")(Adapter(
+MODELS.register("Baichuan")(Adapter(
     name="Baichuan",
     model_types=("baichuan",),
     blocks="model.layers",

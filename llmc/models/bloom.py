@@ -6,7 +6,7 @@ The model builds the ALiBi tensor from the attention mask and hands it to every 
 from ..registry import MODELS
 from .adapter import Adapter
 
-BLOOM = MODELS.register("Bloom")(Adapter(
+MODELS.register("Bloom")(Adapter(
     name="Bloom",
     model_types=("bloom",),
     blocks="transformer.h",

@@ -1,4 +1,5 @@
-"""Load a checkpoint's tokenizer and model onto the CPU, checked against its adapter."""
+"""Load a checkpoint's tokenizer, and its model onto the CPU as a ModelHandle checked against its
+adapter."""
 import json
 import os
 
@@ -8,6 +9,7 @@ from loguru import logger
 from ..errors import LlmcError
 from ..registry import MODELS
 from .builtin import resolve_model_path
+from .handle import ModelHandle
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -32,8 +34,8 @@ def checkpoint_model_type(model_cfg, path) -> str:
                         f"directory: no config.json with a model_type ({err})") from None
 
 
-def load_model(model_cfg):
-    """(model on CPU in eval mode, adapter)."""
+def load_model(model_cfg) -> ModelHandle:
+    """The checkpoint's model on the CPU in eval mode, with its adapter, checked against it."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     adapter = MODELS.lookup(model_cfg.type, "model.type")
@@ -61,7 +63,8 @@ def load_model(model_cfg):
                                                  low_cpu_mem_usage=True, trust_remote_code=remote)
     model.eval()
     model.config.use_cache = False
-    adapter.check(model)
-    logger.info(f"loaded {type(model).__name__} from {path} ({model.dtype}, "
-                f"{len(adapter.get_blocks(model))} blocks)")
-    return model, adapter
+    handle = ModelHandle(model, adapter)
+    handle.check()
+    logger.info(f"loaded {type(model).__name__} from {path} ({handle.dtype}, "
+                f"{handle.num_blocks} blocks)")
+    return handle

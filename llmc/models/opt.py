@@ -8,7 +8,7 @@ Absent modules are skipped; the projections and lm_head are never pruned (they a
 from ..registry import MODELS
 from .adapter import Adapter
 
-OPT = MODELS.register("OPT")(Adapter(
+MODELS.register("OPT")(Adapter(
     name="OPT",
     model_types=("opt",),
     blocks="model.decoder.layers",

@@ -4,4 +4,4 @@ import dataclasses
 from ..registry import MODELS
 from .llama import LLAMA
 
-QWEN2 = MODELS.register("Qwen2")(dataclasses.replace(LLAMA, name="Qwen2", model_types=("qwen2",)))
+MODELS.register("Qwen2")(dataclasses.replace(LLAMA, name="Qwen2", model_types=("qwen2",)))

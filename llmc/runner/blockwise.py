@@ -1,5 +1,6 @@
 """The block loop: one decoder block at a time on the device, calibration windows streamed
 through it, statistics gathered by hooks, the block pruned, its outputs handed to the next block.
+Blocks reach the device only through the model handle's `block_on`, which brings them back.
 
 It knows no method by name: a method says which statistics it needs and prunes one input group
 (the Linears reading the same tensor); a method that allocates first measures through `measure`.
@@ -14,10 +15,11 @@ from loguru import logger
 from tqdm import tqdm
 
 from ..errors import LlmcError
+from ..models.handle import ModelHandle
 from .cache import cached_json, weights_fingerprint, windows_fingerprint
 from .capture import block_output, capture_block_inputs
 from .device import activation_home
-from .loss_hessian import block_weights, calibration_windows, loss_hessian
+from .loss_hessian import calibration_windows, dotted_block_weights, loss_hessian
 from .stats import GroupStatistics
 
 
@@ -32,99 +34,97 @@ def run_block(block, inputs, device, replace: bool):
 
 
 @torch.no_grad()
-def forward_all_blocks(model, adapter, inputs, device):
+def forward_all_blocks(handle, inputs, device):
     """Stream `inputs` (captured at block 0) through every block, one block on the device at a
     time; afterwards they hold the last block's outputs."""
-    for block in tqdm(adapter.get_blocks(model), desc="forward per block"):
-        block.to(device)
-        run_block(block, inputs, device, replace=True)
-        block.to("cpu")
+    for index in tqdm(range(handle.num_blocks), desc="forward per block"):
+        with handle.block_on(index, device) as block:
+            run_block(block, inputs, device, replace=True)
     return inputs
 
 
-def calibration_home(model, batches, device, offload):
+def calibration_home(handle, batches, device, offload):
     """Where this run's calibration activations wait between blocks (see activation_home)."""
     tokens = sum(batch.numel() for batch in batches)
-    return activation_home(offload, device, tokens * model.config.hidden_size * model.dtype.itemsize)
+    return activation_home(offload, device, tokens * handle.hidden_size * handle.dtype.itemsize)
 
 
-def prune_block(block, adapter, method, plan, block_index, statistics=None):
-    """Prune each input group of `block`; a method's error is re-raised naming the block."""
-    for group in adapter.groups:
+def prune_block(handle, block, block_index, method, plan, statistics=None):
+    """Prune each input group of `block` (block `block_index` of `handle`, where it is now);
+    a method's error is re-raised naming the block."""
+    for group in handle.groups:
         linears = {name: block.get_submodule(name) for name in group}
         stats = statistics.for_linear(group[0]) if statistics else {}
         targets = {name: plan.target(block_index, name) for name in group}
         try:
             method.prune_group(linears, stats, targets)
         except LlmcError as err:
-            raise LlmcError(f"block {block_index} ({adapter.blocks}.{block_index}): {err}") from None
+            raise LlmcError(f"block {block_index} ({handle.block_path(block_index)}): "
+                            f"{err}") from None
 
 
 @torch.no_grad()
-def prune_blockwise(model, adapter, method, plan, batches, device, sparsity_out=False,
+def prune_blockwise(handle, method, plan, batches, device, sparsity_out=False,
                     offload="auto") -> dict:
-    """Prune every decoder block of `model` (kept on CPU) in place. Returns timings in seconds.
+    """Prune every decoder block of `handle`'s model (kept on CPU) in place. Returns timings in
+    seconds.
 
     sparsity_out False: the next block sees the dense outputs of the same forward that gathered
     the statistics (one forward per block). True: outputs are recomputed with the pruned block,
     as the reference repos do (two forwards per block)."""
-    blocks = adapter.get_blocks(model)
     timings = {"capture": 0.0, "forward": 0.0, "prune": 0.0}
     inputs = None
     if method.needs:  # e.g. Magnitude needs none: no calibration data, no forward at all
         start = time.perf_counter()
-        home = calibration_home(model, batches, device, offload)
-        inputs = capture_block_inputs(model, adapter, batches, device, home)
+        home = calibration_home(handle, batches, device, offload)
+        inputs = capture_block_inputs(handle, batches, device, home)
         timings["capture"] = time.perf_counter() - start
-        logger.info(f"pruning {len(blocks)} blocks with {type(method).__name__} over "
+        logger.info(f"pruning {handle.num_blocks} blocks with {type(method).__name__} over "
                     f"{len(inputs)} calibration batches on {device} (activations on {home})")
 
-    for index, block in enumerate(tqdm(blocks, desc="pruning blocks")):
-        block.to(device)
-        start = time.perf_counter()
-        statistics = None
-        if inputs is not None:
-            statistics = GroupStatistics(block, adapter.groups, method.needs, device)
-            run_block(block, inputs, device, replace=not sparsity_out)
-            statistics.remove_hooks()
-        middle = time.perf_counter()
-        prune_block(block, adapter, method, plan, index, statistics)
-        del statistics
-        end = time.perf_counter()
-        if inputs is not None and sparsity_out:
-            run_block(block, inputs, device, replace=True)
-        timings["forward"] += (middle - start) + (time.perf_counter() - end)
-        timings["prune"] += end - middle
-        block.to("cpu")
+    for index in tqdm(range(handle.num_blocks), desc="pruning blocks"):
+        with handle.block_on(index, device) as block:
+            start = time.perf_counter()
+            statistics = None
+            if inputs is not None:
+                statistics = GroupStatistics(block, handle.groups, method.needs, device)
+                run_block(block, inputs, device, replace=not sparsity_out)
+                statistics.remove_hooks()
+            middle = time.perf_counter()
+            prune_block(handle, block, index, method, plan, statistics)
+            del statistics
+            end = time.perf_counter()
+            if inputs is not None and sparsity_out:
+                run_block(block, inputs, device, replace=True)
+            timings["forward"] += (middle - start) + (time.perf_counter() - end)
+            timings["prune"] += end - middle
     return timings
 
 
 @torch.no_grad()
-def measure_blockwise(model, adapter, needs, batches, device, measure, offload="auto") -> list:
+def measure_blockwise(handle, needs, batches, device, measure, offload="auto") -> list:
     """Stream the calibration windows through the dense model, one block at a time, gathering
     the statistics `needs` per input group; prune nothing. Returns
     [measure(block_index, block, statistics) for every block], e.g. OWL's outlier ratios."""
-    home = calibration_home(model, batches, device, offload)
-    inputs = capture_block_inputs(model, adapter, batches, device, home)
+    home = calibration_home(handle, batches, device, offload)
+    inputs = capture_block_inputs(handle, batches, device, home)
     measured = []
-    for index, block in enumerate(tqdm(adapter.get_blocks(model), desc="measuring blocks")):
-        block.to(device)
-        statistics = GroupStatistics(block, adapter.groups, needs, device)
-        run_block(block, inputs, device, replace=True)  # dense outputs feed the next block
-        statistics.remove_hooks()
-        measured.append(measure(index, block, statistics))
-        del statistics
-        block.to("cpu")
+    for index in tqdm(range(handle.num_blocks), desc="measuring blocks"):
+        with handle.block_on(index, device) as block:
+            statistics = GroupStatistics(block, handle.groups, needs, device)
+            run_block(block, inputs, device, replace=True)  # dense outputs feed the next block
+            statistics.remove_hooks()
+            measured.append(measure(index, block, statistics))
+            del statistics
     return measured
 
 
 @dataclass
 class Calibration:
-    """What a method's allocation step may use: the model, its adapter and the calibration
-    batches, with the runner's dense block loop (`measure`) so no method writes its own, the
-    whole-model loss Hessian (`loss_hessian`) and a cache of measurements in `cache_dir`."""
-    model: object
-    adapter: object
+    """What a method's allocation step may use: the model's handle and the calibration batches,
+    with the runner's dense block loop (`measure`) so no method writes its own, the whole-model
+    loss Hessian (`loss_hessian`) and a cache of measurements in `cache_dir`."""
+    handle: ModelHandle
     batches: list
     device: torch.device
     offload: object = "auto"
@@ -132,8 +132,8 @@ class Calibration:
     overwrite: bool = False  # whether a cached file for another key may be replaced
 
     def measure(self, needs, measure) -> list:
-        return measure_blockwise(self.model, self.adapter, needs, self.batches, self.device,
-                                 measure, self.offload)
+        return measure_blockwise(self.handle, needs, self.batches, self.device, measure,
+                                 self.offload)
 
     def windows(self, n_windows: int) -> list:
         return calibration_windows(self.batches, n_windows)
@@ -141,11 +141,11 @@ class Calibration:
     def loss_hessian(self, n_windows: int):
         """Context manager yielding (shapes, hvp) over the first `n_windows` windows (see
         llmc.runner.loss_hessian)."""
-        return loss_hessian(self.model, self.adapter, self.windows(n_windows), self.device)
+        return loss_hessian(self.handle, self.windows(n_windows), self.device)
 
     def fingerprint(self, n_windows: int) -> dict:
         """What identifies the model's block weights and the first `n_windows` windows."""
-        return {"model": weights_fingerprint(block_weights(self.model, self.adapter)),
+        return {"model": weights_fingerprint(dotted_block_weights(self.handle)),
                 "windows": windows_fingerprint(self.windows(n_windows))}
 
     def cached(self, filename: str, key: dict, compute):

@@ -51,12 +51,10 @@ class BlockInputs:
 
 
 @torch.no_grad()
-def capture_block_inputs(model, adapter, batches, device, home) -> BlockInputs:
-    """Run the embeddings on `device` for every batch of token ids; keep block 0's inputs at
-    `home` (hidden states) / `device` (the small per-call arguments)."""
-    pre_modules = adapter.pre_block_modules(model)
-    for module in pre_modules:
-        module.to(device)
+def capture_block_inputs(handle, batches, device, home) -> BlockInputs:
+    """Run the embeddings (the model's pre-block modules) on `device` for every batch of token
+    ids; keep block 0's inputs at `home` (hidden states) / `device` (the small per-call
+    arguments). No block runs: the hook on block 0 stops each forward before it."""
 
     def stop(module, args, kwargs):
         kwargs = dict(kwargs)
@@ -64,20 +62,20 @@ def capture_block_inputs(model, adapter, batches, device, home) -> BlockInputs:
         raise _Captured(hidden, tuple(args[1:]), kwargs)
 
     captured = BlockInputs()
-    handle = adapter.get_blocks(model)[0].register_forward_pre_hook(stop, with_kwargs=True)
-    try:
-        for ids in batches:
-            try:
-                model(input_ids=ids.to(device), use_cache=False)
-            except _Captured as found:
-                captured.add(found.hidden.to(home), to_device(found.args, device),
-                             to_device(found.kwargs, device))
-            else:
-                raise RuntimeError("block 0 was never called; the adapter's blocks path is wrong")
-    finally:
-        handle.remove()
-        for module in pre_modules:
-            module.to("cpu")
+    with handle.pre_blocks_on(device):
+        hook = handle.block(0).register_forward_pre_hook(stop, with_kwargs=True)
+        try:
+            for ids in batches:
+                try:
+                    handle.model(input_ids=ids.to(device), use_cache=False)
+                except _Captured as found:
+                    captured.add(found.hidden.to(home), to_device(found.args, device),
+                                 to_device(found.kwargs, device))
+                else:
+                    raise RuntimeError("block 0 was never called; the adapter's blocks path is "
+                                       "wrong")
+        finally:
+            hook.remove()
     logger.debug(f"captured block-0 inputs of {len(captured)} batches; "
                  f"kwargs: {sorted(captured.calls[0][1]) if captured.calls else []}")
     return captured

@@ -25,15 +25,15 @@ def calibration_windows(batches, n_windows):
     return windows[:n_windows]
 
 
-def block_weights(model, adapter):
-    """{"block index.linear name": weight} for every Linear the adapter lists, in block order."""
-    return {f"{index}.{name}": block.get_submodule(name).weight
-            for index, block in enumerate(adapter.get_blocks(model))
-            for name in adapter.linear_names()}
+def dotted_block_weights(handle):
+    """{"block index.linear name": weight} for every block Linear, in block order: the string
+    keys that the loss Hessian's shapes, MixGPT's traces and the cache fingerprint (which
+    digests the names) use."""
+    return {f"{index}.{name}": weight for (index, name), weight in handle.block_weights().items()}
 
 
 @contextmanager
-def loss_hessian(model, adapter, windows, device):
+def loss_hessian(handle, windows, device):
     """Yields (shapes, hvp): `shapes` maps "block.linear" to its weight's shape; `hvp(vectors)`
     returns H v for one vector per weight (any dtype/device; same order), where H is the Hessian
     of the mean next-token loss over `windows` w.r.t. the block weights.
@@ -41,13 +41,13 @@ def loss_hessian(model, adapter, windows, device):
     With one window its first-order graph is built once and reused by every product; with more
     it is rebuilt per window per product, so memory stays at one window's graph. The model is
     back on the CPU, with its requires_grad flags as they were, afterwards."""
-    weights = block_weights(model, adapter)
-    flags = {parameter: parameter.requires_grad for parameter in model.parameters()}
+    weights = dotted_block_weights(handle)
+    flags = {parameter: parameter.requires_grad for parameter in handle.model.parameters()}
     tensors = list(weights.values())
 
     def gradients(window):
         ids = window.to(device)
-        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss = handle.model(input_ids=ids, labels=ids, use_cache=False).loss
         if not torch.isfinite(loss):
             raise LlmcError(f"the calibration loss is {loss.item()}; try model.torch_dtype: float32")
         return torch.autograd.grad(loss, tensors, create_graph=True)
@@ -68,14 +68,17 @@ def loss_hessian(model, adapter, windows, device):
             parameter.requires_grad_(False)
         for weight in tensors:
             weight.requires_grad_(True)
-        model.to(device)
-        # The fused attention kernels have no double backward; the plain math one has.
-        with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
-            if len(windows) == 1:
-                kept.append(gradients(windows[0]))
-            logger.info(f"loss Hessian over {len(windows)} calibration window(s), "
-                        f"{len(tensors)} Linears, on {device}")
-            yield {name: weight.shape for name, weight in weights.items()}, hvp
+        with handle.whole_on(device):
+            try:
+                # The fused attention kernels have no double backward; the plain math one has.
+                with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
+                    if len(windows) == 1:
+                        kept.append(gradients(windows[0]))
+                    logger.info(f"loss Hessian over {len(windows)} calibration window(s), "
+                                f"{len(tensors)} Linears, on {device}")
+                    yield {name: weight.shape for name, weight in weights.items()}, hvp
+            finally:
+                kept.clear()  # the kept graph goes before the model leaves the device
     except torch.cuda.OutOfMemoryError:
         raise LlmcError(
             f"out of memory on {device} for the loss Hessian (the whole model with a double "
@@ -83,7 +86,5 @@ def loss_hessian(model, adapter, windows, device):
             "cpu, or a larger GPU) with sensitivity.cache: True and reuse "
             "save_path/sensitivity.json, or lower calib.seq_len") from None
     finally:
-        kept.clear()
-        model.to("cpu")
         for parameter, flag in flags.items():
             parameter.requires_grad_(flag)

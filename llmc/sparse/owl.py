@@ -116,7 +116,7 @@ class OWL(Sparsifier):
 
     def allocate(self, weight_cfg, calibration):
         owl = self.settings.owl
-        names = calibration.adapter.linear_names()
+        names = calibration.handle.linear_names()
 
         def measure(index, block, statistics):
             scores = {name: wanda_score(block.get_submodule(name).weight.data,

@@ -6,6 +6,7 @@ import torch
 
 from conftest import tiny_model
 from llmc.eval.perplexity import eval_windows, perplexity
+from llmc.models import ModelHandle
 from llmc.registry import MODELS
 
 CPU = torch.device("cpu")
@@ -26,9 +27,10 @@ def test_ppl_matches_plain_hf_and_streaming(arch, adapter):
     model = tiny_model(arch)
     tokens = torch.randint(0, 300, (1, 16 * 7 + 5), generator=torch.Generator().manual_seed(0))
     expected = _plain_hf_ppl(model, tokens, 16)
-    whole, speed = perplexity(model, MODELS[adapter], tokens, 16, CPU)
-    streamed, _ = perplexity(model, MODELS[adapter], tokens, 16, CPU, per_block=True)
-    batched, _ = perplexity(model, MODELS[adapter], tokens, 16, CPU, bs=3)
+    handle = ModelHandle(model, MODELS[adapter])
+    whole, speed = perplexity(handle, tokens, 16, CPU)
+    streamed, _ = perplexity(handle, tokens, 16, CPU, per_block=True)
+    batched, _ = perplexity(handle, tokens, 16, CPU, bs=3)
     # HF's loss routine and a batch of 3 (other matmul shapes, so other BLAS kernels) round
     # differently in fp32: logits agree to ~1e-6 relative, and since ppl = exp(mean loss), the
     # ppl's relative error is the mean loss's absolute error, ~1e-6 here. 1e-4 leaves margin
@@ -50,6 +52,7 @@ def test_windows_drop_the_tail_and_honour_max_windows():
 def test_ppl_of_max_windows_is_ppl_of_prefix():
     model = tiny_model("llama")
     tokens = torch.randint(0, 300, (1, 100), generator=torch.Generator().manual_seed(1))
-    limited, _ = perplexity(model, MODELS["Llama"], tokens, 20, CPU, max_windows=2)
-    prefix, _ = perplexity(model, MODELS["Llama"], tokens[:, :40], 20, CPU)
+    handle = ModelHandle(model, MODELS["Llama"])
+    limited, _ = perplexity(handle, tokens, 20, CPU, max_windows=2)
+    prefix, _ = perplexity(handle, tokens[:, :40], 20, CPU)
     assert limited == pytest.approx(prefix, rel=1e-6)

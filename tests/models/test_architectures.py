@@ -13,7 +13,7 @@ from conftest import ARCHITECTURES, arch_model, save_model_dir
 from plain_pruning import plain_sparsegpt, plain_wanda
 from llmc.config import ModelCfg, SparseCfg, sparse_config
 from llmc.eval.perplexity import perplexity
-from llmc.models import load_model
+from llmc.models import ModelHandle, load_model
 from llmc.registry import METHODS, MODELS
 from llmc.runner import prune_blockwise
 from llmc.save import save_model
@@ -61,8 +61,8 @@ def test_blockwise_wanda_equals_plain(arch, sparsity_out, sparsity_type):
         everything = [m for i in range(LAYERS) for m in _block_linears(plain, adapter, i)]
         plain_wanda(plain, everything, batches, 0.5, n_m)
 
-    prune_blockwise(model, adapter, METHODS["Wanda"](cfg), UniformPlan(cfg.weight), batches, CPU,
-                    sparsity_out=sparsity_out)
+    prune_blockwise(ModelHandle(model, adapter), METHODS["Wanda"](cfg), UniformPlan(cfg.weight),
+                    batches, CPU, sparsity_out=sparsity_out)
     pruned = dict(model.named_parameters())
     # bitwise: the plain reference runs the same operations in the same order (plain_pruning.py)
     for name, expected in plain.named_parameters():  # weights, biases, embeddings, heads
@@ -95,8 +95,8 @@ def test_blockwise_sparsegpt_equals_plain(arch, sparsity_out, sparsity_type):
         everything = [m for i in range(LAYERS) for m in _block_linears(plain, adapter, i)]
         plain_sparsegpt(plain, everything, batches, cfg)
 
-    prune_blockwise(model, adapter, METHODS["SparseGPT"](cfg), UniformPlan(cfg.weight), batches,
-                    CPU, sparsity_out=sparsity_out)
+    prune_blockwise(ModelHandle(model, adapter), METHODS["SparseGPT"](cfg),
+                    UniformPlan(cfg.weight), batches, CPU, sparsity_out=sparsity_out)
     pruned = dict(model.named_parameters())
     # bitwise: the plain reference runs the same operations in the same order (plain_pruning.py)
     for name, expected in plain.named_parameters():
@@ -156,8 +156,9 @@ def test_streamed_eval_equals_plain_forward(arch):
     model = arch_model(arch)
     tokens = torch.randint(0, 300, (1, 16 * 5 + 3), generator=torch.Generator().manual_seed(0))
     expected = _plain_forward_ppl(model, tokens, 16)
-    streamed, _ = perplexity(model, _adapter(arch), tokens, 16, CPU, per_block=True)
-    whole, _ = perplexity(model, _adapter(arch), tokens, 16, CPU)
+    handle = ModelHandle(model, _adapter(arch))
+    streamed, _ = perplexity(handle, tokens, 16, CPU, per_block=True)
+    whole, _ = perplexity(handle, tokens, 16, CPU)
     # The same kernels on the same windows as the plain forward; only the final reduction of
     # the losses differs (fp32 tensors vs Python floats), a few roundings of ~1e-7.
     assert streamed == pytest.approx(expected, rel=1e-6)
@@ -173,13 +174,13 @@ def test_pruned_model_round_trips_and_only_block_weights_change(arch, tmp_path, 
             if name.endswith(".bias"):
                 parameter.normal_()
     path = save_model_dir(dense, tiny_tokenizer, tmp_path / f"{arch}_dense")
-    model, adapter = load_model(ModelCfg(type=ARCHITECTURES[arch][0], path=path,
-                                         trust_remote_code=remote))
+    handle = load_model(ModelCfg(type=ARCHITECTURES[arch][0], path=path,
+                                 trust_remote_code=remote))
+    model, adapter = handle.model, handle.adapter
     before = {name: p.clone() for name, p in model.named_parameters()}
     cfg = SparseCfg()
     cfg.weight.sparsity_type = "2:4"
-    prune_blockwise(model, adapter, METHODS["Wanda"](cfg), UniformPlan(cfg.weight), _batches(),
-                    CPU)
+    prune_blockwise(handle, METHODS["Wanda"](cfg), UniformPlan(cfg.weight), _batches(), CPU)
 
     pruned = {f"{adapter.blocks}.{i}.{name}.weight" for i in range(len(adapter.get_blocks(model)))
               for name in adapter.linear_names()}

@@ -13,7 +13,7 @@ from conftest import arch_model, save_model_dir
 from llmc.cli import main
 from llmc.config import ModelCfg, load_config
 from llmc.errors import ConfigError, LlmcError
-from llmc.models import load_model, load_tokenizer
+from llmc.models import ModelHandle, load_model, load_tokenizer
 from llmc.registry import MODELS
 from llmc.runner import capture_block_inputs
 
@@ -52,7 +52,8 @@ def test_without_permission_nothing_of_the_checkpoint_runs(tmp_path, tiny_tokeni
     # The control: allowed, the same directory's code does run, and the marker shows it.
     raw["model"]["trust_remote_code"] = True
     assert load_config(raw=raw).model.trust_remote_code is True
-    model, adapter = load_model(ModelCfg(type="Baichuan", path=path, trust_remote_code=True))
+    handle = load_model(ModelCfg(type="Baichuan", path=path, trust_remote_code=True))
+    model, adapter = handle.model, handle.adapter
     ran = marker.read_text().split()
     assert {name.rsplit(".", 1)[-1] for name in ran} == {"configuration_baichuan",
                                                          "modeling_baichuan"}
@@ -71,8 +72,8 @@ def test_one_table_covers_every_variant(variant, head, block_kwargs):
     assert ("self_attn.W_pack",) in adapter.groups
     assert [type(m).__name__ for m in adapter.post_block_modules(model)] == ["RMSNorm", head]
     cpu = torch.device("cpu")
-    _, kwargs = capture_block_inputs(model, adapter, [torch.randint(0, 300, (1, 7))], cpu,
-                                     cpu).calls[0]
+    _, kwargs = capture_block_inputs(ModelHandle(model, adapter), [torch.randint(0, 300, (1, 7))],
+                                     cpu, cpu).calls[0]
     tensors = {name for name, value in kwargs.items() if isinstance(value, torch.Tensor)}
     assert tensors == block_kwargs
 

@@ -5,7 +5,7 @@ import torch
 
 from conftest import arch_model, save_model_dir
 from llmc.config import ModelCfg
-from llmc.models import load_model
+from llmc.models import ModelHandle, load_model
 from llmc.registry import MODELS
 from llmc.runner import capture_block_inputs
 from llmc.runner.capture import block_output
@@ -20,7 +20,7 @@ CPU = torch.device("cpu")
 def test_captured_alibi_replays_block_0_exactly():
     model = arch_model("bloom")
     ids = torch.randint(0, 300, (2, 9), generator=torch.Generator().manual_seed(0))
-    inputs = capture_block_inputs(model, BLOOM, [ids], CPU, CPU)
+    inputs = capture_block_inputs(ModelHandle(model, BLOOM), [ids], CPU, CPU)
     args, kwargs = inputs.calls[0]
     assert kwargs["alibi"].shape == (2 * 4, 1, 9)  # (batch x heads, 1, keys)
 
@@ -48,8 +48,8 @@ def test_slow_but_exact_is_turned_off_so_hooks_see_dense_4h_to_h(tiny_tokenizer,
     hooked, slow_logits = _fires(slow.transformer.h[0].mlp.dense_4h_to_h, slow, ids)
     assert not hooked  # sliced F.linear calls: a hook on the Linear never sees its input
 
-    model, _ = load_model(ModelCfg(type="Bloom", path=save_model_dir(slow, tiny_tokenizer,
-                                                                     tmp_path / "bloom")))
+    model = load_model(ModelCfg(type="Bloom", path=save_model_dir(slow, tiny_tokenizer,
+                                                                  tmp_path / "bloom"))).model
     assert model.config.slow_but_exact is False
     for linear in (model.transformer.h[0].mlp.dense_4h_to_h,
                    model.transformer.h[0].self_attention.dense):

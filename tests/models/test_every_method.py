@@ -12,6 +12,7 @@ import torch
 from conftest import ARCHITECTURES, FIVE_ARCHITECTURES, arch_model
 from llmc.config import SparseCfg
 from llmc.eval.perplexity import perplexity
+from llmc.models import ModelHandle
 from llmc.registry import METHODS, MODELS
 from llmc.runner import Calibration, prune_blockwise
 from llmc.sparse import UniformPlan
@@ -35,17 +36,17 @@ def _setup(method_name, arch):
     cfg = SparseCfg(method=method_name)
     cfg.weight.sparsity = SPARSITY
     METHODS[method_name].check_config(cfg)
-    return model, MODELS[ARCHITECTURES[arch][0]], batches, cfg
+    return ModelHandle(model, MODELS[ARCHITECTURES[arch][0]]), batches, cfg
 
 
 @pytest.mark.parametrize("arch", FIVE_ARCHITECTURES)
 @pytest.mark.parametrize("method_name", sorted(METHODS))
 def test_method_prunes_every_block_linear_to_target_and_eval_works(method_name, arch):
-    model, adapter, batches, cfg = _setup(method_name, arch)
+    handle, batches, cfg = _setup(method_name, arch)
+    model, adapter = handle.model, handle.adapter
     before = {name: p.clone() for name, p in model.named_parameters()}
 
-    prune_blockwise(model, adapter, METHODS[method_name](cfg), UniformPlan(cfg.weight), batches,
-                    CPU)
+    prune_blockwise(handle, METHODS[method_name](cfg), UniformPlan(cfg.weight), batches, CPU)
 
     pruned = set()
     for index, block in enumerate(adapter.get_blocks(model)):
@@ -63,8 +64,8 @@ def test_method_prunes_every_block_linear_to_target_and_eval_works(method_name, 
             assert torch.equal(parameter, before[name]), name
 
     tokens = torch.randint(0, 300, (1, 50), generator=torch.Generator().manual_seed(5))
-    streamed, _ = perplexity(model, adapter, tokens, 16, CPU, per_block=True)
-    whole, _ = perplexity(model, adapter, tokens, 16, CPU)
+    streamed, _ = perplexity(handle, tokens, 16, CPU, per_block=True)
+    whole, _ = perplexity(handle, tokens, 16, CPU)
     assert math.isfinite(streamed) and streamed > 1
     assert streamed == pytest.approx(whole, rel=1e-5)
 
@@ -74,9 +75,10 @@ def test_method_prunes_every_block_linear_to_target_and_eval_works(method_name, 
 def test_method_allocation_runs_on_every_architecture(method_name, arch):
     """A method's allocation step (OWL measures the dense model through the runner's block
     loop) gives every block Linear a target, averaging the configured sparsity."""
-    model, adapter, batches, cfg = _setup(method_name, arch)
+    handle, batches, cfg = _setup(method_name, arch)
+    model, adapter = handle.model, handle.adapter
     method = METHODS[method_name](cfg)
-    plan = method.allocate(cfg.weight, Calibration(model, adapter, batches, CPU))
+    plan = method.allocate(cfg.weight, Calibration(handle, batches, CPU))
     sparsities = [plan.target(index, name).sparsity
                   for index in range(len(adapter.get_blocks(model)))
                   for name in adapter.linear_names()]

@@ -7,14 +7,15 @@ import torch
 from conftest import tiny_model
 from llmc.config import ModelCfg
 from llmc.errors import LlmcError
-from llmc.models import load_model
+from llmc.models import ModelHandle, load_model
 from llmc.registry import MODELS
 
 
 @pytest.mark.parametrize("arch,adapter", [("llama", "Llama"), ("qwen2", "Qwen2")])
 def test_load_returns_cpu_eval_model_with_its_adapter(tiny_model_dir, arch, adapter):
-    model, found = load_model(ModelCfg(type=adapter, path=tiny_model_dir(arch)))
-    assert found is MODELS[adapter]
+    handle = load_model(ModelCfg(type=adapter, path=tiny_model_dir(arch)))
+    model, found = handle.model, handle.adapter
+    assert isinstance(handle, ModelHandle) and found is MODELS[adapter]
     assert not model.training and model.device.type == "cpu"
     assert len(found.get_blocks(model)) == 2
     assert [type(m).__name__ for m in found.post_block_modules(model)][-1] == "Linear"
@@ -48,6 +49,6 @@ def test_qwen2_biases_survive_pruning_untouched():
     torch.nn.init.normal_(model.model.layers[0].self_attn.q_proj.bias)
     bias = model.model.layers[0].self_attn.q_proj.bias.clone()
     cfg = SparseCfg()
-    prune_blockwise(model, MODELS["Qwen2"], METHODS["Wanda"](cfg), UniformPlan(cfg.weight),
-                    [torch.randint(0, 300, (1, 8))], torch.device("cpu"))
+    prune_blockwise(ModelHandle(model, MODELS["Qwen2"]), METHODS["Wanda"](cfg),
+                    UniformPlan(cfg.weight), [torch.randint(0, 300, (1, 8))], torch.device("cpu"))
     assert torch.equal(model.model.layers[0].self_attn.q_proj.bias, bias)

@@ -46,5 +46,5 @@ def test_an_opt_checkpoint_under_another_type_names_opt(tiny_tokenizer, tmp_path
     path = save_model_dir(arch_model("opt"), tiny_tokenizer, tmp_path / "opt")
     with pytest.raises(LlmcError, match="is a opt checkpoint; set model.type: OPT"):
         load_model(ModelCfg(type="Llama", path=path))
-    model, adapter = load_model(ModelCfg(type="OPT", path=path))
-    assert adapter is OPT and len(adapter.get_blocks(model)) == 2
+    handle = load_model(ModelCfg(type="OPT", path=path))
+    assert handle.adapter is OPT and len(OPT.get_blocks(handle.model)) == 2

@@ -8,6 +8,7 @@ import torch.nn as nn
 from conftest import tiny_model
 from plain_pruning import plain_wanda
 from llmc.config import SparseCfg
+from llmc.models import ModelHandle
 from llmc.registry import METHODS, MODELS
 from llmc.runner.blockwise import prune_blockwise
 from llmc.runner.capture import block_output, capture_block_inputs
@@ -44,8 +45,8 @@ def test_blockwise_wanda_equals_plain(arch, sparsity_out, sparsity_type):
         everything = [m for i in range(3) for m in _block_linears(plain, i)]
         plain_wanda(plain, everything, batches, 0.5, n_m)
 
-    adapter = MODELS[ADAPTERS[arch]]
-    prune_blockwise(model, adapter, METHODS["Wanda"](cfg), UniformPlan(cfg.weight), batches, CPU,
+    handle = ModelHandle(model, MODELS[ADAPTERS[arch]])
+    prune_blockwise(handle, METHODS["Wanda"](cfg), UniformPlan(cfg.weight), batches, CPU,
                     sparsity_out=sparsity_out)
     pruned = dict(model.named_parameters())
     # bitwise: the plain reference runs the same operations in the same order (plain_pruning.py)
@@ -68,8 +69,8 @@ def test_sparsity_out_changes_later_blocks_only():
     for flag in (False, True):
         pruned = copy.deepcopy(model)
         cfg = SparseCfg(sparsity_out=flag)
-        prune_blockwise(pruned, MODELS["Llama"], METHODS["Wanda"](cfg), UniformPlan(cfg.weight),
-                        _batches(), CPU, sparsity_out=flag)
+        prune_blockwise(ModelHandle(pruned, MODELS["Llama"]), METHODS["Wanda"](cfg),
+                        UniformPlan(cfg.weight), _batches(), CPU, sparsity_out=flag)
         results[flag] = pruned
     # bitwise: block 0 sees the same inputs and runs the same operations either way
     first = [torch.equal(a, b) for a, b in zip(_block_linears(results[False], 0)[0].weight,
@@ -84,8 +85,8 @@ def test_magnitude_needs_no_forward():
     calls = []
     model.model.embed_tokens.register_forward_hook(lambda *a: calls.append(1))
     cfg = SparseCfg(method="Magnitude")
-    prune_blockwise(model, MODELS["Llama"], METHODS["Magnitude"](cfg), UniformPlan(cfg.weight),
-                    [], CPU)
+    prune_blockwise(ModelHandle(model, MODELS["Llama"]), METHODS["Magnitude"](cfg),
+                    UniformPlan(cfg.weight), [], CPU)
     assert not calls
     weight = model.model.layers[0].mlp.down_proj.weight
     assert abs((weight == 0).float().mean().item() - 0.5) < 0.01
@@ -93,7 +94,7 @@ def test_magnitude_needs_no_forward():
 
 def test_capture_records_every_kwarg_and_shares_equal_ones():
     model = tiny_model("llama")
-    inputs = capture_block_inputs(model, MODELS["Llama"], _batches(n=3), CPU, CPU)
+    inputs = capture_block_inputs(ModelHandle(model, MODELS["Llama"]), _batches(n=3), CPU, CPU)
     assert len(inputs) == 3
     args, kwargs = inputs.calls[0]
     assert "position_embeddings" in kwargs  # rotary cos/sin computed by the model, passed on
@@ -130,7 +131,8 @@ def test_tuple_returning_blocks_prune_the_same():
         wrapped.model.layers[i] = TupleLayer(layer)
     cfg = SparseCfg()
     for m, a in ((model, adapter), (wrapped, wrapped_adapter)):
-        prune_blockwise(m, a, METHODS["Wanda"](cfg), UniformPlan(cfg.weight), _batches(), CPU)
+        prune_blockwise(ModelHandle(m, a), METHODS["Wanda"](cfg), UniformPlan(cfg.weight),
+                        _batches(), CPU)
     # bitwise: the wrapper adds no arithmetic, so both run the same operations in the same order
     for (name, p), (_, q) in zip(model.named_parameters(), wrapped.named_parameters()):
         assert torch.equal(p, q), name

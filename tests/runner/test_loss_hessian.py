@@ -6,6 +6,7 @@ from torch.func import functional_call
 
 from conftest import tiny_model
 from llmc.errors import LlmcError
+from llmc.models import ModelHandle
 from llmc.registry import MODELS
 from llmc.runner import Calibration
 
@@ -39,7 +40,7 @@ def _plain_hvp(model, windows, names, vectors):
 def test_products_equal_a_plain_whole_model_hvp(n_windows):
     model = tiny_model("llama", num_hidden_layers=2).double()
     windows = _windows(3)
-    calibration = Calibration(model, LLAMA, windows, CPU)
+    calibration = Calibration(ModelHandle(model, LLAMA), windows, CPU)
     gen = torch.Generator().manual_seed(0)
     with calibration.loss_hessian(n_windows) as (shapes, hvp):
         names = list(shapes)
@@ -59,7 +60,8 @@ def test_model_comes_back_unchanged_with_its_flags():
     model.model.norm.weight.requires_grad_(False)
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    with Calibration(model, LLAMA, _windows(2), CPU).loss_hessian(1) as (shapes, hvp):
+    calibration = Calibration(ModelHandle(model, LLAMA), _windows(2), CPU)
+    with calibration.loss_hessian(1) as (shapes, hvp):
         hvp([torch.ones(shape, dtype=torch.int8) for shape in shapes.values()])
     for name, parameter in model.named_parameters():
         assert parameter.requires_grad == flags[name], name
@@ -69,7 +71,7 @@ def test_model_comes_back_unchanged_with_its_flags():
 
 def test_windows_come_from_batches_in_order():
     batches = [torch.arange(6).reshape(2, 3), torch.arange(6, 9).reshape(1, 3)]
-    windows = Calibration(None, LLAMA, batches, CPU).windows(3)
+    windows = Calibration(ModelHandle(None, LLAMA), batches, CPU).windows(3)
     assert [w.tolist() for w in windows] == [[[0, 1, 2]], [[3, 4, 5]], [[6, 7, 8]]]
     with pytest.raises(LlmcError, match="4 windows were asked for but calibration has only 3"):
-        Calibration(None, LLAMA, batches, CPU).windows(4)
+        Calibration(ModelHandle(None, LLAMA), batches, CPU).windows(4)

@@ -9,6 +9,7 @@ import torch
 from conftest import tiny_model
 from llmc.config import CalibCfg, sparse_config
 from llmc.errors import ConfigError, LlmcError
+from llmc.models import ModelHandle
 from llmc.registry import METHODS, MODELS
 from llmc.runner import Calibration, prune_blockwise
 from llmc.sparse.allocation import Target
@@ -90,7 +91,8 @@ def _batches(n=3, length=16):
 
 def _allocate(model, cfg, batches=None):
     method = METHODS["MixGPT"](cfg)
-    return method, method.allocate(cfg.weight, Calibration(model, LLAMA, batches or _batches(), CPU))
+    calibration = Calibration(ModelHandle(model, LLAMA), batches or _batches(), CPU)
+    return method, method.allocate(cfg.weight, calibration)
 
 
 def test_plan_follows_the_measured_sensitivities():
@@ -107,7 +109,7 @@ def test_plan_follows_the_measured_sensitivities():
 
 def test_same_seed_same_traces_and_normalize_divides_by_size():
     model = tiny_model("llama", num_hidden_layers=2)
-    calibration = Calibration(model, LLAMA, _batches(), CPU)
+    calibration = Calibration(ModelHandle(model, LLAMA), _batches(), CPU)
     first = METHODS["MixGPT"](_cfg()).measure_sensitivity(calibration)
     again = METHODS["MixGPT"](_cfg()).measure_sensitivity(calibration)
     other = METHODS["MixGPT"](_cfg(seed=1)).measure_sensitivity(calibration)
@@ -125,7 +127,7 @@ def test_pruned_linears_show_the_per_linear_plan():
     model = tiny_model("llama", num_hidden_layers=2)
     cfg = _cfg(weighted=True)
     method, plan = _allocate(model, cfg)
-    prune_blockwise(model, LLAMA, method, plan, _batches(), CPU, sparsity_out=True)
+    prune_blockwise(ModelHandle(model, LLAMA), method, plan, _batches(), CPU, sparsity_out=True)
     zeros, total = 0, 0
     for index, layer in enumerate(model.model.layers):
         for name in LLAMA.linear_names():
@@ -138,7 +140,7 @@ def test_pruned_linears_show_the_per_linear_plan():
 
 def test_layer_granularity_sums_a_layers_linears():
     model = tiny_model("llama", num_hidden_layers=3)
-    calibration = Calibration(model, LLAMA, _batches(), CPU)
+    calibration = Calibration(ModelHandle(model, LLAMA), _batches(), CPU)
     record = METHODS["MixGPT"](_cfg()).measure_sensitivity(calibration)
     _, plan = _allocate(model, _cfg(granularity="layer"))
     described = plan.describe()
@@ -187,5 +189,5 @@ def test_weighted_plan_out_of_range_is_an_error():
         "traces": {u: (1e9 if u == big else float(k)) for k, u in enumerate(units)},
         "numel": {u: (1000 if u == big else 1) for u in units}}
     with pytest.raises(LlmcError, match=r"outside \[0, 1\); lower alpha"):
-        method.allocate(cfg.weight, Calibration(model, LLAMA, _batches(), CPU))
+        method.allocate(cfg.weight, Calibration(ModelHandle(model, LLAMA), _batches(), CPU))
     assert math.isclose(cfg.weight.sparsity, 0.85)

@@ -10,6 +10,7 @@ import torch.nn as nn
 from conftest import tiny_model
 from llmc.config import sparse_config
 from llmc.errors import LlmcError
+from llmc.models import ModelHandle
 from llmc.registry import METHODS, MODELS
 from llmc.runner import Calibration, prune_blockwise
 from llmc.sparse.owl import outlier_ratio, owl_n, owl_sparsity
@@ -95,7 +96,7 @@ def _reference_owl_vector(model, batches, sparsity, m, lam):
 
 def _allocate(model, cfg, batches=None):
     method = METHODS["OWL"](cfg)
-    calibration = Calibration(model, MODELS["Llama"], batches or _batches(), CPU)
+    calibration = Calibration(ModelHandle(model, MODELS["Llama"]), batches or _batches(), CPU)
     return method, method.allocate(cfg.weight, calibration)
 
 
@@ -119,7 +120,7 @@ def test_each_layer_is_pruned_to_its_own_sparsity(base):
     model = tiny_model("llama", num_hidden_layers=3)
     cfg = _owl_cfg(base=base, lam=0.1, **({"blocksize": 16} if base == "SparseGPT" else {}))
     method, plan = _allocate(model, cfg)
-    prune_blockwise(model, MODELS["Llama"], method, plan, _batches(), CPU)
+    prune_blockwise(ModelHandle(model, MODELS["Llama"]), method, plan, _batches(), CPU)
     for index, layer in enumerate(model.model.layers):
         target = plan.target(index, "mlp.down_proj").sparsity
         for name in MODELS["Llama"].linear_names():
@@ -138,7 +139,7 @@ def test_linear_granularity_gives_each_linear_its_own_sparsity():
     names = MODELS["Llama"].linear_names()
     assert described["units"] == [f"{i}.{n}" for i in range(2) for n in names]
     assert len(set(described["sparsity"])) > 2
-    prune_blockwise(model, MODELS["Llama"], method, plan, _batches(), CPU)
+    prune_blockwise(ModelHandle(model, MODELS["Llama"]), method, plan, _batches(), CPU)
     for i, name in ((0, "self_attn.q_proj"), (1, "mlp.up_proj")):
         weight = model.model.layers[i].get_submodule(name).weight
         expected = int(weight.shape[1] * plan.target(i, name).sparsity)
@@ -151,7 +152,7 @@ def test_n_m_plan_varies_n_per_layer_and_each_layer_keeps_its_structure():
     targets = [plan.target(i, "mlp.up_proj").n_m for i in range(4)]
     assert {t[1] for t in targets} == {8} and len({t[0] for t in targets}) > 1
     assert all(3 <= t[0] <= 5 for t in targets)
-    prune_blockwise(model, MODELS["Llama"], method, plan, _batches(), CPU)
+    prune_blockwise(ModelHandle(model, MODELS["Llama"]), method, plan, _batches(), CPU)
     for i, (n, m) in enumerate(targets):
         weight = model.model.layers[i].mlp.up_proj.weight
         assert ((weight == 0).reshape(weight.shape[0], -1, m).sum(-1) == n).all()

@@ -11,6 +11,7 @@ from conftest import tiny_model
 from plain_pruning import plain_sparsegpt as plain_whole_model_sparsegpt
 from llmc.config import SparseCfg, sparse_config
 from llmc.errors import LlmcError
+from llmc.models import ModelHandle
 from llmc.registry import METHODS, MODELS
 from llmc.runner import prune_blockwise
 from llmc.runner.stats import Hessian, InputNorms
@@ -233,8 +234,8 @@ def test_nan_hessian_is_an_error_naming_the_linear():
         lambda module, args: (args[0] * float("nan"),))
     cfg = _cfg()
     with pytest.raises(LlmcError, match=r"block 0 .*mlp\.down_proj.*NaN"):
-        prune_blockwise(model, MODELS["Llama"], METHODS["SparseGPT"](cfg), UniformPlan(cfg.weight),
-                        [torch.randint(0, 300, (1, 8))], CPU)
+        prune_blockwise(ModelHandle(model, MODELS["Llama"]), METHODS["SparseGPT"](cfg),
+                        UniformPlan(cfg.weight), [torch.randint(0, 300, (1, 8))], CPU)
 
 
 def _batches(n=4, length=16):
@@ -249,7 +250,8 @@ def test_shared_group_hessian_equals_per_linear_hessians():
     singletons = dataclasses.replace(adapter, groups=tuple((n,) for n in adapter.linear_names()))
     cfg = _cfg(blocksize=16)
     for m, a in ((model, adapter), (per_linear, singletons)):
-        prune_blockwise(m, a, METHODS["SparseGPT"](cfg), UniformPlan(cfg.weight), _batches(), CPU)
+        prune_blockwise(ModelHandle(m, a), METHODS["SparseGPT"](cfg), UniformPlan(cfg.weight),
+                        _batches(), CPU)
     # bitwise: a shared accumulator adds each window's X X^T exactly as each Linear's own does
     for (name, p), (_, q) in zip(model.named_parameters(), per_linear.named_parameters()):
         assert torch.equal(p, q), name
@@ -264,8 +266,8 @@ def test_blockwise_equals_plain_whole_model(arch, adapter):
     linears = [m for layer in plain.model.layers for m in layer.modules()
                if isinstance(m, nn.Linear)]
     plain_whole_model_sparsegpt(plain, linears, _batches(), cfg)  # dense statistics: sparsity_out False
-    prune_blockwise(model, MODELS[adapter], METHODS["SparseGPT"](cfg), UniformPlan(cfg.weight),
-                    _batches(), CPU, sparsity_out=False)
+    prune_blockwise(ModelHandle(model, MODELS[adapter]), METHODS["SparseGPT"](cfg),
+                    UniformPlan(cfg.weight), _batches(), CPU, sparsity_out=False)
     # bitwise: the plain reference runs the same operations in the same order (plain_pruning.py)
     for (name, p), (_, q) in zip(model.named_parameters(), plain.named_parameters()):
         assert torch.equal(p, q), name

@@ -1,0 +1,118 @@
+"""A loaded model and its adapter table as one object: what the runner, the eval and the report
+read a model through.
+
+Every move of a part of the model to the compute device goes through the context managers
+here (`block_on`, `pre_blocks_on`, `post_blocks_on`, `whole_on`), and each moves its part back
+to the CPU when it exits, also on an error. A handle whose weights stay on disk until needed (a
+meta-device skeleton filled from safetensors only while a block is on the device) can then
+materialise a part on entry and release it on exit without any caller changing.
+"""
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Tuple
+
+import torch
+import torch.nn as nn
+
+from .adapter import Adapter
+
+
+@dataclass(eq=False)  # compared and hashed by identity, like the modules it holds
+class ModelHandle:
+    """`model` (kept on the CPU between uses) with the `adapter` table that says where its
+    blocks, pre-/post-block modules and input groups are."""
+    model: nn.Module
+    adapter: Adapter
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.adapter.get_blocks(self.model))
+
+    def __len__(self) -> int:
+        return self.num_blocks
+
+    def block(self, index: int) -> nn.Module:
+        """Decoder block `index` where it lives (the CPU); `block_on` to compute with it."""
+        return self.adapter.get_blocks(self.model)[index]
+
+    def block_path(self, index: int) -> str:
+        """Block `index`'s module name in the model, e.g. "model.layers.3"."""
+        return f"{self.adapter.blocks}.{index}"
+
+    @property
+    def groups(self) -> Tuple[Tuple[str, ...], ...]:
+        """The input groups: names (relative to a block) of Linears that read one tensor."""
+        return self.adapter.groups
+
+    def linear_names(self) -> List[str]:
+        """Every Linear of a block, relative to it, group by group in forward order."""
+        return self.adapter.linear_names()
+
+    def block_linears(self, index: int) -> Dict[str, nn.Linear]:
+        """{name: Linear} of block `index`, in `linear_names()` order."""
+        block = self.block(index)
+        return {name: block.get_submodule(name) for name in self.linear_names()}
+
+    def block_weights(self) -> Dict[Tuple[int, str], nn.Parameter]:
+        """{(block index, Linear name): weight} for every block Linear, block by block."""
+        return {(index, name): linear.weight
+                for index in range(self.num_blocks)
+                for name, linear in self.block_linears(index).items()}
+
+    def check(self) -> None:
+        """Every Linear of every block is in exactly one input group (see Adapter.check)."""
+        self.adapter.check(self.model)
+
+    @contextmanager
+    def block_on(self, index: int, device) -> Iterator[nn.Module]:
+        """Block `index` on `device` for the duration; back on the CPU afterwards."""
+        block = self.block(index)
+        with _on(device, [block]):
+            yield block
+
+    @contextmanager
+    def pre_blocks_on(self, device) -> Iterator[List[nn.Module]]:
+        """The modules the model runs before block 0 (embeddings, ...), in order, on `device`."""
+        modules = self.adapter.pre_block_modules(self.model)
+        with _on(device, modules):
+            yield modules
+
+    @contextmanager
+    def post_blocks_on(self, device) -> Iterator[List[nn.Module]]:
+        """The modules the model runs after the last block (final norm, head), in order, on
+        `device`."""
+        modules = self.adapter.post_block_modules(self.model)
+        with _on(device, modules):
+            yield modules
+
+    @contextmanager
+    def whole_on(self, device) -> Iterator[nn.Module]:
+        """The whole model on `device` (whole-model eval, the loss Hessian)."""
+        with _on(device, [self.model]):
+            yield self.model
+
+
+@contextmanager
+def _on(device, modules):
+    """`modules` moved to `device` one after the other, and to the CPU in the same order on
+    exit. The moves out are inside the try, so a move that fails halfway (out of memory) still
+    brings back what already went."""
+    try:
+        for module in modules:
+            module.to(device)
+        yield
+    finally:
+        for module in modules:
+            module.to("cpu")
