@@ -126,7 +126,8 @@ def test_mixgpt_run_records_plan_achieved_and_reuses_its_traces(run_config, tmp_
     sensitivity = results["method"]["sensitivity"]
     assert sensitivity["probes"] == 10 and not sensitivity["reused"]
     cached = json.loads((save / "sensitivity.json").read_text())
-    assert len(cached["value"]["traces"]) == 14 and cached["key"]["max_iter"] == 10
+    assert len(cached["value"]["traces"]) == len(cached["value"]["linears"]) == 14
+    assert cached["key"]["max_iter"] == 10
     assert (save / "plan.png").read_bytes()[:4] == b"\x89PNG"
 
     assert main(args + ["--set", "save.overwrite=true"]) == 0  # same model and data: reused

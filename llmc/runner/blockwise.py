@@ -19,7 +19,7 @@ from ..models.handle import ModelHandle
 from .cache import cached_json, weights_fingerprint, windows_fingerprint
 from .capture import block_output, capture_block_inputs
 from .device import activation_home
-from .loss_hessian import calibration_windows, dotted_block_weights, loss_hessian
+from .loss_hessian import calibration_windows, loss_hessian
 from .stats import GroupStatistics
 
 
@@ -145,7 +145,7 @@ class Calibration:
 
     def fingerprint(self, n_windows: int) -> dict:
         """What identifies the model's block weights and the first `n_windows` windows."""
-        return {"model": weights_fingerprint(dotted_block_weights(self.handle)),
+        return {"model": weights_fingerprint(self.handle.block_weights()),
                 "windows": windows_fingerprint(self.windows(n_windows))}
 
     def cached(self, filename: str, key: dict, compute):

@@ -22,8 +22,10 @@ def _digest(tensors) -> str:
 
 
 def weights_fingerprint(weights) -> str:
-    """A digest of the weights' names, shapes, dtypes and bytes."""
-    names = hashlib.blake2b("\n".join(weights).encode(), digest_size=8).hexdigest()
+    """A digest of the weights' names ({(block index, Linear name): weight}), shapes, dtypes and
+    bytes."""
+    names = "\n".join(f"{index}.{name}" for index, name in weights)
+    names = hashlib.blake2b(names.encode(), digest_size=8).hexdigest()
     return f"{names}-{_digest(weights.values())}"
 
 

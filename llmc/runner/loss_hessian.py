@@ -25,23 +25,17 @@ def calibration_windows(batches, n_windows):
     return windows[:n_windows]
 
 
-def dotted_block_weights(handle):
-    """{"block index.linear name": weight} for every block Linear, in block order: the string
-    keys that the loss Hessian's shapes, MixGPT's traces and the cache fingerprint (which
-    digests the names) use."""
-    return {f"{index}.{name}": weight for (index, name), weight in handle.block_weights().items()}
-
-
 @contextmanager
 def loss_hessian(handle, windows, device):
-    """Yields (shapes, hvp): `shapes` maps "block.linear" to its weight's shape; `hvp(vectors)`
+    """Yields (shapes, hvp): `shapes` maps (block index, Linear name) to the weight's shape, in
+    block order; `hvp(vectors)`
     returns H v for one vector per weight (any dtype/device; same order), where H is the Hessian
     of the mean next-token loss over `windows` w.r.t. the block weights.
 
     With one window its first-order graph is built once and reused by every product; with more
     it is rebuilt per window per product, so memory stays at one window's graph. The model is
     back on the CPU, with its requires_grad flags as they were, afterwards."""
-    weights = dotted_block_weights(handle)
+    weights = handle.block_weights()
     flags = {parameter: parameter.requires_grad for parameter in handle.model.parameters()}
     tensors = list(weights.values())
 

@@ -4,7 +4,7 @@ per tensor i, v_i^T (H v)_i, whose mean is Tr(H_ii), the trace of that tensor's 
 (the cross terms v_i^T H_ij v_j, j != i, have mean 0 since v_i and v_j are independent). So one
 product per probe estimates every tensor's trace at once.
 """
-from typing import Callable, Dict, List
+from typing import Callable, Dict, Hashable, List
 
 import torch
 from tqdm import tqdm
@@ -21,8 +21,8 @@ def _dot(v: torch.Tensor, hv: torch.Tensor) -> float:
 
 
 def hutchinson_traces(hvp: Callable[[List[torch.Tensor]], List[torch.Tensor]],
-                      shapes: Dict[str, torch.Size], max_iter: int, tol: float, seed: int):
-    """Estimate Tr(H_ii) for every named tensor. `hvp(vectors)` returns H v for the probe
+                      shapes: Dict[Hashable, torch.Size], max_iter: int, tol: float, seed: int):
+    """Estimate Tr(H_ii) for every tensor named by a key of `shapes`. `hvp(vectors)` returns H v for the probe
     `vectors` (one per name, in `shapes` order; int8 on the CPU, for hvp to place and cast).
 
     Stops after `max_iter` probes, or earlier once the vector of running means moves less than

@@ -25,6 +25,9 @@ from .sparsegpt import SparseGPT, obs_saliency
 GRANULARITIES = ("layer", "linear")
 SALIENCIES = ("isc", "obs")
 SENSITIVITY_FILE = "sensitivity.json"
+# The cached record's layout: per-Linear lists aligned with "linears", [block index, name] pairs.
+# Part of the cache key, so a file written in another layout is never misread.
+RECORD_LAYOUT = "per-linear lists v2"
 
 
 def average_ranks(values) -> np.ndarray:
@@ -146,15 +149,19 @@ class MixGPT(SparseGPT):
             with calibration.loss_hessian(sens.n_samples) as (shapes, hvp):
                 traces, probes, converged = hutchinson_traces(hvp, shapes, sens.max_iter,
                                                               sens.tol, sens.seed)
-            numel = {name: int(np.prod(shape)) for name, shape in shapes.items()}
+            linears = list(shapes)  # (block index, Linear name), as the runner names them
             if not np.isfinite(list(traces.values())).all():
                 raise LlmcError("the Hessian traces are not finite; try model.torch_dtype: "
                                 "float32")
-            return {"traces": traces, "numel": numel, "probes": probes, "converged": converged,
+            return {"linears": [[index, name] for index, name in linears],
+                    "traces": [traces[linear] for linear in linears],
+                    "numel": [int(np.prod(shapes[linear])) for linear in linears],
+                    "probes": probes, "converged": converged,
                     "seconds": time.perf_counter() - start}
 
         if sens.cache:  # the key digests every block weight: only worth it for the cache
-            key = {"estimator": "hutchinson", **calibration.fingerprint(sens.n_samples),
+            key = {"estimator": "hutchinson", "record": RECORD_LAYOUT,
+                   **calibration.fingerprint(sens.n_samples),
                    "n_samples": sens.n_samples, "max_iter": sens.max_iter, "tol": sens.tol,
                    "seed": sens.seed}
             record, reused = calibration.cached(SENSITIVITY_FILE, key, compute)
@@ -171,12 +178,12 @@ class MixGPT(SparseGPT):
         mix = self.settings.mixgpt
         record = self.measure_sensitivity(calibration)
         sensitivity, sizes = {}, {}
-        for name, trace in record["traces"].items():
-            index, linear = name.split(".", 1)
-            unit = (int(index), linear if mix.granularity == "linear" else None)
-            value = trace / record["numel"][name] if mix.sensitivity.normalize else trace
+        for (index, linear), trace, numel in zip(record["linears"], record["traces"],
+                                                 record["numel"]):
+            unit = (index, linear if mix.granularity == "linear" else None)
+            value = trace / numel if mix.sensitivity.normalize else trace
             sensitivity[unit] = sensitivity.get(unit, 0.0) + value
-            sizes[unit] = sizes.get(unit, 0) + record["numel"][name]
+            sizes[unit] = sizes.get(unit, 0) + numel
         units = list(sensitivity)
         scores = [sensitivity[u] for u in units]
         if weight_cfg.n_m:

@@ -47,13 +47,13 @@ def test_unreadable_file_is_refused_unless_overwrite(tmp_path):
 
 
 def test_fingerprints_change_with_any_weight_or_token():
-    weights = {"0.q": torch.zeros(4, 4), "0.k": torch.ones(2, 4, dtype=torch.bfloat16)}
-    same = {"0.q": torch.zeros(4, 4), "0.k": torch.ones(2, 4, dtype=torch.bfloat16)}
+    weights = {(0, "q"): torch.zeros(4, 4), (0, "k"): torch.ones(2, 4, dtype=torch.bfloat16)}
+    same = {(0, "q"): torch.zeros(4, 4), (0, "k"): torch.ones(2, 4, dtype=torch.bfloat16)}
     assert weights_fingerprint(weights) == weights_fingerprint(same)
-    same["0.q"][3, 3] = 1e-30
+    same[(0, "q")][3, 3] = 1e-30
     assert weights_fingerprint(weights) != weights_fingerprint(same)
-    assert weights_fingerprint(weights) != weights_fingerprint({"0.v": weights["0.q"],
-                                                                "0.k": weights["0.k"]})
+    assert weights_fingerprint(weights) != weights_fingerprint({(0, "v"): weights[(0, "q")],
+                                                                (0, "k"): weights[(0, "k")]})
     windows = [torch.tensor([[1, 2, 3]])]
     assert windows_fingerprint(windows) == windows_fingerprint([torch.tensor([[1, 2, 3]])])
     assert windows_fingerprint(windows) != windows_fingerprint([torch.tensor([[1, 2, 4]])])

@@ -22,8 +22,7 @@ def _windows(n, length=12):
 def _plain_hvp(model, windows, names, vectors):
     """H v of the mean loss over `windows`, by torch.autograd.functional.hvp on a function of
     the block weights alone (the model called with those weights swapped in)."""
-    full = [f"model.layers.{name.split('.', 1)[0]}.{name.split('.', 1)[1]}.weight"
-            for name in names]
+    full = [f"model.layers.{index}.{name}.weight" for index, name in names]
     params = dict(model.named_parameters())
     start = tuple(params[name].detach().clone() for name in full)
 
@@ -44,7 +43,7 @@ def test_products_equal_a_plain_whole_model_hvp(n_windows):
     gen = torch.Generator().manual_seed(0)
     with calibration.loss_hessian(n_windows) as (shapes, hvp):
         names = list(shapes)
-        assert names == [f"{i}.{n}" for i in range(2) for n in LLAMA.linear_names()]
+        assert names == [(i, n) for i in range(2) for n in LLAMA.linear_names()]
         vectors = [torch.randn(shapes[n], generator=gen, dtype=torch.float64) for n in names]
         first = hvp(vectors)
         again = hvp(vectors)  # the kept graph (one window) serves every product

@@ -118,9 +118,9 @@ def test_same_seed_same_traces_and_normalize_divides_by_size():
     _, plan = _allocate(model, _cfg(normalize=False))
     raw = plan.describe()["score"]
     _, plan = _allocate(model, _cfg())
-    names = list(first["traces"])
+    assert first["linears"] == [[i, n] for i in range(2) for n in LLAMA.linear_names()]
     assert plan.describe()["score"] == pytest.approx(
-        [r / first["numel"][n] for r, n in zip(raw, names)])
+        [r / numel for r, numel in zip(raw, first["numel"])])
 
 
 def test_pruned_linears_show_the_per_linear_plan():
@@ -145,9 +145,10 @@ def test_layer_granularity_sums_a_layers_linears():
     _, plan = _allocate(model, _cfg(granularity="layer"))
     described = plan.describe()
     assert described["units"] == ["0", "1", "2"]
+    average = {tuple(linear): trace / numel for linear, trace, numel
+               in zip(record["linears"], record["traces"], record["numel"])}
     for index, score in enumerate(described["score"]):
-        expected = sum(record["traces"][f"{index}.{n}"] / record["numel"][f"{index}.{n}"]
-                       for n in LLAMA.linear_names())
+        expected = sum(average[(index, n)] for n in LLAMA.linear_names())
         assert score == pytest.approx(expected)
     assert sorted(described["sparsity"]) == pytest.approx([0.4, 0.5, 0.6])
 
@@ -183,11 +184,11 @@ def test_weighted_plan_out_of_range_is_an_error():
     cfg = _cfg(sparsity=0.85, weighted=True)  # p + alpha = 0.95; the shift may pass 1
     model = tiny_model("llama", num_hidden_layers=2)
     method = METHODS["MixGPT"](cfg)
-    units = [f"{i}.{n}" for i in range(2) for n in LLAMA.linear_names()]
-    big = "0.mlp.down_proj"  # most sensitive, so the least sparse (0.75), and most of the weights
+    units = [[i, n] for i in range(2) for n in LLAMA.linear_names()]
+    big = [0, "mlp.down_proj"]  # most sensitive, so the least sparse (0.75), and most weights
     method.measure_sensitivity = lambda calibration: {
-        "traces": {u: (1e9 if u == big else float(k)) for k, u in enumerate(units)},
-        "numel": {u: (1000 if u == big else 1) for u in units}}
+        "linears": units, "traces": [1e9 if u == big else float(k) for k, u in enumerate(units)],
+        "numel": [1000 if u == big else 1 for u in units]}
     with pytest.raises(LlmcError, match=r"outside \[0, 1\); lower alpha"):
         method.allocate(cfg.weight, Calibration(ModelHandle(model, LLAMA), _batches(), CPU))
     assert math.isclose(cfg.weight.sparsity, 0.85)
