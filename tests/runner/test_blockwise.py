@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import tiny_model
+from conftest import CPU, tiny_model, token_batches
 from plain_pruning import plain_wanda
 from llmc.config import SparseCfg
 from llmc.models import ModelHandle
@@ -15,12 +15,6 @@ from llmc.runner.capture import block_output, capture_block_inputs
 from llmc.sparse import UniformPlan
 
 ADAPTERS = {"llama": "Llama", "qwen2": "Qwen2"}
-CPU = torch.device("cpu")
-
-
-def _batches(n=5, length=12, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, 300, (1, length), generator=gen) for _ in range(n)]
 
 
 def _block_linears(model, index):
@@ -32,7 +26,7 @@ def _block_linears(model, index):
 @pytest.mark.parametrize("sparsity_type", ["unstructured", "2:4"])
 def test_blockwise_wanda_equals_plain(arch, sparsity_out, sparsity_type):
     model = tiny_model(arch, num_hidden_layers=3)
-    batches = _batches()
+    batches = token_batches(5, 12, 1)
     cfg = SparseCfg(sparsity_out=sparsity_out)
     cfg.weight.sparsity, cfg.weight.sparsity_type = 0.5, sparsity_type
     n_m = cfg.weight.n_m
@@ -70,7 +64,8 @@ def test_sparsity_out_changes_later_blocks_only():
         pruned = copy.deepcopy(model)
         cfg = SparseCfg(sparsity_out=flag)
         prune_blockwise(ModelHandle(pruned, MODELS["Llama"]), METHODS["Wanda"](cfg),
-                        UniformPlan(cfg.weight), _batches(), CPU, sparsity_out=flag)
+                        UniformPlan(cfg.weight), token_batches(5, 12, 1), CPU,
+                        sparsity_out=flag)
         results[flag] = pruned
     # bitwise: block 0 sees the same inputs and runs the same operations either way
     first = [torch.equal(a, b) for a, b in zip(_block_linears(results[False], 0)[0].weight,
@@ -94,12 +89,13 @@ def test_magnitude_needs_no_forward():
 
 def test_capture_records_every_kwarg_and_shares_equal_ones():
     model = tiny_model("llama")
-    inputs = capture_block_inputs(ModelHandle(model, MODELS["Llama"]), _batches(n=3), CPU, CPU)
+    inputs = capture_block_inputs(ModelHandle(model, MODELS["Llama"]), token_batches(3, 12, 1),
+                                  CPU, CPU)
     assert len(inputs) == 3
     args, kwargs = inputs.calls[0]
     assert "position_embeddings" in kwargs  # rotary cos/sin computed by the model, passed on
     assert inputs.calls[1] is inputs.calls[0]  # same-length windows share one argument set
-    expected = model.model.embed_tokens(_batches(n=3)[2])
+    expected = model.model.embed_tokens(token_batches(3, 12, 1)[2])
     assert torch.equal(inputs.hidden[2], expected)  # an embedding lookup: exact
 
 
@@ -132,7 +128,7 @@ def test_tuple_returning_blocks_prune_the_same():
     cfg = SparseCfg()
     for m, a in ((model, adapter), (wrapped, wrapped_adapter)):
         prune_blockwise(ModelHandle(m, a), METHODS["Wanda"](cfg), UniformPlan(cfg.weight),
-                        _batches(), CPU)
+                        token_batches(5, 12, 1), CPU)
     # bitwise: the wrapper adds no arithmetic, so both run the same operations in the same order
     for (name, p), (_, q) in zip(model.named_parameters(), wrapped.named_parameters()):
         assert torch.equal(p, q), name
