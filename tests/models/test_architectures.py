@@ -1,9 +1,7 @@
 """Every tiny architecture variant (conftest.TINY_ARCHS) under the runner: its table names every
 module that runs outside the blocks, the streamed eval gives the plain forward's perplexity, and
-a pruned model saved and reloaded gives identical logits. OPT, BLOOM and Baichuan against a
-plain whole-model computation: blockwise Wanda and SparseGPT prune exactly what a plain
-implementation prunes."""
-import copy
+a pruned model saved and reloaded gives identical logits. (Blockwise Wanda and SparseGPT against
+a plain whole-model computation, on every variant: tests/runner/test_blockwise.py.)"""
 import math
 
 import pytest
@@ -13,8 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from conftest import (ARCHS, CPU, arch_adapter, arch_model, save_model_dir, tiny_arch,
                       token_batches)
-from plain_pruning import plain_sparsegpt, plain_wanda
-from llmc.config import ModelCfg, SparseCfg, sparse_config
+from llmc.config import ModelCfg, SparseCfg
 from llmc.eval.perplexity import perplexity
 from llmc.models import ModelHandle, load_model
 from llmc.registry import METHODS
@@ -24,81 +21,6 @@ from llmc.sparse import UniformPlan
 
 # One thread for speed alone (see conftest.one_torch_thread); no result depends on it.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-NEW = ["opt", "opt_350m", "bloom", "baichuan2_7b", "baichuan2_13b", "baichuan_7b"]
-LAYERS = 3
-
-
-def _block_linears(model, adapter, index):
-    block = adapter.get_blocks(model)[index]
-    return [block.get_submodule(name) for name in adapter.linear_names()]
-
-
-@pytest.mark.parametrize("arch", NEW)
-@pytest.mark.parametrize("sparsity_out,sparsity_type", [(False, "unstructured"), (True, "2:4")])
-def test_blockwise_wanda_equals_plain(arch, sparsity_out, sparsity_type):
-    model = arch_model(arch, layers=LAYERS)
-    adapter = arch_adapter(arch)
-    batches = token_batches(4, 12, 1)
-    with torch.no_grad():  # Baichuan2's NormHead normalises itself on its first forward
-        model(input_ids=batches[0])
-    cfg = SparseCfg(sparsity_out=sparsity_out)
-    cfg.weight.sparsity, cfg.weight.sparsity_type = 0.5, sparsity_type
-    n_m = cfg.weight.n_m
-
-    plain = copy.deepcopy(model)
-    if sparsity_out:  # each block sees the outputs of the already-pruned blocks before it
-        for index in range(LAYERS):
-            plain_wanda(plain, _block_linears(plain, adapter, index), batches, 0.5, n_m)
-    else:  # every block's statistics come from the dense model
-        everything = [m for i in range(LAYERS) for m in _block_linears(plain, adapter, i)]
-        plain_wanda(plain, everything, batches, 0.5, n_m)
-
-    prune_blockwise(ModelHandle(model, adapter), METHODS["Wanda"](cfg), UniformPlan(cfg.weight),
-                    batches, CPU, sparsity_out=sparsity_out)
-    pruned = dict(model.named_parameters())
-    # bitwise: the plain reference runs the same operations in the same order (plain_pruning.py)
-    for name, expected in plain.named_parameters():  # weights, biases, embeddings, heads
-        assert torch.equal(pruned[name], expected), name
-    for index in range(LAYERS):
-        for linear in _block_linears(model, adapter, index):
-            zeros = linear.weight == 0
-            if n_m:
-                assert (zeros.reshape(zeros.shape[0], -1, 4).sum(-1) == 2).all()
-            else:
-                assert (zeros.sum(1) == linear.in_features // 2).all()
-
-
-@pytest.mark.parametrize("arch", NEW)
-@pytest.mark.parametrize("sparsity_out,sparsity_type", [(False, "unstructured"), (True, "2:4")])
-def test_blockwise_sparsegpt_equals_plain(arch, sparsity_out, sparsity_type):
-    model = arch_model(arch, layers=LAYERS)
-    adapter = arch_adapter(arch)
-    batches = token_batches(4, 12, 1)
-    with torch.no_grad():  # Baichuan2's NormHead normalises itself on its first forward
-        model(input_ids=batches[0])
-    cfg = sparse_config(method="SparseGPT", sparsity_out=sparsity_out, blocksize=16)
-    cfg.weight.sparsity, cfg.weight.sparsity_type = 0.5, sparsity_type
-
-    plain = copy.deepcopy(model)
-    if sparsity_out:
-        for index in range(LAYERS):
-            plain_sparsegpt(plain, _block_linears(plain, adapter, index), batches, cfg)
-    else:
-        everything = [m for i in range(LAYERS) for m in _block_linears(plain, adapter, i)]
-        plain_sparsegpt(plain, everything, batches, cfg)
-
-    prune_blockwise(ModelHandle(model, adapter), METHODS["SparseGPT"](cfg),
-                    UniformPlan(cfg.weight), batches, CPU, sparsity_out=sparsity_out)
-    pruned = dict(model.named_parameters())
-    # bitwise: the plain reference runs the same operations in the same order (plain_pruning.py)
-    for name, expected in plain.named_parameters():
-        assert torch.equal(pruned[name], expected), name
-    if cfg.weight.n_m:
-        for index in range(LAYERS):
-            for linear in _block_linears(model, adapter, index):
-                zeros = (linear.weight == 0).reshape(linear.weight.shape[0], -1, 4).sum(-1)
-                assert (zeros == 2).all()
 
 
 @pytest.mark.parametrize("arch", ARCHS)
