@@ -2,7 +2,10 @@
 import json
 import random
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
 
 import pytest
 
@@ -11,6 +14,8 @@ import llmc.sparse  # noqa: F401
 import llmc.data  # noqa: F401
 import torch
 import yaml
+
+from llmc.registry import MODELS
 
 WORDS = ("the of and to in is was for on as with by at from his her an which that they are "
          "river city music film war king model data light water north south year born").split()
@@ -37,33 +42,147 @@ def tiny_tokenizer():
                                    eos_token="</s>", pad_token="</s>")
 
 
-def tiny_config(model_type, vocab_size=300, **overrides):
-    """A transformers config for a 2-layer model small enough for unit tests."""
+CPU = torch.device("cpu")
+VOCAB = 300  # the test tokenizer's vocabulary, and every tiny model's
+
+
+def token_batches(n, length, seed):
+    """`n` windows of `length` random token ids, shape (1, length) each, drawn from a generator
+    seeded with `seed`: the same ids on every run and CPU (integers)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, VOCAB, (1, length), generator=gen) for _ in range(n)]
+
+
+# ---------------------------------------------------------------- tiny architectures
+# ONE table of every tiny model the tests build, keyed by variant name. A row says which adapter
+# (MODELS entry, i.e. model.type) describes it, which config model_type it is (a transformers
+# one, built with AutoConfig.for_model, or Baichuan's test stand-in remote code), its sizes and
+# the preset that makes the variant what it is. The architecture lists the tests parametrise
+# over are derived from it, and tests/models/test_registry_coverage.py checks it against MODELS:
+# every adapter has a variant, and every model_type an adapter lists is built here or named in
+# UNTESTED_MODEL_TYPES with the reason.
+#
+# Baichuan is not in transformers: its stand-in code lives in tests/models/baichuan_remote/ and
+# is loaded the way a checkpoint's remote code is (transformers' dynamic modules).
+
+BAICHUAN_REMOTE = Path(__file__).parent / "models" / "baichuan_remote"
+BAICHUAN_FILES = ("configuration_baichuan.py", "modeling_baichuan.py")
+BAICHUAN_AUTO_MAP = {"AutoConfig": "configuration_baichuan.BaichuanConfig",
+                     "AutoModelForCausalLM": "modeling_baichuan.BaichuanForCausalLM"}
+
+
+@dataclass(frozen=True)
+class TinyArch:
+    adapter: str  # its MODELS entry (model.type)
+    model_type: str  # its config's model_type (test_registry_coverage checks the built one)
+    size: Mapping[str, Any]  # config kwargs that make it tiny (num_hidden_layers: arch_config)
+    preset: Mapping[str, Any] = field(default_factory=dict)  # what makes this variant
+    remote: bool = False  # config and model from tests/models/baichuan_remote, not transformers
+
+
+# Sizes per config family (read-only: rows share them).
+LLAMA_SIZE = MappingProxyType(dict(
+    vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False))
+OPT_SIZE = MappingProxyType(dict(
+    vocab_size=VOCAB, hidden_size=32, num_attention_heads=4, ffn_dim=64,
+    max_position_embeddings=256))
+BLOOM_SIZE = MappingProxyType(dict(vocab_size=VOCAB, hidden_size=32, num_attention_heads=4))
+BAICHUAN_SIZE = MappingProxyType(dict(
+    vocab_size=VOCAB, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+    model_max_length=256))
+
+# The first variant of each adapter is its representative (ONE_PER_ADAPTER).
+TINY_ARCHS = {
+    "llama": TinyArch("Llama", "llama", LLAMA_SIZE),
+    "mistral": TinyArch("Llama", "mistral", LLAMA_SIZE),  # sliding window 4096 > any test window
+    "qwen2": TinyArch("Qwen2", "qwen2", LLAMA_SIZE),
+    "opt": TinyArch("OPT", "opt", OPT_SIZE),
+    # as opt-350m: narrower word embeddings (project_in/out), layer norm after attention
+    "opt_350m": TinyArch("OPT", "opt", OPT_SIZE,
+                         dict(word_embed_proj_dim=16, do_layer_norm_before=False)),
+    "bloom": TinyArch("Bloom", "bloom", BLOOM_SIZE),
+    # the published Baichuan checkpoints' differences that matter to llmc
+    "baichuan2_7b": TinyArch("Baichuan", "baichuan", BAICHUAN_SIZE,
+                             dict(position_encoding="rotary", norm_head=True), remote=True),
+    "baichuan2_13b": TinyArch("Baichuan", "baichuan", BAICHUAN_SIZE,
+                              dict(position_encoding="alibi", norm_head=True), remote=True),
+    "baichuan_7b": TinyArch("Baichuan", "baichuan", BAICHUAN_SIZE,
+                            dict(position_encoding="rotary", norm_head=False), remote=True),
+}
+# model_type an adapter lists -> why no variant above builds it (none today).
+UNTESTED_MODEL_TYPES = {}
+
+ARCHS = tuple(TINY_ARCHS)  # every variant
+
+
+def _first_variant_of_each_adapter():
+    first = {}
+    for name, row in TINY_ARCHS.items():
+        first.setdefault(row.adapter, name)
+    return tuple(first.values())
+
+
+ONE_PER_ADAPTER = _first_variant_of_each_adapter()  # llama, qwen2, opt, bloom, baichuan2_7b
+
+
+def tiny_arch(arch) -> TinyArch:
+    """The table's row for variant `arch`; an unknown name is a ValueError naming the known ones."""
+    try:
+        return TINY_ARCHS[arch]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown tiny architecture {arch!r}; known: "
+                         f"{', '.join(TINY_ARCHS)}") from None
+
+
+def arch_adapter(arch):
+    """The registered adapter of variant `arch`."""
+    return MODELS[tiny_arch(arch).adapter]
+
+
+def baichuan_class(name):
+    """A class from the test Baichuan code, imported as transformers imports remote code."""
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    module = "configuration_baichuan" if name.endswith("Config") else "modeling_baichuan"
+    return get_class_from_dynamic_module(f"{module}.{name}", str(BAICHUAN_REMOTE))
+
+
+def arch_config(arch, layers=2, **overrides):
+    """The config of a tiny `layers`-block model of variant `arch` (a key of TINY_ARCHS);
+    `overrides` (num_hidden_layers among them) win over its size and preset."""
+    row = tiny_arch(arch)
+    kwargs = {**row.size, "num_hidden_layers": layers, **row.preset, **overrides}
+    if row.remote:
+        return baichuan_class("BaichuanConfig")(**kwargs)
     from transformers import AutoConfig
 
-    kwargs = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
-                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  max_position_embeddings=256, tie_word_embeddings=False)
-    kwargs.update(overrides)
-    return AutoConfig.for_model(model_type, **kwargs)
+    return AutoConfig.for_model(row.model_type, **kwargs)
 
 
-def tiny_model(model_type, seed=0, **overrides):
+def arch_model(arch, seed=0, layers=2, **overrides):
+    """A tiny random model of `arch` in eval mode, with eager attention where there is a choice."""
     from transformers import AutoModelForCausalLM
 
+    config = arch_config(arch, layers, **overrides)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(model_type, **overrides),
-                                             attn_implementation="eager")
-    return model.eval()
+    if tiny_arch(arch).remote:
+        return baichuan_class("BaichuanForCausalLM")(config).eval()
+    return AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+
+
+def tiny_model(arch, seed=0, **overrides):
+    """arch_model with the block count given as num_hidden_layers (2 unless overridden)."""
+    return arch_model(arch, seed, **overrides)
 
 
 @pytest.fixture
 def tiny_model_dir(tmp_path, tiny_tokenizer):
-    """Factory: save a tiny model of `model_type` + the test tokenizer; return the directory."""
+    """Factory: save a tiny model of variant `arch` + the test tokenizer; return the directory."""
 
-    def make(model_type="llama", seed=0, **overrides):
-        path = tmp_path / f"{model_type}-{seed}"
-        tiny_model(model_type, seed, **overrides).save_pretrained(path)
+    def make(arch="llama", seed=0, **overrides):
+        path = tmp_path / f"{arch}-{seed}"
+        tiny_model(arch, seed, **overrides).save_pretrained(path)
         tiny_tokenizer.save_pretrained(path)
         return str(path)
 
@@ -90,76 +209,6 @@ def run_config(tmp_path, tiny_model_dir):
     path = tmp_path / "config.yml"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-# ---------------------------------------------------------------- more architectures
-# Tiny OPT, BLOOM and Baichuan models, and one factory over every architecture llmc supports.
-# Baichuan is not in transformers: its test stand-in code lives in tests/models/baichuan_remote/
-# and is loaded the way a checkpoint's remote code is (transformers' dynamic modules).
-
-BAICHUAN_REMOTE = Path(__file__).parent / "models" / "baichuan_remote"
-BAICHUAN_FILES = ("configuration_baichuan.py", "modeling_baichuan.py")
-BAICHUAN_AUTO_MAP = {"AutoConfig": "configuration_baichuan.BaichuanConfig",
-                     "AutoModelForCausalLM": "modeling_baichuan.BaichuanForCausalLM"}
-BAICHUAN_VARIANTS = {  # the published checkpoints' differences that matter to llmc
-    "baichuan2_7b": dict(position_encoding="rotary", norm_head=True),
-    "baichuan2_13b": dict(position_encoding="alibi", norm_head=True),
-    "baichuan_7b": dict(position_encoding="rotary", norm_head=False),
-}
-
-# architecture name -> (model.type, transformers model_type or Baichuan variant, config overrides)
-ARCHITECTURES = {
-    "llama": ("Llama", "llama", {}),
-    "qwen2": ("Qwen2", "qwen2", {}),
-    "opt": ("OPT", "opt", {}),
-    # as opt-350m: narrower word embeddings (project_in/out), layer norm after attention
-    "opt_350m": ("OPT", "opt", dict(word_embed_proj_dim=16, do_layer_norm_before=False)),
-    "bloom": ("Bloom", "bloom", {}),
-    "baichuan2_7b": ("Baichuan", "baichuan2_7b", {}),
-    "baichuan2_13b": ("Baichuan", "baichuan2_13b", {}),
-    "baichuan_7b": ("Baichuan", "baichuan_7b", {}),
-}
-FIVE_ARCHITECTURES = ("llama", "qwen2", "opt", "bloom", "baichuan2_7b")
-
-
-def baichuan_class(name):
-    """A class from the test Baichuan code, imported as transformers imports remote code."""
-    from transformers.dynamic_module_utils import get_class_from_dynamic_module
-
-    module = "configuration_baichuan" if name.endswith("Config") else "modeling_baichuan"
-    return get_class_from_dynamic_module(f"{module}.{name}", str(BAICHUAN_REMOTE))
-
-
-def arch_config(arch, layers=2, **overrides):
-    """A transformers config of a tiny model of architecture `arch` (a key of ARCHITECTURES)."""
-    _, kind, preset = ARCHITECTURES[arch]
-    overrides = {**preset, **overrides}
-    if kind in ("llama", "qwen2"):
-        return tiny_config(kind, num_hidden_layers=layers, **overrides)
-    from transformers import AutoConfig
-
-    if kind == "opt":
-        kwargs = dict(ffn_dim=64, max_position_embeddings=256)
-    elif kind == "bloom":
-        kwargs = {}
-    else:
-        kwargs = dict(intermediate_size=64, model_max_length=256, **BAICHUAN_VARIANTS[kind])
-    kwargs.update(vocab_size=300, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4)
-    kwargs.update(overrides)
-    if kind in ("opt", "bloom"):
-        return AutoConfig.for_model(kind, **kwargs)
-    return baichuan_class("BaichuanConfig")(**kwargs)
-
-
-def arch_model(arch, seed=0, layers=2, **overrides):
-    """A tiny random model of `arch` in eval mode, with eager attention where there is a choice."""
-    from transformers import AutoModelForCausalLM
-
-    config = arch_config(arch, layers, **overrides)
-    torch.manual_seed(seed)
-    if ARCHITECTURES[arch][0] == "Baichuan":
-        return baichuan_class("BaichuanForCausalLM")(config).eval()
-    return AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
 
 
 def save_model_dir(model, tokenizer, path):

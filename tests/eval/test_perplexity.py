@@ -4,12 +4,11 @@ import math
 import pytest
 import torch
 
-from conftest import tiny_model
+from conftest import CPU, tiny_model
 from llmc.eval.perplexity import eval_windows, perplexity
 from llmc.models import ModelHandle
 from llmc.registry import MODELS
 
-CPU = torch.device("cpu")
 
 
 def _plain_hf_ppl(model, tokens, seq_len):

@@ -1,7 +1,7 @@
-"""OPT, BLOOM and Baichuan under the runner, each against a plain whole-model computation:
-blockwise Wanda and SparseGPT prune exactly what a plain implementation prunes, the streamed eval gives the
-plain forward's perplexity, and a pruned model saved and reloaded gives identical logits."""
-import copy
+"""Every tiny architecture variant (conftest.TINY_ARCHS) under the runner: its table names every
+module that runs outside the blocks, the streamed eval gives the plain forward's perplexity, and
+a pruned model saved and reloaded gives identical logits. (Blockwise Wanda and SparseGPT against
+a plain whole-model computation, on every variant: tests/runner/test_blockwise.py.)"""
 import math
 
 import pytest
@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from conftest import ARCHITECTURES, arch_model, save_model_dir
-from plain_pruning import plain_sparsegpt, plain_wanda
-from llmc.config import ModelCfg, SparseCfg, sparse_config
+from conftest import (ARCHS, CPU, arch_adapter, arch_model, save_model_dir, tiny_arch,
+                      token_batches)
+from llmc.config import ModelCfg, SparseCfg
 from llmc.eval.perplexity import perplexity
 from llmc.models import ModelHandle, load_model
-from llmc.registry import METHODS, MODELS
+from llmc.registry import METHODS
 from llmc.runner import prune_blockwise
 from llmc.save import save_model
 from llmc.sparse import UniformPlan
@@ -22,99 +22,14 @@ from llmc.sparse import UniformPlan
 # One thread for speed alone (see conftest.one_torch_thread); no result depends on it.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-NEW = ["opt", "opt_350m", "bloom", "baichuan2_7b", "baichuan2_13b", "baichuan_7b"]
-CPU = torch.device("cpu")
-LAYERS = 3
 
-
-def _batches(n=4, length=12, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, 300, (1, length), generator=gen) for _ in range(n)]
-
-
-def _adapter(arch):
-    return MODELS[ARCHITECTURES[arch][0]]
-
-
-def _block_linears(model, adapter, index):
-    block = adapter.get_blocks(model)[index]
-    return [block.get_submodule(name) for name in adapter.linear_names()]
-
-
-@pytest.mark.parametrize("arch", NEW)
-@pytest.mark.parametrize("sparsity_out,sparsity_type", [(False, "unstructured"), (True, "2:4")])
-def test_blockwise_wanda_equals_plain(arch, sparsity_out, sparsity_type):
-    model = arch_model(arch, layers=LAYERS)
-    adapter = _adapter(arch)
-    batches = _batches()
-    with torch.no_grad():  # Baichuan2's NormHead normalises itself on its first forward
-        model(input_ids=batches[0])
-    cfg = SparseCfg(sparsity_out=sparsity_out)
-    cfg.weight.sparsity, cfg.weight.sparsity_type = 0.5, sparsity_type
-    n_m = cfg.weight.n_m
-
-    plain = copy.deepcopy(model)
-    if sparsity_out:  # each block sees the outputs of the already-pruned blocks before it
-        for index in range(LAYERS):
-            plain_wanda(plain, _block_linears(plain, adapter, index), batches, 0.5, n_m)
-    else:  # every block's statistics come from the dense model
-        everything = [m for i in range(LAYERS) for m in _block_linears(plain, adapter, i)]
-        plain_wanda(plain, everything, batches, 0.5, n_m)
-
-    prune_blockwise(ModelHandle(model, adapter), METHODS["Wanda"](cfg), UniformPlan(cfg.weight),
-                    batches, CPU, sparsity_out=sparsity_out)
-    pruned = dict(model.named_parameters())
-    # bitwise: the plain reference runs the same operations in the same order (plain_pruning.py)
-    for name, expected in plain.named_parameters():  # weights, biases, embeddings, heads
-        assert torch.equal(pruned[name], expected), name
-    for index in range(LAYERS):
-        for linear in _block_linears(model, adapter, index):
-            zeros = linear.weight == 0
-            if n_m:
-                assert (zeros.reshape(zeros.shape[0], -1, 4).sum(-1) == 2).all()
-            else:
-                assert (zeros.sum(1) == linear.in_features // 2).all()
-
-
-@pytest.mark.parametrize("arch", NEW)
-@pytest.mark.parametrize("sparsity_out,sparsity_type", [(False, "unstructured"), (True, "2:4")])
-def test_blockwise_sparsegpt_equals_plain(arch, sparsity_out, sparsity_type):
-    model = arch_model(arch, layers=LAYERS)
-    adapter = _adapter(arch)
-    batches = _batches()
-    with torch.no_grad():  # Baichuan2's NormHead normalises itself on its first forward
-        model(input_ids=batches[0])
-    cfg = sparse_config(method="SparseGPT", sparsity_out=sparsity_out, blocksize=16)
-    cfg.weight.sparsity, cfg.weight.sparsity_type = 0.5, sparsity_type
-
-    plain = copy.deepcopy(model)
-    if sparsity_out:
-        for index in range(LAYERS):
-            plain_sparsegpt(plain, _block_linears(plain, adapter, index), batches, cfg)
-    else:
-        everything = [m for i in range(LAYERS) for m in _block_linears(plain, adapter, i)]
-        plain_sparsegpt(plain, everything, batches, cfg)
-
-    prune_blockwise(ModelHandle(model, adapter), METHODS["SparseGPT"](cfg),
-                    UniformPlan(cfg.weight), batches, CPU, sparsity_out=sparsity_out)
-    pruned = dict(model.named_parameters())
-    # bitwise: the plain reference runs the same operations in the same order (plain_pruning.py)
-    for name, expected in plain.named_parameters():
-        assert torch.equal(pruned[name], expected), name
-    if cfg.weight.n_m:
-        for index in range(LAYERS):
-            for linear in _block_linears(model, adapter, index):
-                zeros = (linear.weight == 0).reshape(linear.weight.shape[0], -1, 4).sum(-1)
-                assert (zeros == 2).all()
-
-
-@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+@pytest.mark.parametrize("arch", ARCHS)
 def test_table_names_every_module_that_runs_outside_the_blocks(arch):
     """On a GPU only the table's pre-/post-block modules go to the device with the blocks, so
     every module with weights or buffers that the forward runs before block 0 must be among (or
     inside) pre_blocks, and the ones after the last block must be post_blocks, in that order."""
     model = arch_model(arch)
-    adapter = _adapter(arch)
+    adapter = arch_adapter(arch)
     blocks = adapter.get_blocks(model)
     phase, ran = ["pre"], []
     handles = [blocks[0].register_forward_pre_hook(lambda *a: phase.__setitem__(0, "blocks")),
@@ -149,14 +64,14 @@ def _plain_forward_ppl(model, tokens, seq_len):
     return math.exp(sum(losses) / len(losses))
 
 
-@pytest.mark.parametrize("arch", NEW)
+@pytest.mark.parametrize("arch", ARCHS)
 def test_streamed_eval_equals_plain_forward(arch):
     """The streamed eval runs the adapter's pre-block modules, the blocks with the captured
     arguments, then its post-block modules (OPT-350m: project_out, no final norm) in order."""
     model = arch_model(arch)
     tokens = torch.randint(0, 300, (1, 16 * 5 + 3), generator=torch.Generator().manual_seed(0))
     expected = _plain_forward_ppl(model, tokens, 16)
-    handle = ModelHandle(model, _adapter(arch))
+    handle = ModelHandle(model, arch_adapter(arch))
     streamed, _ = perplexity(handle, tokens, 16, CPU, per_block=True)
     whole, _ = perplexity(handle, tokens, 16, CPU)
     # The same kernels on the same windows as the plain forward; only the final reduction of
@@ -165,22 +80,23 @@ def test_streamed_eval_equals_plain_forward(arch):
     assert whole == pytest.approx(expected, rel=1e-6)
 
 
-@pytest.mark.parametrize("arch", NEW)
+@pytest.mark.parametrize("arch", ARCHS)
 def test_pruned_model_round_trips_and_only_block_weights_change(arch, tmp_path, tiny_tokenizer):
-    remote = ARCHITECTURES[arch][0] == "Baichuan"
+    remote = tiny_arch(arch).remote
     dense = arch_model(arch)
     with torch.no_grad():  # nonzero biases, so "untouched" can fail
         for name, parameter in dense.named_parameters():
             if name.endswith(".bias"):
                 parameter.normal_()
     path = save_model_dir(dense, tiny_tokenizer, tmp_path / f"{arch}_dense")
-    handle = load_model(ModelCfg(type=ARCHITECTURES[arch][0], path=path,
+    handle = load_model(ModelCfg(type=tiny_arch(arch).adapter, path=path,
                                  trust_remote_code=remote))
     model, adapter = handle.model, handle.adapter
     before = {name: p.clone() for name, p in model.named_parameters()}
     cfg = SparseCfg()
     cfg.weight.sparsity_type = "2:4"
-    prune_blockwise(handle, METHODS["Wanda"](cfg), UniformPlan(cfg.weight), _batches(), CPU)
+    prune_blockwise(handle, METHODS["Wanda"](cfg), UniformPlan(cfg.weight),
+                    token_batches(4, 12, 1), CPU)
 
     pruned = {f"{adapter.blocks}.{i}.{name}.weight" for i in range(len(adapter.get_blocks(model)))
               for name in adapter.linear_names()}

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import arch_model, save_model_dir
+from conftest import CPU, arch_model, save_model_dir
 from llmc.cli import main
 from llmc.config import ModelCfg, load_config
 from llmc.errors import ConfigError, LlmcError
@@ -71,9 +71,8 @@ def test_one_table_covers_every_variant(variant, head, block_kwargs):
     adapter.check(model)  # W_pack, o_proj, gate/up, down: every block Linear, each in one group
     assert ("self_attn.W_pack",) in adapter.groups
     assert [type(m).__name__ for m in adapter.post_block_modules(model)] == ["RMSNorm", head]
-    cpu = torch.device("cpu")
     _, kwargs = capture_block_inputs(ModelHandle(model, adapter), [torch.randint(0, 300, (1, 7))],
-                                     cpu, cpu).calls[0]
+                                     CPU, CPU).calls[0]
     tensors = {name for name, value in kwargs.items() if isinstance(value, torch.Tensor)}
     assert tensors == block_kwargs
 

@@ -3,7 +3,7 @@ slow_but_exact setting cannot hide Linears from the statistics hooks."""
 import pytest
 import torch
 
-from conftest import arch_model, save_model_dir
+from conftest import CPU, arch_model, save_model_dir
 from llmc.config import ModelCfg
 from llmc.models import ModelHandle, load_model
 from llmc.registry import MODELS
@@ -14,7 +14,6 @@ from llmc.runner.capture import block_output
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 BLOOM = MODELS["Bloom"]
-CPU = torch.device("cpu")
 
 
 def test_captured_alibi_replays_block_0_exactly():

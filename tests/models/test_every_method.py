@@ -9,18 +9,17 @@ import math
 import pytest
 import torch
 
-from conftest import ARCHITECTURES, FIVE_ARCHITECTURES, arch_model
+from conftest import CPU, ONE_PER_ADAPTER, arch_adapter, arch_model, token_batches
 from llmc.config import SparseCfg
 from llmc.eval.perplexity import perplexity
 from llmc.models import ModelHandle
-from llmc.registry import METHODS, MODELS
+from llmc.registry import METHODS
 from llmc.runner import Calibration, prune_blockwise
 from llmc.sparse import UniformPlan
 
 # One thread for speed alone (see conftest.one_torch_thread); no result depends on it.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-CPU = torch.device("cpu")
 SPARSITY = 0.5
 # Methods that choose a fixed count per output row (OWL prunes through its base, Wanda by
 # default); any other method is held to the per-Linear count within a few entries (a threshold
@@ -31,15 +30,14 @@ SLACK = 4
 
 def _setup(method_name, arch):
     model = arch_model(arch, seed=3)
-    gen = torch.Generator().manual_seed(2)
-    batches = [torch.randint(0, 300, (1, 16), generator=gen) for _ in range(4)]
+    batches = token_batches(4, 16, 2)
     cfg = SparseCfg(method=method_name)
     cfg.weight.sparsity = SPARSITY
     METHODS[method_name].check_config(cfg)
-    return ModelHandle(model, MODELS[ARCHITECTURES[arch][0]]), batches, cfg
+    return ModelHandle(model, arch_adapter(arch)), batches, cfg
 
 
-@pytest.mark.parametrize("arch", FIVE_ARCHITECTURES)
+@pytest.mark.parametrize("arch", ONE_PER_ADAPTER)
 @pytest.mark.parametrize("method_name", sorted(METHODS))
 def test_method_prunes_every_block_linear_to_target_and_eval_works(method_name, arch):
     handle, batches, cfg = _setup(method_name, arch)
@@ -70,7 +68,7 @@ def test_method_prunes_every_block_linear_to_target_and_eval_works(method_name, 
     assert streamed == pytest.approx(whole, rel=1e-5)
 
 
-@pytest.mark.parametrize("arch", FIVE_ARCHITECTURES)
+@pytest.mark.parametrize("arch", ONE_PER_ADAPTER)
 @pytest.mark.parametrize("method_name", sorted(METHODS))
 def test_method_allocation_runs_on_every_architecture(method_name, arch):
     """A method's allocation step (OWL measures the dense model through the runner's block

@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 import torch
 
-from conftest import tiny_model
+from conftest import CPU, tiny_model
 from llmc.config import ModelCfg
 from llmc.errors import LlmcError
 from llmc.models import ModelHandle, load_model
@@ -50,5 +50,5 @@ def test_qwen2_biases_survive_pruning_untouched():
     bias = model.model.layers[0].self_attn.q_proj.bias.clone()
     cfg = SparseCfg()
     prune_blockwise(ModelHandle(model, MODELS["Qwen2"]), METHODS["Wanda"](cfg),
-                    UniformPlan(cfg.weight), [torch.randint(0, 300, (1, 8))], torch.device("cpu"))
+                    UniformPlan(cfg.weight), [torch.randint(0, 300, (1, 8))], CPU)
     assert torch.equal(model.model.layers[0].self_attn.q_proj.bias, bias)

@@ -1,66 +1,86 @@
-"""The blockwise runner's pruned model equals a plain, whole-model implementation."""
+"""The blockwise runner's pruned model equals a plain, whole-model implementation, on every
+tiny architecture variant (conftest.TINY_ARCHS, checked against the MODELS registry)."""
 import copy
 
 import pytest
 import torch
 import torch.nn as nn
 
-from conftest import tiny_model
-from plain_pruning import plain_wanda
-from llmc.config import SparseCfg
+from conftest import ARCHS, CPU, arch_adapter, arch_model, tiny_model, token_batches
+from plain_pruning import plain_sparsegpt, plain_wanda
+from llmc.config import SparseCfg, sparse_config
 from llmc.models import ModelHandle
 from llmc.registry import METHODS, MODELS
 from llmc.runner.blockwise import prune_blockwise
 from llmc.runner.capture import block_output, capture_block_inputs
 from llmc.sparse import UniformPlan
 
-ADAPTERS = {"llama": "Llama", "qwen2": "Qwen2"}
-CPU = torch.device("cpu")
+# One thread for speed alone (see conftest.one_torch_thread); no result depends on it.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+LAYERS = 3
+SETTINGS = {"Wanda": {}, "SparseGPT": {"blocksize": 16}}
+SPARSITY = 0.5
+LLAMA = MODELS["Llama"]
 
 
-def _batches(n=5, length=12, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, 300, (1, length), generator=gen) for _ in range(n)]
+def _block_linears(model, adapter, index):
+    block = adapter.get_blocks(model)[index]
+    return [block.get_submodule(name) for name in adapter.linear_names()]
 
 
-def _block_linears(model, index):
-    return [m for m in model.model.layers[index].modules() if isinstance(m, nn.Linear)]
+def _plain(method, model, linears, batches, cfg):
+    """Prune `linears` of `model` as tests/plain_pruning.py does, from whole-model forwards."""
+    if method == "Wanda":
+        plain_wanda(model, linears, batches, SPARSITY, cfg.weight.n_m)
+    else:
+        plain_sparsegpt(model, linears, batches, cfg)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
-@pytest.mark.parametrize("sparsity_out", [False, True])
 @pytest.mark.parametrize("sparsity_type", ["unstructured", "2:4"])
-def test_blockwise_wanda_equals_plain(arch, sparsity_out, sparsity_type):
-    model = tiny_model(arch, num_hidden_layers=3)
-    batches = _batches()
-    cfg = SparseCfg(sparsity_out=sparsity_out)
-    cfg.weight.sparsity, cfg.weight.sparsity_type = 0.5, sparsity_type
+@pytest.mark.parametrize("sparsity_out", [False, True])
+@pytest.mark.parametrize("method", ["Wanda", "SparseGPT"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_blockwise_equals_plain(arch, method, sparsity_out, sparsity_type):
+    """Every variant of the table, both methods that gather statistics (input norms, Hessians),
+    with sparsity_out off (every block's statistics from the dense model) and on (from the
+    outputs of the already-pruned blocks before it), unstructured and 2:4."""
+    model = arch_model(arch, layers=LAYERS)
+    adapter = arch_adapter(arch)
+    batches = token_batches(4, 12, 1)
+    with torch.no_grad():  # Baichuan2's NormHead normalises itself on its first forward
+        model(input_ids=batches[0])
+    cfg = sparse_config(method=method, sparsity_out=sparsity_out, **SETTINGS[method],
+                        weight={"sparsity": SPARSITY, "sparsity_type": sparsity_type})
     n_m = cfg.weight.n_m
 
+    dense = copy.deepcopy(model)
     plain = copy.deepcopy(model)
     if sparsity_out:  # each block sees the outputs of the already-pruned blocks before it
-        for index in range(3):
-            plain_wanda(plain, _block_linears(plain, index), batches, 0.5, n_m)
+        for index in range(LAYERS):
+            _plain(method, plain, _block_linears(plain, adapter, index), batches, cfg)
     else:  # every block's statistics come from the dense model
-        everything = [m for i in range(3) for m in _block_linears(plain, i)]
-        plain_wanda(plain, everything, batches, 0.5, n_m)
+        everything = [m for i in range(LAYERS) for m in _block_linears(plain, adapter, i)]
+        _plain(method, plain, everything, batches, cfg)
 
-    handle = ModelHandle(model, MODELS[ADAPTERS[arch]])
-    prune_blockwise(handle, METHODS["Wanda"](cfg), UniformPlan(cfg.weight), batches, CPU,
-                    sparsity_out=sparsity_out)
+    prune_blockwise(ModelHandle(model, adapter), METHODS[method](cfg), UniformPlan(cfg.weight),
+                    batches, CPU, sparsity_out=sparsity_out)
     pruned = dict(model.named_parameters())
     # bitwise: the plain reference runs the same operations in the same order (plain_pruning.py)
-    for name, expected in plain.named_parameters():
+    for name, expected in plain.named_parameters():  # weights, biases, embeddings, heads
         assert torch.equal(pruned[name], expected), name
-    for index in range(3):
-        for linear in _block_linears(model, index):
-            zeros = (linear.weight == 0)
-            if n_m:
-                assert (zeros.reshape(zeros.shape[0], -1, 4).sum(-1) == 2).all()
-            else:
-                assert (zeros.sum(1) == linear.in_features // 2).all()
-    assert not (model.lm_head.weight == 0).any()
-    assert not (model.model.embed_tokens.weight == 0).any()
+    block_weights = set()
+    for index in range(LAYERS):
+        for name, linear in zip(adapter.linear_names(), _block_linears(model, adapter, index)):
+            block_weights.add(f"{adapter.blocks}.{index}.{name}.weight")
+            zeros = linear.weight == 0
+            if n_m:  # N:M in every group of 4 inputs
+                assert (zeros.reshape(zeros.shape[0], -1, 4).sum(-1) == 2).all(), name
+            elif method == "Wanda":  # exactly half of each row
+                assert (zeros.sum(1) == linear.in_features // 2).all(), name
+    for name, parameter in dense.named_parameters():  # embeddings, lm_head, norms, biases
+        if name not in block_weights:
+            assert torch.equal(pruned[name], parameter), name
 
 
 def test_sparsity_out_changes_later_blocks_only():
@@ -70,14 +90,15 @@ def test_sparsity_out_changes_later_blocks_only():
         pruned = copy.deepcopy(model)
         cfg = SparseCfg(sparsity_out=flag)
         prune_blockwise(ModelHandle(pruned, MODELS["Llama"]), METHODS["Wanda"](cfg),
-                        UniformPlan(cfg.weight), _batches(), CPU, sparsity_out=flag)
+                        UniformPlan(cfg.weight), token_batches(5, 12, 1), CPU,
+                        sparsity_out=flag)
         results[flag] = pruned
     # bitwise: block 0 sees the same inputs and runs the same operations either way
-    first = [torch.equal(a, b) for a, b in zip(_block_linears(results[False], 0)[0].weight,
-                                               _block_linears(results[True], 0)[0].weight)]
+    first = [torch.equal(a, b) for a, b in zip(_block_linears(results[False], LLAMA, 0)[0].weight,
+                                               _block_linears(results[True], LLAMA, 0)[0].weight)]
     assert all(first)
-    later = _block_linears(results[False], 2)[-1].weight
-    assert not torch.equal(later, _block_linears(results[True], 2)[-1].weight)
+    later = _block_linears(results[False], LLAMA, 2)[-1].weight
+    assert not torch.equal(later, _block_linears(results[True], LLAMA, 2)[-1].weight)
 
 
 def test_magnitude_needs_no_forward():
@@ -94,12 +115,13 @@ def test_magnitude_needs_no_forward():
 
 def test_capture_records_every_kwarg_and_shares_equal_ones():
     model = tiny_model("llama")
-    inputs = capture_block_inputs(ModelHandle(model, MODELS["Llama"]), _batches(n=3), CPU, CPU)
+    inputs = capture_block_inputs(ModelHandle(model, MODELS["Llama"]), token_batches(3, 12, 1),
+                                  CPU, CPU)
     assert len(inputs) == 3
     args, kwargs = inputs.calls[0]
     assert "position_embeddings" in kwargs  # rotary cos/sin computed by the model, passed on
     assert inputs.calls[1] is inputs.calls[0]  # same-length windows share one argument set
-    expected = model.model.embed_tokens(_batches(n=3)[2])
+    expected = model.model.embed_tokens(token_batches(3, 12, 1)[2])
     assert torch.equal(inputs.hidden[2], expected)  # an embedding lookup: exact
 
 
@@ -132,7 +154,7 @@ def test_tuple_returning_blocks_prune_the_same():
     cfg = SparseCfg()
     for m, a in ((model, adapter), (wrapped, wrapped_adapter)):
         prune_blockwise(ModelHandle(m, a), METHODS["Wanda"](cfg), UniformPlan(cfg.weight),
-                        _batches(), CPU)
+                        token_batches(5, 12, 1), CPU)
     # bitwise: the wrapper adds no arithmetic, so both run the same operations in the same order
     for (name, p), (_, q) in zip(model.named_parameters(), wrapped.named_parameters()):
         assert torch.equal(p, q), name

@@ -7,16 +7,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import tiny_model
+from conftest import CPU, tiny_model, token_batches
 from llmc.config import sparse_config
 from llmc.errors import LlmcError
 from llmc.models import ModelHandle
 from llmc.registry import METHODS, MODELS
 from llmc.runner import Calibration, prune_blockwise
 from llmc.sparse.owl import outlier_ratio, owl_n, owl_sparsity
-
-CPU = torch.device("cpu")
-
 
 def test_sparsity_vector_by_hand():
     # ratios to [0, 2*0.08] = [0, .16/3, .32/3, .16]; minus their mean .08, plus density .3
@@ -49,11 +46,6 @@ def test_outlier_ratio_is_strictly_above_m_times_mean():
     scores = torch.tensor([1.0, 1.0, 1.0, 1.0, 6.0])  # mean 2
     assert outlier_ratio(scores, 3.0) == 0.0  # 6 is not > 6
     assert outlier_ratio(scores, 2.9) == 20.0
-
-
-def _batches(n=4, length=16):
-    gen = torch.Generator().manual_seed(7)
-    return [torch.randint(0, 300, (1, length), generator=gen) for _ in range(n)]
 
 
 def _owl_cfg(base="Wanda", sparsity=0.7, lam=0.08, granularity="layer",
@@ -96,13 +88,15 @@ def _reference_owl_vector(model, batches, sparsity, m, lam):
 
 def _allocate(model, cfg, batches=None):
     method = METHODS["OWL"](cfg)
-    calibration = Calibration(ModelHandle(model, MODELS["Llama"]), batches or _batches(), CPU)
+    calibration = Calibration(ModelHandle(model, MODELS["Llama"]),
+                              batches or token_batches(4, 16, 7), CPU)
     return method, method.allocate(cfg.weight, calibration)
 
 
 def test_plan_equals_the_reference_flow_on_the_same_model_and_windows():
     model = tiny_model("llama", num_hidden_layers=4)
-    expected = _reference_owl_vector(copy.deepcopy(model), _batches(), 0.7, 5.0, 0.08)
+    expected = _reference_owl_vector(copy.deepcopy(model), token_batches(4, 16, 7), 0.7, 5.0,
+                                     0.08)
     _, plan = _allocate(model, _owl_cfg())
     described = plan.describe()
     # identical, not merely close: the reference flow is recomputed with the same operations in
@@ -120,7 +114,8 @@ def test_each_layer_is_pruned_to_its_own_sparsity(base):
     model = tiny_model("llama", num_hidden_layers=3)
     cfg = _owl_cfg(base=base, lam=0.1, **({"blocksize": 16} if base == "SparseGPT" else {}))
     method, plan = _allocate(model, cfg)
-    prune_blockwise(ModelHandle(model, MODELS["Llama"]), method, plan, _batches(), CPU)
+    prune_blockwise(ModelHandle(model, MODELS["Llama"]), method, plan, token_batches(4, 16, 7),
+                    CPU)
     for index, layer in enumerate(model.model.layers):
         target = plan.target(index, "mlp.down_proj").sparsity
         for name in MODELS["Llama"].linear_names():
@@ -139,7 +134,8 @@ def test_linear_granularity_gives_each_linear_its_own_sparsity():
     names = MODELS["Llama"].linear_names()
     assert described["units"] == [f"{i}.{n}" for i in range(2) for n in names]
     assert len(set(described["sparsity"])) > 2
-    prune_blockwise(ModelHandle(model, MODELS["Llama"]), method, plan, _batches(), CPU)
+    prune_blockwise(ModelHandle(model, MODELS["Llama"]), method, plan, token_batches(4, 16, 7),
+                    CPU)
     for i, name in ((0, "self_attn.q_proj"), (1, "mlp.up_proj")):
         weight = model.model.layers[i].get_submodule(name).weight
         expected = int(weight.shape[1] * plan.target(i, name).sparsity)
@@ -152,7 +148,8 @@ def test_n_m_plan_varies_n_per_layer_and_each_layer_keeps_its_structure():
     targets = [plan.target(i, "mlp.up_proj").n_m for i in range(4)]
     assert {t[1] for t in targets} == {8} and len({t[0] for t in targets}) > 1
     assert all(3 <= t[0] <= 5 for t in targets)
-    prune_blockwise(ModelHandle(model, MODELS["Llama"]), method, plan, _batches(), CPU)
+    prune_blockwise(ModelHandle(model, MODELS["Llama"]), method, plan, token_batches(4, 16, 7),
+                    CPU)
     for i, (n, m) in enumerate(targets):
         weight = model.model.layers[i].mlp.up_proj.weight
         assert ((weight == 0).reshape(weight.shape[0], -1, m).sum(-1) == n).all()

@@ -7,8 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import tiny_model
-from plain_pruning import plain_sparsegpt as plain_whole_model_sparsegpt
+from conftest import CPU, tiny_model, token_batches
 from llmc.config import SparseCfg, sparse_config
 from llmc.errors import LlmcError
 from llmc.models import ModelHandle
@@ -17,8 +16,6 @@ from llmc.runner import prune_blockwise
 from llmc.runner.stats import Hessian, InputNorms
 from llmc.sparse import Target, UniformPlan
 from llmc.sparse.sparsegpt import inverse_hessian_factor, obs_prune
-
-CPU = torch.device("cpu")
 
 
 def _cfg(sparsity=0.5, sparsity_type="unstructured", **settings):
@@ -238,11 +235,6 @@ def test_nan_hessian_is_an_error_naming_the_linear():
                         UniformPlan(cfg.weight), [torch.randint(0, 300, (1, 8))], CPU)
 
 
-def _batches(n=4, length=16):
-    gen = torch.Generator().manual_seed(5)
-    return [torch.randint(0, 300, (1, length), generator=gen) for _ in range(n)]
-
-
 def test_shared_group_hessian_equals_per_linear_hessians():
     model = tiny_model("llama", num_hidden_layers=2)
     per_linear = copy.deepcopy(model)
@@ -251,23 +243,8 @@ def test_shared_group_hessian_equals_per_linear_hessians():
     cfg = _cfg(blocksize=16)
     for m, a in ((model, adapter), (per_linear, singletons)):
         prune_blockwise(ModelHandle(m, a), METHODS["SparseGPT"](cfg), UniformPlan(cfg.weight),
-                        _batches(), CPU)
+                        token_batches(4, 16, 5), CPU)
     # bitwise: a shared accumulator adds each window's X X^T exactly as each Linear's own does
     for (name, p), (_, q) in zip(model.named_parameters(), per_linear.named_parameters()):
         assert torch.equal(p, q), name
     assert (model.model.layers[1].self_attn.k_proj.weight == 0).float().mean() > 0.45
-
-
-@pytest.mark.parametrize("arch,adapter", [("llama", "Llama"), ("qwen2", "Qwen2")])
-def test_blockwise_equals_plain_whole_model(arch, adapter):
-    model = tiny_model(arch, num_hidden_layers=2)
-    plain = copy.deepcopy(model)
-    cfg = _cfg(blocksize=16)
-    linears = [m for layer in plain.model.layers for m in layer.modules()
-               if isinstance(m, nn.Linear)]
-    plain_whole_model_sparsegpt(plain, linears, _batches(), cfg)  # dense statistics: sparsity_out False
-    prune_blockwise(ModelHandle(model, MODELS[adapter]), METHODS["SparseGPT"](cfg),
-                    UniformPlan(cfg.weight), _batches(), CPU, sparsity_out=False)
-    # bitwise: the plain reference runs the same operations in the same order (plain_pruning.py)
-    for (name, p), (_, q) in zip(model.named_parameters(), plain.named_parameters()):
-        assert torch.equal(p, q), name
