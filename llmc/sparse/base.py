@@ -40,8 +40,11 @@ class Sparsifier:
 
     @classmethod
     def check_config(cls, sparse_cfg) -> None:
-        """Method-specific validation, run before any heavy work; raises one ConfigError."""
-        sparse_cfg.settings_for(cls).check(sparse_cfg.weight)
+        """Method-specific validation, run before any heavy work: the settings of each part, in
+        order (a composed method's own first, so it can vouch for what it composes); raises one
+        ConfigError."""
+        for part in cls.parts(sparse_cfg):
+            sparse_cfg.settings_for(part).check(sparse_cfg.weight)
 
     @classmethod
     def check_calibration(cls, sparse_cfg, calib_cfg) -> None:

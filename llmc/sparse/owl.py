@@ -102,13 +102,9 @@ class OWL(Sparsifier):
 
     @classmethod
     def parts(cls, sparse_cfg):
+        """OWL, then its base when that is a valid one (OWL's own check names a bad base)."""
         base = sparse_cfg.settings_for(cls).base
         return (cls,) + ((METHODS[base],) if base in _uniform_plan_methods() else ())
-
-    @classmethod
-    def check_config(cls, sparse_cfg):
-        for part in cls.parts(sparse_cfg):  # OWL's own first: it checks that base exists
-            sparse_cfg.settings_for(part).check(sparse_cfg.weight)
 
     @classmethod
     def calibrates(cls, sparse_cfg) -> bool:
