@@ -134,15 +134,20 @@ class SparseGPT(Sparsifier):
         saliency = self.saliency(hessian_diag)
         for name, linear in linears.items():
             weight = linear.weight.data.to(torch.float32, copy=True)
-            wbits = self.settings.wbits
-            quantizer = MinMaxQuantizer(weight, wbits) if wbits < 16 else None
-            weight[:, dead] = 0
-            weight, loss = obs_prune(weight, upper, targets[name], self.settings.blocksize,
-                                     quantizer, saliency)
+            weight, loss = self.prune_weight(weight, upper, dead, targets[name], saliency)
             if not torch.isfinite(weight).all():
                 raise LlmcError(f"{name}: SparseGPT produced NaN/inf weights")
             logger.debug(f"{name}: OBS loss {loss:.4g}")
             linear.weight.data.copy_(weight)
+
+    def prune_weight(self, weight, upper, dead, target, saliency=obs_saliency):
+        """`weight` (a float copy, modified in place) pruned with U = `upper`: the wbits grid
+        fitted on the dense weight, the `dead` inputs zeroed, then the OBS pass. In the weight's
+        own dtype (the method runs it in fp32; a test in float64). Returns (weight, OBS loss)."""
+        wbits = self.settings.wbits
+        quantizer = MinMaxQuantizer(weight, wbits) if wbits < 16 else None
+        weight[:, dead] = 0
+        return obs_prune(weight, upper, target, self.settings.blocksize, quantizer, saliency)
 
     def saliency(self, hessian_diag):
         """The unstructured mask's score (see obs_prune); MixGPT swaps in its own."""

@@ -15,7 +15,7 @@ from llmc.registry import METHODS, MODELS
 from llmc.runner import prune_blockwise
 from llmc.runner.stats import Hessian, InputNorms
 from llmc.sparse import Target, UniformPlan
-from llmc.sparse.sparsegpt import inverse_hessian_factor, obs_prune
+from llmc.sparse.sparsegpt import inverse_hessian_factor
 
 
 def _cfg(sparsity=0.5, sparsity_type="unstructured", **settings):
@@ -101,20 +101,16 @@ def plain_sparsegpt(weight, x, sparsity, n_m=None, mask_block=128, percdamp=0.01
     return w, margin
 
 
-def library_obs_float64(weight, x, sparsity=0.5, sparsity_type="unstructured", blocksize=128,
-                        percdamp=0.01, wbits=16):
-    """The library's OBS pass (inverse_hessian_factor, obs_prune) run in float64, with the same
-    steps as SparseGPT.prune_group: grid fitted on the dense weight, dead columns zeroed."""
-    from llmc.sparse.quant import MinMaxQuantizer
-
-    n_m = tuple(map(int, sparsity_type.split(":"))) if sparsity_type != "unstructured" else None
-    target = Target(n_m[0] / n_m[1] if n_m else sparsity, n_m)
+def library_obs_float64(weight, x, **sparse):
+    """The method's own steps (inverse_hessian_factor, then SparseGPT.prune_weight: grid,
+    dead columns, OBS pass) run in float64."""
+    cfg = _cfg(**sparse)
+    method = METHODS["SparseGPT"](cfg)
+    n_m = cfg.weight.n_m
+    target = Target(n_m[0] / n_m[1] if n_m else cfg.weight.sparsity, n_m)
     hessian = 2 / 4 * x.double().t() @ x.double()
-    upper, dead, _ = inverse_hessian_factor(hessian, percdamp)
-    w = weight.double().clone()
-    quantizer = MinMaxQuantizer(w, wbits) if wbits < 16 else None
-    w[:, dead] = 0
-    return obs_prune(w, upper, target, blocksize, quantizer)[0]
+    upper, dead, _ = inverse_hessian_factor(hessian, method.settings.percdamp)
+    return method.prune_weight(weight.double().clone(), upper, dead, target)[0]
 
 
 CASES = [
