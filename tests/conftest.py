@@ -9,9 +9,6 @@ from typing import Any, Mapping
 
 import pytest
 
-import llmc.models  # noqa: F401  (fill the registries)
-import llmc.sparse  # noqa: F401
-import llmc.data  # noqa: F401
 import torch
 import yaml
 

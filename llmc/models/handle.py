@@ -25,10 +25,6 @@ class ModelHandle:
     adapter: Adapter
 
     @property
-    def config(self):
-        return self.model.config
-
-    @property
     def dtype(self) -> torch.dtype:
         return self.model.dtype
 
@@ -39,9 +35,6 @@ class ModelHandle:
     @property
     def num_blocks(self) -> int:
         return len(self.adapter.get_blocks(self.model))
-
-    def __len__(self) -> int:
-        return self.num_blocks
 
     def block(self, index: int) -> nn.Module:
         """Decoder block `index` where it lives (the CPU); `block_on` to compute with it."""

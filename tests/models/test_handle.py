@@ -19,9 +19,9 @@ def _handle(arch="llama", type_name="Llama"):
 def test_reads_the_model_through_the_adapter():
     handle = _handle()
     model, adapter = handle.model, handle.adapter
-    assert handle.config is model.config and handle.dtype == torch.float32
+    assert handle.dtype == torch.float32
     assert handle.hidden_size == 32
-    assert handle.num_blocks == len(handle) == 2
+    assert handle.num_blocks == 2
     assert handle.block(1) is model.model.layers[1]
     assert handle.block_path(1) == "model.layers.1"
     assert handle.groups == adapter.groups
