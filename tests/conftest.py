@@ -230,3 +230,24 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def error_line(stderr: str) -> str:
+    """The one `llmc: error:` line of a failed run; fails the test on a traceback or on any
+    other count of error lines."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("llmc: error:")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.fixture
+def cli(capsys):
+    """cli(*argv) -> (exit code, stderr) of `python -m llmc *argv`, run in this process."""
+    from llmc.cli import main
+
+    def run(*argv):
+        code = main([str(a) for a in argv])
+        return code, capsys.readouterr().err
+
+    return run
