@@ -1,7 +1,6 @@
 """One run, start to end: data → pretrain eval → blockwise pruning → transformed eval → save."""
 import random
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,7 +13,8 @@ from .report import sparsity_report, unit_sparsity, versions
 from .plot import plot_plan
 from .runner import Calibration, prune_blockwise, resolve_device
 from .sparse import UnitPlan, build_method
-from .save import PLAN_PLOT, check_save_path, save_model, write_results
+from .outputs import open_run
+from .save import MODEL_DIR, PLAN_PLOT, save_model, write_results
 
 
 def seed_everything(seed: int) -> None:
@@ -37,8 +37,17 @@ def evaluate(handle, eval_sets, cfg, device, position, results):
 
 def run(cfg) -> dict:
     """Run `cfg` (a validated Config); returns the results that are also written to disk."""
+    # The save path is locked, proven writable and checked before any heavy work; the outputs
+    # are staged in out.dir and committed together at the end (llmc.outputs, docs/outputs.md).
+    with open_run(cfg.save) as out:
+        results = prune_and_record(cfg, out)
+        out.commit()
+    return results
+
+
+def prune_and_record(cfg, out) -> dict:
+    """The run itself, writing its outputs into the staging directory `out.dir`."""
     started = time.perf_counter()
-    check_save_path(cfg.save)
     seed_everything(cfg.base.seed)
     device = resolve_device(cfg.base.device)
     method = build_method(cfg.sparse)
@@ -50,7 +59,8 @@ def run(cfg) -> dict:
     batches = calib_batches(cfg.calib, tokenizer) if method.calibrates(cfg.sparse) else []
     handle = load_model(cfg.model)
 
-    results = {"config": cfg.to_dict(), "ppl": {}, "timings": {}, "versions": versions()}
+    results = {"run_id": out.run_id, "config": cfg.to_dict(), "ppl": {}, "timings": {},
+               "versions": versions()}
     # Allocation first: it reads the dense model as the pretrain eval does, and its problems
     # (a plan out of range, a cached file for another model) should surface before the eval.
     start = time.perf_counter()
@@ -71,7 +81,7 @@ def run(cfg) -> dict:
     results["plan"] = plan.describe()
     if isinstance(plan, UnitPlan):  # one target per layer or Linear (OWL, MixGPT)
         results["plan"]["achieved"] = unit_sparsity(handle, plan.targets)
-        if plot_plan(results["plan"], Path(cfg.save.save_path).expanduser() / PLAN_PLOT):
+        if plot_plan(results["plan"], out.dir / PLAN_PLOT):
             results["plan_plot"] = PLAN_PLOT
     results["sparsity"] = sparsity_report(handle)
     logger.info(f"achieved sparsity over all decoder Linears: {results['sparsity']['overall']:.4f}")
@@ -79,7 +89,8 @@ def run(cfg) -> dict:
     if "transformed" in cfg.eval.eval_pos:
         evaluate(handle, eval_sets, cfg, device, "transformed", results)
     if cfg.save.save_trans:
-        results["saved_model"] = str(save_model(handle.model, tokenizer, cfg.save.save_path))
+        save_model(handle.model, tokenizer, out.dir)
+        results["saved_model"] = str(out.root / MODEL_DIR)  # where it is read after the commit
     results["timings"]["total"] = time.perf_counter() - started
-    write_results(cfg.save.save_path, results, results["config"])
+    write_results(out.dir, results, results["config"])
     return results

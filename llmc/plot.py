@@ -5,6 +5,8 @@ from pathlib import Path
 
 from loguru import logger
 
+from .faults import pause_point
+
 
 def plot_plan(plan: dict, path) -> bool:
     """Write `plan` (a UnitPlan description) to `path` (PNG); False when matplotlib is missing."""
@@ -36,4 +38,5 @@ def plot_plan(plan: dict, path) -> bool:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    pause_point("save:plan-written")
     return True

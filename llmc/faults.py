@@ -1,0 +1,45 @@
+"""Fault injection at named instants of a run, for the tests of what a kill or a failure leaves
+on disk (tests/reliability/test_outputs.py). Inert unless its environment variables are set.
+
+- `LLMC_PAUSE_AT=<point>`: on reaching that point, write the point's name to the file named by
+  `LLMC_PAUSE_MARKER` (when set) and sleep until killed, so a test can SIGKILL or SIGTERM the
+  process at exactly that instant.
+- `LLMC_FAIL_AT=<point>`: on reaching that point, raise InjectedFault, as a late failure would.
+
+The points are listed in POINTS (docs/outputs.md says where each one is).
+"""
+import os
+import time
+
+from .errors import LlmcError
+
+POINTS = (
+    "run:started",           # lock held, leftovers cleaned, staging directory made
+    "save:plan-written",     # plan.png in the staging directory
+    "save:model-written",    # transformed_model/ in the staging directory
+    "save:config-written",   # config.yml in the staging directory
+    "save:results-written",  # results.json in the staging directory
+    "commit:links-made",     # top-level links for the new run's names exist
+    "commit:before-switch",  # the new `current` link made beside the old one
+    "commit:after-switch",   # `current` names the new run
+    "commit:links-pruned",   # top-level links the new run lacks removed
+    "commit:old-removed",    # the previous run's directory removed
+)
+
+
+class InjectedFault(LlmcError):
+    """The failure LLMC_FAIL_AT asked for."""
+
+
+def pause_point(name: str) -> None:
+    assert name in POINTS, name
+    if os.environ.get("LLMC_FAIL_AT") == name:
+        raise InjectedFault(f"injected fault at {name} (LLMC_FAIL_AT)")
+    if os.environ.get("LLMC_PAUSE_AT") != name:
+        return
+    marker = os.environ.get("LLMC_PAUSE_MARKER")
+    if marker:
+        with open(marker, "w") as f:
+            f.write(name)
+    while True:  # until a signal ends the process (SIGTERM's handler raises out of the sleep)
+        time.sleep(60)
