@@ -1,5 +1,6 @@
 """The command line, end to end on a tiny model, and its errors for bad input."""
 import json
+import os
 import subprocess
 import sys
 import time
@@ -32,6 +33,12 @@ def test_run_end_to_end(run_config, tmp_path):
             assert ((per_row - 0.5).abs() <= 1 / module.in_features).all(), name
     assert not (saved.lm_head.weight == 0).any()
     assert yaml.safe_load((tmp_path / "save" / "config.yml").read_text())["calib"]["n_samples"] == 6
+    # The outputs are links into the committed run's directory, which results.json names.
+    current = tmp_path / "save" / ".llmc" / "current"
+    assert os.readlink(current) == f"runs/{results['run_id']}"
+    for name in ("results.json", "config.yml", "transformed_model"):
+        assert os.readlink(tmp_path / "save" / name) == f".llmc/current/{name}"
+    assert results["saved_model"] == str(tmp_path / "save" / "transformed_model")
 
 
 def test_set_overrides_reach_the_run(run_config, tmp_path):

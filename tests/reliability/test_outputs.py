@@ -1,0 +1,408 @@
+"""The save path and its outputs (docs/outputs.md): the lock, the writability probe, the one commit
+point under SIGKILL at every named instant of the save and at random file-system operations,
+SIGTERM/SIGINT, leftovers of killed runs, file modes, and outputs of the layout before .llmc.
+
+Runs that must be signalled or killed are real processes (llmc_child: forked from a forkserver
+that imported llmc once); everything else calls the CLI in-process."""
+import json
+import os
+import random
+import signal
+import socket
+import time
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+import llmc_child
+from conftest import error_line
+from llmc.outputs.lock import proc_start_ticks
+
+FAST = ("--set", "eval.eval_pos=[]")
+OWL = ("--set", "sparse.method=OWL", "--set", "sparse.weight.sparsity=0.7",
+       "--set", "sparse.owl.lambda=0.1")  # a per-layer plan: writes plan.png
+NO_MODEL = ("--set", "save.save_trans=false")
+OVERWRITE = ("--set", "save.overwrite=true")
+OUTPUT_NAMES = {"results.json", "config.yml", "plan.png", "transformed_model"}
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "forkserver_started")
+
+
+@pytest.fixture(scope="module")
+def forkserver_started():
+    """Start the forkserver first thing: it imports llmc while the in-process tests (first in
+    this file) run, so the real-process tests (last) need not wait for it."""
+    llmc_child.forkserver()
+
+
+def seed(n):
+    return ("--set", f"base.seed={n}")
+
+
+def committed(save) -> dict:
+    """What a reader following the top-level names sees, asserted to be exactly one complete
+    run: results.json of the run `current` names, its config.yml, plan.png and the model (whose
+    zeros are that run's) present exactly when that run wrote them. Returns its results."""
+    run_id = os.path.basename(os.readlink(save / ".llmc" / "current"))
+    results = json.loads((save / "results.json").read_text())
+    assert results["run_id"] == run_id
+    assert yaml.safe_load((save / "config.yml").read_text()) == results["config"]
+    assert (save / "plan.png").exists() == ("plan_plot" in results)
+    model = save / "transformed_model"
+    assert model.exists() == ("saved_model" in results)
+    if model.exists():
+        weights = load_file(model / "model.safetensors")
+        for name, fraction in results["sparsity"]["per_linear"].items():
+            weight = weights[f"{name}.weight"]
+            assert int((weight == 0).sum()) / weight.numel() == fraction, name
+        assert json.loads((model / "config.json").read_text())["model_type"] == "llama"
+        assert (model / "tokenizer.json").exists()
+    return results
+
+
+def assert_clean(save) -> None:
+    """Nothing but the committed run: no lock, no other run directory, no temporaries, every
+    top-level output a link that resolves."""
+    run_id = os.path.basename(os.readlink(save / ".llmc" / "current"))
+    assert sorted(os.listdir(save / ".llmc")) == ["current", "runs"]
+    assert os.listdir(save / ".llmc" / "runs") == [run_id]
+    top = set(os.listdir(save)) - {".llmc", "sensitivity.json"}
+    assert top <= OUTPUT_NAMES, top
+    for name in top:
+        assert os.readlink(save / name) == f".llmc/current/{name}" and (save / name).exists()
+
+
+def start_child(run_config, tmp_path, *args, env=None, kill_at_op=None):
+    stderr = tmp_path / f"child-{time.monotonic_ns()}.err"
+    process = llmc_child.start(["--config", run_config, *args], env or {}, stderr, kill_at_op)
+    return process, stderr
+
+
+def pause_env(tmp_path, point):
+    marker = tmp_path / f"paused-{point.replace(':', '_')}"
+    return {"LLMC_PAUSE_AT": point, "LLMC_PAUSE_MARKER": str(marker)}, marker
+
+
+# ---------------------------------------------------------------- the lock
+
+
+def write_lock(save, **owner):
+    (save / ".llmc").mkdir(parents=True)
+    (save / ".llmc" / "lock").write_text(json.dumps(owner))
+
+
+def test_a_lock_whose_pid_now_belongs_to_another_process_is_taken_over(cli, run_config,
+                                                                       tmp_path):
+    save = tmp_path / "save"
+    write_lock(save, pid=os.getpid(), host=socket.gethostname(), started="2020-01-01T00:00:00Z",
+               proc_start=proc_start_ticks(os.getpid()) - 1)  # same pid, another start time
+    code, stderr = cli("--config", run_config, *FAST)
+    assert code == 0 and f"taking over the stale lock of pid {os.getpid()}" in stderr
+    assert_clean(save)
+
+
+def test_a_live_lock_is_refused_naming_its_pid(cli, run_config, tmp_path):
+    save = tmp_path / "save"
+    write_lock(save, pid=os.getpid(), host=socket.gethostname(), started="2020-01-01T00:00:00Z",
+               proc_start=proc_start_ticks(os.getpid()))
+    code, stderr = cli("--config", run_config, *FAST)
+    assert code == 2 and f"(pid {os.getpid()} on host" in error_line(stderr)
+    assert (save / ".llmc" / "lock").exists()  # not ours: left alone
+    assert not (save / "results.json").exists()
+
+
+def test_a_lock_from_another_host_is_refused_naming_the_host_and_the_file(cli, run_config,
+                                                                          tmp_path):
+    save = tmp_path / "save"
+    write_lock(save, pid=1, host="elsewhere.example", started="2020-01-01T00:00:00Z")
+    code, stderr = cli("--config", run_config, *FAST)
+    line = error_line(stderr)
+    assert code == 2 and "another host (pid 1 on host elsewhere.example" in line
+    assert f"delete {save / '.llmc' / 'lock'}" in line
+
+
+def test_a_lock_left_unwritten_by_a_killed_run_is_taken_over(cli, run_config, tmp_path):
+    save = tmp_path / "save"
+    (save / ".llmc").mkdir(parents=True)
+    (save / ".llmc" / "lock").write_text("")
+    old = time.time() - 60
+    os.utime(save / ".llmc" / "lock", (old, old))
+    code, stderr = cli("--config", run_config, *FAST)
+    assert code == 0 and "taking over the stale lock" in stderr
+    assert_clean(save)
+
+
+# ---------------------------------------------------------------- unwritable save paths
+
+
+def unwritable(tmp_path, kind):
+    if kind == "under-a-file":
+        (tmp_path / "file").write_text("x")
+        return tmp_path / "file" / "save", "Not a directory"
+    if kind == "read-only-dir":
+        if os.geteuid() == 0:
+            pytest.skip("permissions do not bind root")
+        (tmp_path / "ro").mkdir(mode=0o500)
+        return tmp_path / "ro" / "save", "Permission denied"
+    return f"/{kind}/llmc-test", ""  # /proc, /sys: special filesystems
+
+
+@pytest.mark.parametrize("kind", ["under-a-file", "read-only-dir", "proc", "sys"])
+def test_an_unwritable_save_path_is_one_error_before_any_model_load(
+        cli, run_config, tmp_path, monkeypatch, kind):
+    path, reason = unwritable(tmp_path, kind)
+
+    def must_not_load(*args):
+        raise AssertionError("loaded a tokenizer or model before checking save.save_path")
+
+    monkeypatch.setattr("llmc.pipeline.load_tokenizer", must_not_load)
+    monkeypatch.setattr("llmc.pipeline.load_model", must_not_load)
+    code, stderr = cli("--config", run_config, "--set", f"save.save_path={path}")
+    line = error_line(stderr)
+    assert code == 2 and f"save.save_path '{path}'" in line and reason in line
+    assert "choose a directory you can write to" in line
+    assert not os.path.exists(path)
+
+
+def test_a_filesystem_without_symlinks_is_refused(cli, run_config, tmp_path, monkeypatch):
+    def no_symlinks(*args, **kwargs):
+        raise OSError(1, "Operation not permitted", args[1])
+
+    monkeypatch.setattr("llmc.outputs.probe.os.symlink", no_symlinks)
+    code, stderr = cli("--config", run_config)
+    line = error_line(stderr)
+    assert code == 2 and "filesystem without symbolic links" in line
+    assert os.listdir(tmp_path / "save") == [".llmc"]  # the probe file is removed
+
+
+# ---------------------------------------------------------------- modes
+
+
+@pytest.mark.parametrize("umask,file_mode,dir_mode", [(0o022, 0o644, 0o755),
+                                                      (0o002, 0o664, 0o775)])
+def test_outputs_get_plain_modes_under_the_umask(cli, run_config, tmp_path, umask, file_mode,
+                                                 dir_mode):
+    save = tmp_path / "save"
+    old = os.umask(umask)
+    try:
+        assert cli("--config", run_config, *FAST, *OWL)[0] == 0
+    finally:
+        os.umask(old)
+    committed(save)
+    seen = 0
+    for folder, dirs, files in os.walk(save):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                continue
+            want = dir_mode if os.path.isdir(path) else file_mode
+            assert os.stat(path).st_mode & 0o777 == want, path
+            seen += 1
+    assert seen > 10  # the run directory, the model's files, results, config, plan
+
+
+# ---------------------------------------------------------------- late failures
+
+
+@pytest.mark.parametrize("point", ["save:results-written", "commit:links-made",
+                                   "commit:before-switch"])
+def test_a_run_failing_late_keeps_the_previous_outputs(cli, run_config, tmp_path, monkeypatch,
+                                                       point):
+    save = tmp_path / "save"
+    assert cli("--config", run_config, *FAST, *NO_MODEL, *seed(1))[0] == 0
+    previous = committed(save)
+    monkeypatch.setenv("LLMC_FAIL_AT", point)
+    code, stderr = cli("--config", run_config, *FAST, *OWL, *seed(2), *OVERWRITE)
+    assert code == 2 and f"injected fault at {point}" in error_line(stderr)
+    assert committed(save)["run_id"] == previous["run_id"]
+    assert not (save / "plan.png").is_symlink()  # no dangling link from the failed commit
+    assert_clean(save)
+
+
+def test_overwrite_without_save_trans_leaves_no_model(cli, run_config, tmp_path):
+    save = tmp_path / "save"
+    assert cli("--config", run_config, *FAST, *seed(1))[0] == 0
+    assert committed(save)["saved_model"] == str(save / "transformed_model")
+    assert cli("--config", run_config, *FAST, *NO_MODEL, *seed(2), *OVERWRITE)[0] == 0
+    results = committed(save)
+    assert results["config"]["base"]["seed"] == 2 and "saved_model" not in results
+    assert not os.path.lexists(save / "transformed_model")
+    assert_clean(save)
+
+
+# ---------------------------------------------------------------- the layout before .llmc
+
+
+def test_outputs_of_an_older_llmc_are_refused_then_replaced_and_leftovers_removed(
+        cli, run_config, tmp_path):
+    save = tmp_path / "save"
+    (save / "transformed_model").mkdir(parents=True)
+    (save / "transformed_model" / "weights.bin").write_text("old model")
+    for name in ("results.json", "config.yml", "plan.png"):
+        (save / name).write_text(f"old {name}")
+    leftovers = [save / ".results.json.k3x9", save / ".config.yml.abcd", save / ".sensitivity.json.q1",
+                 save / ".transformed_model.tmp-zz"]
+    for path in leftovers[:3]:
+        path.write_text("partial")
+    leftovers[3].mkdir()
+    (save / "sensitivity.json").write_text("MixGPT's cache")
+    (save / ".llmc" / "scratch").mkdir(parents=True)
+    (save / ".llmc" / "scratch" / "resume").write_text("resume state")
+
+    code, stderr = cli("--config", run_config, *FAST)
+    assert code == 2 and f"'{save / 'results.json'}' already exists" in error_line(stderr)
+    assert not any(os.path.lexists(path) for path in leftovers)
+    assert (save / "results.json").read_text() == "old results.json"
+    assert (save / "transformed_model" / "weights.bin").read_text() == "old model"
+
+    code, stderr = cli("--config", run_config, *FAST, *OVERWRITE)
+    assert code == 0, stderr
+    committed(save)
+    assert not os.path.lexists(save / "plan.png")  # the old run's, gone with it
+    assert (save / "sensitivity.json").read_text() == "MixGPT's cache"
+    assert (save / ".llmc" / "scratch" / "resume").read_text() == "resume state"
+    assert sorted(os.listdir(save / ".llmc")) == ["current", "runs", "scratch"]
+    assert len(os.listdir(save / ".llmc" / "runs")) == 1
+
+
+def test_a_model_moved_aside_by_an_older_llmc_killed_mid_replace_is_restored(cli, run_config,
+                                                                            tmp_path):
+    save = tmp_path / "save"
+    (save / ".transformed_model.old-77").mkdir(parents=True)
+    (save / ".transformed_model.old-77" / "weights.bin").write_text("previous model")
+    (save / "results.json").write_text("previous results")
+    code, stderr = cli("--config", run_config, *FAST)
+    assert code == 2 and "already exists" in error_line(stderr)
+    assert (save / "transformed_model" / "weights.bin").read_text() == "previous model"
+    assert not os.path.lexists(save / ".transformed_model.old-77")
+
+
+def test_an_adoption_killed_halfway_is_finished_by_the_next_run(cli, run_config, tmp_path):
+    """A kill while old outputs were being moved under .llmc: `current` names the legacy run
+    directory, results.json is already in it without its link, config.yml still at the top."""
+    save = tmp_path / "save"
+    legacy = save / ".llmc" / "runs" / "legacy-20200101T000000Z"
+    legacy.mkdir(parents=True)
+    (legacy / "results.json").write_text("old results")
+    os.symlink("runs/legacy-20200101T000000Z", save / ".llmc" / "current")
+    (save / "config.yml").write_text("old config")
+
+    code, stderr = cli("--config", run_config, *FAST)
+    assert code == 2 and "already exists" in error_line(stderr)
+    assert (save / "results.json").read_text() == "old results"  # linked again
+    assert (save / "config.yml").read_text() == "old config"
+
+    code, stderr = cli("--config", run_config, *FAST, *OVERWRITE)
+    assert code == 0, stderr
+    committed(save)
+    assert_clean(save)
+
+
+# ---------------------------------------------------------------- real processes
+# (the lock held, signals, SIGKILL during the save)
+
+
+def test_a_second_run_is_refused_while_the_first_holds_the_lock(cli, run_config, tmp_path):
+    save = tmp_path / "save"
+    env, marker = pause_env(tmp_path, "run:started")
+    process, _ = start_child(run_config, tmp_path, *FAST, env=env)
+    llmc_child.wait_for(marker, process)
+    code, stderr = cli("--config", run_config, *FAST)
+    line = error_line(stderr)
+    assert code == 2 and f"pid {process.pid} on host {socket.gethostname()}" in line
+    assert "in use by another llmc run" in line and "save.save_path" in line
+    assert (save / ".llmc" / "lock").exists() and len(os.listdir(save / ".llmc" / "runs")) == 1
+
+    process.kill()  # its lock is now stale: the next run reports it and takes it over
+    process.join()
+    code, stderr = cli("--config", run_config, *FAST)
+    assert code == 0, stderr
+    assert f"taking over the stale lock of pid {process.pid}" in stderr
+    committed(save)
+    assert_clean(save)
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_during_the_run_removes_its_staging_and_keeps_the_previous_outputs(
+        cli, run_config, tmp_path, signum, code):
+    save = tmp_path / "save"
+    assert cli("--config", run_config, *FAST, *seed(1))[0] == 0
+    previous = committed(save)
+    env, marker = pause_env(tmp_path, "save:model-written")
+    process, stderr = start_child(run_config, tmp_path, *FAST, *seed(2), *OVERWRITE, env=env)
+    llmc_child.wait_for(marker, process)
+    os.kill(process.pid, signum)
+    process.join(30)
+    assert process.exitcode == code
+    text = stderr.read_text()
+    assert "Traceback" not in text and "llmc: error" not in text
+    assert [line for line in text.splitlines() if line.startswith("llmc: ")] == \
+        [f"llmc: interrupted ({signal.Signals(signum).name})"]
+    assert committed(save)["run_id"] == previous["run_id"]
+    assert_clean(save)  # at once: the run cleaned up itself
+
+
+# (the previous run, the new run) of each scenario: the first loses plan.png on commit, the
+# second gains plan.png and transformed_model/.
+SCENARIOS = {
+    "drops-plan": ((*OWL, *seed(1)), (*seed(2), *OVERWRITE)),
+    "adds-plan-and-model": ((*NO_MODEL, *seed(1)), (*OWL, *seed(2), *OVERWRITE)),
+}
+KILLS = [  # (scenario, instant, whose outputs a reader must see after the kill)
+    ("drops-plan", "save:model-written", "previous"),
+    ("drops-plan", "commit:before-switch", "previous"),
+    ("drops-plan", "commit:after-switch", "new"),
+    ("drops-plan", "commit:links-pruned", "new"),
+    ("drops-plan", "commit:old-removed", "new"),
+    ("adds-plan-and-model", "save:plan-written", "previous"),
+    ("adds-plan-and-model", "commit:links-made", "previous"),  # new links dangle: no new names
+    ("adds-plan-and-model", "commit:before-switch", "previous"),
+    ("adds-plan-and-model", "commit:after-switch", "new"),
+]
+
+
+@pytest.mark.parametrize("scenario,point,survivor", KILLS)
+def test_sigkill_at_each_instant_of_the_save_leaves_one_complete_run(
+        cli, run_config, tmp_path, scenario, point, survivor):
+    save = tmp_path / "save"
+    previous_args, new_args = SCENARIOS[scenario]
+    assert cli("--config", run_config, *FAST, *previous_args)[0] == 0
+    previous = committed(save)
+
+    env, marker = pause_env(tmp_path, point)
+    process, _ = start_child(run_config, tmp_path, *FAST, *new_args, env=env)
+    llmc_child.wait_for(marker, process)
+    process.kill()
+    process.join()
+    seen = committed(save)
+    assert seen["config"]["base"]["seed"] == (1 if survivor == "previous" else 2)
+    if survivor == "previous":
+        assert seen["run_id"] == previous["run_id"]
+
+    # The next run on the path removes what the killed one left (its lock, an uncommitted run
+    # directory or the previous run's, dangling links), then refuses: outputs exist.
+    code, stderr = cli("--config", run_config, *FAST, *seed(3))
+    assert code == 2 and "already exists" in error_line(stderr)
+    assert committed(save)["run_id"] == seen["run_id"]
+    assert_clean(save)
+
+
+def test_sigkill_at_random_file_operations_of_the_save(cli, run_config, tmp_path):
+    """Kill -9 right before the k-th file-system operation after the save began, k random
+    (the seed is in the failure message), then check the invariant and that a rerun commits."""
+    rng_seed = random.randrange(1 << 30)
+    rng = random.Random(rng_seed)
+    save = tmp_path / "save"
+    assert cli("--config", run_config, *FAST, *OWL, *seed(1))[0] == 0
+    for k in sorted(rng.sample(range(1, 70), 3)):  # a save is ~60 operations today
+        process, _ = start_child(run_config, tmp_path, *FAST, *seed(2), *OVERWRITE,
+                                 kill_at_op=k)
+        process.join()
+        assert process.exitcode in (0, -signal.SIGKILL), (rng_seed, k, process.exitcode)
+        seen = committed(save)
+        assert seen["config"]["base"]["seed"] in (1, 2), (rng_seed, k)
+        code, stderr = cli("--config", run_config, *FAST, *seed(1), *OVERWRITE)
+        assert code == 0, (rng_seed, k, stderr)
+        assert committed(save)["config"]["base"]["seed"] == 1
+        assert_clean(save)
