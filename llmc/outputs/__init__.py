@@ -34,11 +34,11 @@ def open_run(save_cfg):
     """Yields the run's StagedRun once the save path is proven usable and locked."""
     layout = Layout.of(save_cfg.save_path)
     make_save_path(layout)
-    prove_writable(layout)
     lock = LockFile(layout)
     with os_errors_name_the_save_path(layout):
         lock.acquire()
     try:
+        prove_writable(layout)  # holding the lock: no other run's cleanup takes its probe file
         with os_errors_name_the_save_path(layout):
             clean_leftovers(layout)
             check_existing(layout, save_cfg.overwrite)

@@ -41,12 +41,26 @@ def clean_leftovers(layout: Layout) -> None:
 
 def _clean_state(layout: Layout) -> None:
     for entry in sorted(os.listdir(layout.state)):
-        if entry.startswith((NEW_CURRENT_PREFIX, STALE_LOCK_PREFIX)):
+        if entry.startswith(NEW_CURRENT_PREFIX) or (entry.startswith(STALE_LOCK_PREFIX)
+                                                    and not _taker_alive(entry)):
             os.unlink(layout.state / entry)
     current = layout.current_run()
     if current is not None and not current.is_dir():
         logger.warning(f"{layout.current} names {current}, which is gone; forgetting it")
         os.unlink(layout.current)
+
+
+def _taker_alive(entry: str) -> bool:
+    """Whether the run that renamed a stale lock to `entry` (lock.stale-<pid>-<random>) may
+    still be checking it (it removes it itself a moment later)."""
+    pid = entry[len(STALE_LOCK_PREFIX):].split("-")[0]
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def _clean_runs(layout: Layout) -> None:

@@ -112,10 +112,14 @@ class LockFile:
             fd = os.open(self.layout.lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             return False
-        with open(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            os.unlink(self.layout.lock)  # not left half-written to block the next run
+            raise
         return True
 
     def _take_over_if_stale(self) -> None:

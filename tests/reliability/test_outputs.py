@@ -4,11 +4,13 @@ SIGTERM/SIGINT, leftovers of killed runs, file modes, and outputs of the layout 
 
 Runs that must be signalled or killed are real processes (llmc_child: forked from a forkserver
 that imported llmc once); everything else calls the CLI in-process."""
+import errno
 import json
 import os
 import random
 import signal
 import socket
+import subprocess
 import time
 
 import pytest
@@ -136,22 +138,35 @@ def test_a_lock_left_unwritten_by_a_killed_run_is_taken_over(cli, run_config, tm
 # ---------------------------------------------------------------- unwritable save paths
 
 
-def unwritable(tmp_path, kind):
+def unwritable(tmp_path, kind, monkeypatch, request):
+    """(save_path, the OS's reason) of an unwritable save path of this kind."""
     if kind == "under-a-file":
         (tmp_path / "file").write_text("x")
         return tmp_path / "file" / "save", "Not a directory"
     if kind == "read-only-dir":
-        if os.geteuid() == 0:
-            pytest.skip("permissions do not bind root")
-        (tmp_path / "ro").mkdir(mode=0o500)
-        return tmp_path / "ro" / "save", "Permission denied"
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        if os.geteuid() != 0:
+            locked.chmod(0o500)
+            return locked / "save", "Permission denied"
+        # Permissions do not bind root; an immutable directory does (ext4 and others).
+        if subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode:
+            pytest.skip("root, and no chattr +i here: cannot make a directory unwritable")
+        request.addfinalizer(lambda: subprocess.run(["chattr", "-i", str(locked)]))
+        return locked, "Operation not permitted"
+    if kind == "disk-full":  # the probe's write reaches the disk only at its fsync
+        def no_space(fd):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(os, "fsync", no_space)
+        return tmp_path / "save", "No space left on device"
     return f"/{kind}/llmc-test", ""  # /proc, /sys: special filesystems
 
 
-@pytest.mark.parametrize("kind", ["under-a-file", "read-only-dir", "proc", "sys"])
+@pytest.mark.parametrize("kind", ["under-a-file", "read-only-dir", "disk-full", "proc", "sys"])
 def test_an_unwritable_save_path_is_one_error_before_any_model_load(
-        cli, run_config, tmp_path, monkeypatch, kind):
-    path, reason = unwritable(tmp_path, kind)
+        cli, run_config, tmp_path, monkeypatch, request, kind):
+    path, reason = unwritable(tmp_path, kind, monkeypatch, request)
 
     def must_not_load(*args):
         raise AssertionError("loaded a tokenizer or model before checking save.save_path")
@@ -162,7 +177,12 @@ def test_an_unwritable_save_path_is_one_error_before_any_model_load(
     line = error_line(stderr)
     assert code == 2 and f"save.save_path '{path}'" in line and reason in line
     assert "choose a directory you can write to" in line
-    assert not os.path.exists(path)
+    if kind == "disk-full":  # the probe file removed, no lock left
+        assert os.listdir(path) == [".llmc"] and os.listdir(path / ".llmc") == []
+    elif kind == "read-only-dir":
+        assert os.listdir(path) == []
+    else:
+        assert not os.path.exists(path)
 
 
 def test_a_filesystem_without_symlinks_is_refused(cli, run_config, tmp_path, monkeypatch):
