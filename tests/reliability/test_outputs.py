@@ -89,50 +89,48 @@ def pause_env(tmp_path, point):
 # ---------------------------------------------------------------- the lock
 
 
-def write_lock(save, **owner):
+def write_lock(save, text, age_s=0.0):
     (save / ".llmc").mkdir(parents=True)
-    (save / ".llmc" / "lock").write_text(json.dumps(owner))
+    (save / ".llmc" / "lock").write_text(text)
+    then = time.time() - age_s
+    os.utime(save / ".llmc" / "lock", (then, then))
 
 
-def test_a_lock_whose_pid_now_belongs_to_another_process_is_taken_over(cli, run_config,
-                                                                       tmp_path):
+def owner(pid=None, host=None, proc_start=None):
+    return json.dumps({"pid": pid or os.getpid(), "host": host or socket.gethostname(),
+                       "started": "2020-01-01T00:00:00Z",
+                       "proc_start": proc_start or proc_start_ticks(os.getpid())})
+
+
+@pytest.mark.parametrize("lock,age_s", [
+    (owner(proc_start=proc_start_ticks(os.getpid()) - 1), 0),  # our pid, another start: reused
+    ("", 60),  # a run killed between creating its lock and writing it
+], ids=["pid-reused", "left-unwritten"])
+def test_a_stale_lock_is_taken_over(cli, run_config, tmp_path, lock, age_s):
     save = tmp_path / "save"
-    write_lock(save, pid=os.getpid(), host=socket.gethostname(), started="2020-01-01T00:00:00Z",
-               proc_start=proc_start_ticks(os.getpid()) - 1)  # same pid, another start time
+    write_lock(save, lock, age_s)
     code, stderr = cli("--config", run_config, *FAST)
-    assert code == 0 and f"taking over the stale lock of pid {os.getpid()}" in stderr
+    assert code == 0 and "taking over the stale lock of pid" in stderr
     assert_clean(save)
 
 
 def test_a_live_lock_is_refused_naming_its_pid(cli, run_config, tmp_path):
     save = tmp_path / "save"
-    write_lock(save, pid=os.getpid(), host=socket.gethostname(), started="2020-01-01T00:00:00Z",
-               proc_start=proc_start_ticks(os.getpid()))
+    write_lock(save, owner())  # this very process, alive
     code, stderr = cli("--config", run_config, *FAST)
     assert code == 2 and f"(pid {os.getpid()} on host" in error_line(stderr)
-    assert (save / ".llmc" / "lock").exists()  # not ours: left alone
+    assert (save / ".llmc" / "lock").read_text() == owner()  # not ours: left alone
     assert not (save / "results.json").exists()
 
 
 def test_a_lock_from_another_host_is_refused_naming_the_host_and_the_file(cli, run_config,
                                                                           tmp_path):
     save = tmp_path / "save"
-    write_lock(save, pid=1, host="elsewhere.example", started="2020-01-01T00:00:00Z")
+    write_lock(save, owner(pid=1, host="elsewhere.example"))
     code, stderr = cli("--config", run_config, *FAST)
     line = error_line(stderr)
     assert code == 2 and "another host (pid 1 on host elsewhere.example" in line
     assert f"delete {save / '.llmc' / 'lock'}" in line
-
-
-def test_a_lock_left_unwritten_by_a_killed_run_is_taken_over(cli, run_config, tmp_path):
-    save = tmp_path / "save"
-    (save / ".llmc").mkdir(parents=True)
-    (save / ".llmc" / "lock").write_text("")
-    old = time.time() - 60
-    os.utime(save / ".llmc" / "lock", (old, old))
-    code, stderr = cli("--config", run_config, *FAST)
-    assert code == 0 and "taking over the stale lock" in stderr
-    assert_clean(save)
 
 
 # ---------------------------------------------------------------- unwritable save paths
@@ -261,8 +259,8 @@ def test_outputs_of_an_older_llmc_are_refused_then_replaced_and_leftovers_remove
     (save / "transformed_model" / "weights.bin").write_text("old model")
     for name in ("results.json", "config.yml", "plan.png"):
         (save / name).write_text(f"old {name}")
-    leftovers = [save / ".results.json.k3x9", save / ".config.yml.abcd", save / ".sensitivity.json.q1",
-                 save / ".transformed_model.tmp-zz"]
+    leftovers = [save / name for name in (".results.json.k3x9", ".config.yml.abcd",
+                                          ".sensitivity.json.q1", ".transformed_model.tmp-zz")]
     for path in leftovers[:3]:
         path.write_text("partial")
     leftovers[3].mkdir()
