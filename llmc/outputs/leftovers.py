@@ -8,8 +8,8 @@ from loguru import logger
 
 from ..errors import LlmcError
 from ..files import fsync_dir
-from .commit import make_link, switch_current
 from ..save import MODEL_DIR
+from .commit import make_link, switch_current
 from .layout import (LEGACY_PREFIX, NEW_CURRENT_PREFIX, OUTPUT_NAMES, PROBE_PREFIX,
                      STALE_LOCK_PREFIX, Layout, utc_stamp)
 
