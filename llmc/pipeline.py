@@ -1,4 +1,5 @@
 """One run, start to end: data → pretrain eval → blockwise pruning → transformed eval → save."""
+import math
 import random
 import time
 from pathlib import Path
@@ -10,7 +11,9 @@ from loguru import logger
 from .data import calib_batches, eval_tokens
 from .eval import perplexity
 from .models import load_model, load_tokenizer
-from .report import sparsity_report, unit_sparsity, versions
+from .errors import LlmcError
+from .provenance import run_record, utc_now
+from .report import sparsity_report, unit_sparsity
 from .plot import plot_plan
 from .runner import Calibration, prune_blockwise, resolve_device
 from .sparse import UnitPlan, build_method
@@ -33,6 +36,13 @@ def evaluate(handle, eval_sets, cfg, device, position, results):
         logger.info(f"ppl {position} {name}: {ppl:.4f} ({speed:.0f} tokens/s)")
         results["ppl"].setdefault(position, {})[name] = ppl
         results["timings"][f"eval_{position}_{name}"] = time.perf_counter() - start
+        if position == "transformed" and not math.isfinite(ppl):
+            # A NaN or infinite perplexity is a broken model, not a result: nothing is saved.
+            dense = results["ppl"].get("pretrain", {}).get(name)
+            raise LlmcError(f"the pruned model's perplexity on {name} is {ppl}"
+                            f"{f' (dense: {dense:.4f})' if dense is not None else ''}: it is "
+                            "broken, so no outputs were saved; with model.torch_dtype float16, "
+                            "try bfloat16 or float32")
 
 
 def run(cfg) -> dict:
@@ -41,6 +51,7 @@ def run(cfg) -> dict:
     check_save_path(cfg.save)
     seed_everything(cfg.base.seed)
     device = resolve_device(cfg.base.device)
+    record = run_record(device)
     method = build_method(cfg.sparse)
 
     # Data before the model: a data problem should surface before the slow part.
@@ -50,7 +61,8 @@ def run(cfg) -> dict:
     batches = calib_batches(cfg.calib, tokenizer) if method.calibrates(cfg.sparse) else []
     handle = load_model(cfg.model)
 
-    results = {"config": cfg.to_dict(), "ppl": {}, "timings": {}, "versions": versions()}
+    results = {"config": cfg.to_dict(), "ppl": {}, "timings": {},
+               "versions": record.pop("versions"), "run": record}
     # Allocation first: it reads the dense model as the pretrain eval does, and its problems
     # (a plan out of range, a cached file for another model) should surface before the eval.
     start = time.perf_counter()
@@ -81,5 +93,6 @@ def run(cfg) -> dict:
     if cfg.save.save_trans:
         results["saved_model"] = str(save_model(handle.model, tokenizer, cfg.save.save_path))
     results["timings"]["total"] = time.perf_counter() - started
+    results["run"]["finished_utc"] = utc_now()
     write_results(cfg.save.save_path, results, results["config"])
     return results

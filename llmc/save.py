@@ -3,7 +3,6 @@
 Everything is written to a temporary name and renamed into place, and nothing that exists is
 replaced unless `save.overwrite: True`; the check runs before any heavy work.
 """
-import json
 import os
 import shutil
 import tempfile
@@ -14,6 +13,7 @@ from loguru import logger
 
 from .errors import LlmcError
 from .files import write_text
+from .strict_json import dumps_strict
 
 MODEL_DIR = "transformed_model"
 RESULTS = "results.json"
@@ -66,6 +66,6 @@ def save_model(model, tokenizer, save_path) -> Path:
 def write_results(save_path, results: dict, config: dict) -> Path:
     root = Path(save_path).expanduser()
     write_text(root / CONFIG, yaml.safe_dump(config, sort_keys=False))
-    write_text(root / RESULTS, json.dumps(results, indent=2))
+    write_text(root / RESULTS, dumps_strict(results))
     logger.info(f"wrote {root / RESULTS}")
     return root / RESULTS
