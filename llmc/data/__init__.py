@@ -4,6 +4,7 @@ Importing this package registers the datasets (DATASETS) and samplers (PREPROCS)
 config names. The two entry points:
   calib_batches(cfg.calib, tokenizer) -> calibration batches, each a LongTensor (bs, T)
   eval_tokens(name, cfg.eval, tokenizer) -> one evaluation token stream, LongTensor (1, N)
+and, for the record, token_ids_sha256(batches) / token_stream_sha256(tokens): digests of them.
 """
 from typing import List
 
@@ -15,9 +16,10 @@ from . import builtin_corpus, preproc, sources  # noqa: F401  (fills the registr
 from .builtin_corpus import builtin_split
 from .preproc import encode
 from .sources import DatasetSpec, HubSplit, load_local
+from .token_hash import token_ids_sha256, token_stream_sha256
 
 __all__ = ["calib_batches", "eval_tokens", "batch_windows", "builtin_split", "load_local",
-           "DatasetSpec", "HubSplit"]
+           "DatasetSpec", "HubSplit", "token_ids_sha256", "token_stream_sha256"]
 
 
 def calib_batches(cfg, tokenizer) -> List:
