@@ -15,6 +15,8 @@ from .file_bytes import byte_chunks, decode_utf8
 from .json_rows import read_json_text
 from .text_column import check_text_column
 
+SAVED_MARKERS = ("state.json", "dataset_dict.json")  # what save_to_disk writes at the top
+
 
 def load_local(path: str, key: str, split_preference: Tuple[str, ...] = ("train",)):
     """Rows of a local copy as a datasets.Dataset, in file order, whose column `key` holds a
@@ -42,13 +44,13 @@ def load_local(path: str, key: str, split_preference: Tuple[str, ...] = ("train"
 def _load_saved(path, split_preference):
     from datasets import DatasetDict, load_from_disk
 
+    if not any(os.path.isfile(os.path.join(path, name)) for name in SAVED_MARKERS):
+        raise LlmcError(f"'{path}' is a directory but not one written by datasets' save_to_disk "
+                        f"(it has no {' or '.join(SAVED_MARKERS)}); point at such a directory "
+                        f"or at a {', '.join(LOCAL_FORMATS)} file")
     try:
         saved = load_from_disk(path)
-    except FileNotFoundError as err:
-        raise LlmcError(f"'{path}' is a directory but not one written by datasets' save_to_disk "
-                        f"({err}); point at such a directory or at a "
-                        f"{', '.join(LOCAL_FORMATS)} file") from err
-    except Exception as err:  # a damaged copy: a cut-short arrow file, broken json metadata
+    except Exception as err:  # a damaged copy: a missing or cut-short arrow file, bad metadata
         raise LlmcError(f"'{path}' is a save_to_disk directory that cannot be read "
                         f"({type(err).__name__}: {str(err)[:300]}); save the dataset "
                         "again") from err
