@@ -3,9 +3,10 @@ with the standard library so that every problem can be named by line.
 
 Two layouts, as `datasets` accepts them: JSON lines (one object per line, blank lines skipped;
 the c4 shards and pile's val.jsonl.zst) and one JSON array of objects (a file whose first
-character is '['). Rows keep the file's order. Nothing is cached: the rows always come from the
-bytes on disk, so an edit that keeps a file's size and mtime cannot be served stale (the
-`datasets` json loader keys its cache on path, size and mtime).
+character is '['). Rows keep the file's order. Control characters such as a raw tab are
+accepted inside strings (strict=False), as `datasets` accepted them in arrays. Nothing is
+cached: the rows always come from the bytes on disk, so an edit that keeps a file's size and
+mtime cannot be served stale (the `datasets` json loader keys its cache on path, size and mtime).
 """
 import json
 from typing import Iterator, List
@@ -70,7 +71,7 @@ def _line_texts(path, key, file_lines: Iterator[Line]) -> Iterator[str]:
             continue
         where = f"'{path}' line {line.number}"
         try:
-            row = json.loads(text)
+            row = json.loads(text, strict=False)
         except json.JSONDecodeError as err:
             if first_row and _is_one_object(path):  # pretty-printed: fails on its first line
                 raise LlmcError(f"'{path}' is one JSON object written over several lines, not "
@@ -95,7 +96,7 @@ def _is_one_object(path) -> bool:
 def _array_texts(path, key, content: bytes) -> List[str]:
     text = decode_utf8(content, path)
     try:
-        rows = json.loads(text.lstrip(BOM))  # a list: the text starts with '['
+        rows = json.loads(text.lstrip(BOM), strict=False)  # a list: it starts with '['
     except json.JSONDecodeError as err:
         raise LlmcError(f"'{path}' line {err.lineno}, column {err.colno}: not valid JSON "
                         f"({err.msg}); {layout_hint(key)}") from None

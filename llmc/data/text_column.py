@@ -73,7 +73,8 @@ def check_text_column(rows, key: str, where: str):
                         f"needs its text in '{key}' (fix or remove that row)")
     _require_utf8(column, key, where)
     if not _some_text(column):
-        raise LlmcError(f"{where} has {len(rows)} rows, but every '{key}' is empty or "
+        rows_text = "1 row" if len(rows) == 1 else f"{len(rows)} rows"
+        raise LlmcError(f"{where} has {rows_text}, but every '{key}' is empty or "
                         "whitespace: there is no text to tokenize")
     return rows
 

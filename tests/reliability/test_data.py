@@ -57,11 +57,13 @@ ROWS = {  # a bad line 4 (after two good ones and a blank line): what the messag
     "list": ('{"text": ["a", "b"]}', "'text' is a list"),
     "object": ('{"text": {"a": 1}}', "'text' is an object"),
     "boolean": ('{"text": false}', "'text' is a boolean (false)"),
-    "missing column": ('{"content": "x", "url": "u"}', "no 'text' field (its fields: content, url)"),
+    "missing column": ('{"content": "x", "url": "u"}',
+                       "no 'text' field (its fields: content, url)"),
     "row is a string": ('"just text"', "line 4 is a string, not an object"),
     "row is an array": ('[1, 2]', "line 4 is a list, not an object"),
     "malformed": ('{"text": "cut sh', "line 4, column 10: not valid JSON"),
-    "two objects": ('{"text": "a"} {"text": "b"}', "line 4, column 15: not valid JSON (Extra data)"),
+    "two objects": ('{"text": "a"} {"text": "b"}',
+                    "line 4, column 15: not valid JSON (Extra data)"),
     "lone surrogate": ('{"text": "a\\udc80b"}', "\\udc80, half of a UTF-16 surrogate pair"),
 }
 
