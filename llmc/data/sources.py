@@ -8,7 +8,7 @@ holds the text and how to get its calibration rows and its evaluation rows. Rows
 that config validation reads) stays light.
 """
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import Optional
 
 from loguru import logger
 
