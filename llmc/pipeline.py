@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from loguru import logger
 
-from .data import calib_batches, eval_tokens
+from .data import calib_batches, eval_tokens, token_ids_sha256, token_stream_sha256
 from .eval import perplexity
 from .models import load_model, load_tokenizer
 from .errors import LlmcError
@@ -54,15 +54,19 @@ def run(cfg) -> dict:
     record = run_record(device)
     method = build_method(cfg.sparse)
 
-    # Data before the model: a data problem should surface before the slow part.
+    # Data before the model: a data problem should surface before the slow part. (Calibration
+    # sampling seeds its own RNG and tokenizing the eval text draws none: the order is free.)
     tokenizer = load_tokenizer(cfg.model)
+    batches = calib_batches(cfg.calib, tokenizer) if method.calibrates(cfg.sparse) else []
     eval_sets = ({name: eval_tokens(name, cfg.eval, tokenizer) for name in cfg.eval.names}
                  if cfg.eval.eval_pos else {})
-    batches = calib_batches(cfg.calib, tokenizer) if method.calibrates(cfg.sparse) else []
     handle = load_model(cfg.model)
 
     results = {"config": cfg.to_dict(), "ppl": {}, "timings": {},
-               "versions": record.pop("versions"), "run": record}
+               "versions": record.pop("versions"), "run": record,
+               "inputs": {"calib_tokens_sha256": token_ids_sha256(batches) if batches else None,
+                          "eval_tokens_sha256": {name: token_stream_sha256(tokens)
+                                                 for name, tokens in eval_sets.items()}}}
     # Allocation first: it reads the dense model as the pretrain eval does, and its problems
     # (a plan out of range, a cached file for another model) should surface before the eval.
     start = time.perf_counter()

@@ -30,9 +30,13 @@ def test_strict_json_writes_non_finite_floats_as_null_with_where_and_what():
 
 
 def test_results_record_where_and_with_what_the_run_ran(cli, run_config, tmp_path):
-    code, err = cli("--config", run_config, "--set", "eval.eval_pos=[]")
+    code, err = cli("--config", run_config, "--set", "eval.eval_pos=[transformed]")
     assert code == 0, err
     results = strict_load(tmp_path / "save" / "results.json")
+    inputs = results["inputs"]
+    assert len(inputs["calib_tokens_sha256"]) == 64
+    assert list(inputs["eval_tokens_sha256"]) == ["wikitext2"]
+    assert len(inputs["eval_tokens_sha256"]["wikitext2"]) == 64
     run = results["run"]
     assert run["device"].startswith("cpu")
     started = datetime.datetime.fromisoformat(run["started_utc"])
@@ -75,15 +79,18 @@ def test_a_pruned_model_with_nan_ppl_fails_and_saves_nothing(cli, run_config, tm
 
 
 def test_a_rerun_reproduces_the_weights_bit_for_bit(cli, run_config, tmp_path):
-    for name in ("first", "second"):
+    for name, seed in (("first", 0), ("second", 0), ("other_windows", 1)):
         code, err = cli("--config", run_config, "--set", "eval.eval_pos=[]",
                         "--set", "sparse.method=SparseGPT", "--set", "sparse.blocksize=16",
-                        "--set", f"save.save_path={tmp_path / name}")
+                        "--set", f"calib.seed={seed}", "--set", f"save.save_path={tmp_path / name}")
         assert code == 0, err
     first, second = (load_file(tmp_path / name / "transformed_model" / "model.safetensors")
                      for name in ("first", "second"))
     assert first.keys() == second.keys()
     for key in first:  # the same operations in the same order on one machine: bitwise
         assert first[key].numpy().tobytes() == second[key].numpy().tobytes(), key
-    records = [strict_load(tmp_path / name / "results.json") for name in ("first", "second")]
-    assert records[0]["sparsity"] == records[1]["sparsity"]
+    first, second, other = (strict_load(tmp_path / name / "results.json")
+                            for name in ("first", "second", "other_windows"))
+    assert first["sparsity"] == second["sparsity"]
+    assert first["inputs"] == second["inputs"]
+    assert first["inputs"]["calib_tokens_sha256"] != other["inputs"]["calib_tokens_sha256"]
