@@ -10,7 +10,7 @@ from loguru import logger
 
 from .data import calib_batches, eval_tokens, token_ids_sha256, token_stream_sha256
 from .eval import perplexity
-from .models import load_model, load_tokenizer
+from .models import load_model, load_tokenizer, preflight
 from .errors import LlmcError
 from .provenance import run_record, utc_now
 from .report import sparsity_report, unit_sparsity
@@ -54,12 +54,15 @@ def run(cfg) -> dict:
     record = run_record(device)
     method = build_method(cfg.sparse)
 
-    # Data before the model: a data problem should surface before the slow part. (Calibration
-    # sampling seeds its own RNG and tokenizing the eval text draws none: the order is free.)
+    # The checkpoint's cheap checks (no weights loaded), then data before the model: a problem
+    # with either should surface before the slow part. (Calibration sampling seeds its own RNG
+    # and tokenizing the eval text draws none: the order is free.)
+    checkpoint = preflight(cfg, method.calibrates(cfg.sparse))
     tokenizer = load_tokenizer(cfg.model)
     batches = calib_batches(cfg.calib, tokenizer) if method.calibrates(cfg.sparse) else []
     eval_sets = ({name: eval_tokens(name, cfg.eval, tokenizer) for name in cfg.eval.names}
                  if cfg.eval.eval_pos else {})
+    checkpoint.check_token_ids([*(("calibration", b) for b in batches), *eval_sets.items()])
     handle = load_model(cfg.model)
 
     results = {"config": cfg.to_dict(), "ppl": {}, "timings": {},
