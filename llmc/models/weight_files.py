@@ -7,12 +7,11 @@ shards it names), pytorch_model.bin, pytorch_model.bin.index.json; config.json's
 """
 import json
 import math
-import os
 import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from ..errors import LlmcError
 
@@ -181,6 +180,3 @@ def check_weight_files(weights: WeightFiles, shown: str) -> Dict[str, Tuple[str,
             check_pytorch_file(file, shown)
     return tensors
 
-
-def weight_file_names(weights: WeightFiles) -> List[str]:
-    return [os.path.basename(file) for file in weights.all]

@@ -5,7 +5,6 @@ position limit, the built-in model cache's verification, LLMC_CACHE, the model f
 import hashlib
 import json
 import os
-import shutil
 import struct
 from pathlib import Path
 
@@ -446,4 +445,3 @@ def test_fingerprint_hashes_every_weight_file(tmp_path):
     changed = model_fingerprint(single)
     assert changed["sha256"] != one["sha256"]
     assert changed["files"]["model.safetensors"] != one["files"]["model.safetensors"]
-    shutil.rmtree(single)
