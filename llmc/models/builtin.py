@@ -75,8 +75,10 @@ def _write_entry(target: Path, name: str, model, tokenizer) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_manifest(Path(tmp))
-        if target.exists():
+        if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()  # a file or link where the entry belongs
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

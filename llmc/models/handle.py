@@ -121,12 +121,22 @@ class ModelHandle:
             params = list(module.named_parameters())
             if params and not bool(torch.stack([torch.isfinite(p).all() for _, p in params]).all()):
                 name, bad = next((n, p) for n, p in params if not torch.isfinite(p).all())
-                count = int((~torch.isfinite(bad)).sum())
-                source = getattr(self.model.config, "_name_or_path", "") or "the checkpoint"
-                raise LlmcError(f"the weight {part}.{name} holds {count} NaN/inf value(s) (of "
-                                f"{bad.numel()}): the checkpoint '{source}' is corrupt; "
-                                "download or convert it again")
+                raise LlmcError(f"the weight {part}.{name} holds {_not_finite(bad)}: "
+                                f"{self._why_not_finite(bad)}")
             self._finite.add(part)
+
+    def _why_not_finite(self, tensor) -> str:
+        source = getattr(self.model.config, "_name_or_path", "") or "the checkpoint"
+        if tensor.dtype in (torch.float16, torch.bfloat16) and not torch.isnan(tensor).any():
+            return (f"the checkpoint '{source}' holds values beyond {tensor.dtype}'s range, which "
+                    "became inf when loaded in it; set model.torch_dtype: float32")
+        return f"the checkpoint '{source}' is corrupt; download or convert it again"
+
+
+def _not_finite(tensor) -> str:
+    nan = int(torch.isnan(tensor).sum())
+    inf = int(torch.isinf(tensor).sum())
+    return f"{nan} NaN and {inf} inf value(s) (of {tensor.numel()})"
 
 
 @contextmanager

@@ -52,18 +52,29 @@ def read_config_json(model_cfg, path: Path) -> dict:
     file = path / "config.json"
     where = f"model.path '{model_cfg.path}'"
     if not file.is_file():
+        hint = "save the model with save_pretrained, or copy the checkpoint's config.json into it"
+        if (path / "adapter_config.json").is_file():
+            hint = ("it holds a PEFT adapter, not a model: merge the adapter into its base model "
+                    "(merge_and_unload) and save that")
+        elif (path / "snapshots").is_dir():
+            hint = "it looks like a hub cache folder: point model.path at snapshots/<revision>"
         raise LlmcError(f"{where} is not a loadable Hugging Face model directory: it has no "
-                        "config.json (save the model with save_pretrained, or copy the "
-                        "checkpoint's config.json into it)")
+                        f"config.json ({hint})")
     try:
         config = json.loads(file.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise LlmcError(f"{where}: config.json is not valid JSON ({err}); restore it from the "
-                        "original checkpoint") from None
+        raise LlmcError(f"{where}: config.json cannot be read as JSON ({err}); restore it from "
+                        "the original checkpoint") from None
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
         raise LlmcError(f"{where}: config.json has no model_type (a Hugging Face config.json "
                         "names its architecture, e.g. \"model_type\": \"llama\"); restore it "
                         "from the original checkpoint")
+    quantization = config.get("quantization_config")
+    if quantization:
+        method = quantization.get("quant_method", "?") if isinstance(quantization, dict) else "?"
+        raise LlmcError(f"{where} is a quantized checkpoint (config.json quantization_config, "
+                        f"quant_method {method}); llmc prunes floating-point weights: use the "
+                        "unquantized model")
     return config
 
 

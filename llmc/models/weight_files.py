@@ -64,8 +64,12 @@ def _no_weights_message(path: Path, shown: str, explicit: Optional[str]) -> str:
     if explicit:
         return (f"model.path '{shown}': config.json names its weights '{explicit}' "
                 "(transformers_weights), but there is no such file; restore it or fix config.json")
+    dangling = [name for name in PREFERENCE if (path / name).is_symlink()]
     hint = "copy the checkpoint's weight files into it"
-    if any(name.endswith(".gguf") for name in present):
+    if dangling:
+        hint = (f"{dangling[0]} is a link to a file that is not there (an interrupted hub "
+                "download leaves such links); download the checkpoint again")
+    elif any(name.endswith(".gguf") for name in present):
         hint = ("a GGUF file is not a Hugging Face checkpoint; convert it with transformers "
                 "(from_pretrained(..., gguf_file=...) then save_pretrained)")
     elif any(name.endswith(".safetensors") for name in present):
@@ -174,9 +178,14 @@ def check_weight_files(weights: WeightFiles, shown: str) -> Dict[str, Tuple[str,
     files (empty for .bin checkpoints, whose tensors are only known by loading them)."""
     tensors = {}
     for file in weights.files:
-        if file.name.endswith(".safetensors"):
-            tensors.update(read_safetensors_header(file, shown))
-        elif file.name.endswith(".bin"):
-            check_pytorch_file(file, shown)
+        try:
+            if file.name.endswith(".safetensors"):
+                tensors.update(read_safetensors_header(file, shown))
+            elif file.name.endswith(".bin"):
+                check_pytorch_file(file, shown)
+        except OSError as err:
+            raise LlmcError(f"model.path '{shown}': {file.name} cannot be read "
+                            f"({err.strerror or err}); check its permissions and the "
+                            "disk") from None
     return tensors
 

@@ -1,8 +1,8 @@
 """Bad models and checkpoints: each a single `llmc: error:` line naming the file, key or Linear
 and the fix, exit 2, nothing written; the ones knowable without weights stop before the tokenizer
-and data. Also NaN/inf in weights and in block outputs, N:M widths, sequence lengths against the
-position limit, the built-in model cache's verification, LLMC_CACHE, the model fingerprint."""
-import hashlib
+and data. Also NaN/inf in weights, block outputs and perplexity, N:M widths, and sequence lengths
+against the position limit. (The built-in model's cache and the fingerprint: test_model_cache.py.)
+"""
 import json
 import os
 import struct
@@ -18,8 +18,6 @@ from conftest import arch_model, error_line, save_model_dir, tiny_model
 from llmc.config import load_config
 from llmc.errors import LlmcError
 from llmc.models import preflight
-from llmc.models.builtin import BuiltinModel, resolve_model_path
-from llmc.models.fingerprint import model_fingerprint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -106,7 +104,7 @@ BROKEN = {
     "empty_directory": (lambda d: [f.unlink() for f in d.iterdir()],
                         ["has no config.json"], True),
     "config_not_json": (lambda d: (d / "config.json").write_text("{ nope"),
-                        ["config.json is not valid JSON"], True),
+                        ["config.json cannot be read as JSON"], True),
     "config_a_list": (lambda d: (d / "config.json").write_text("[1, 2]"),
                       ["config.json has no model_type"], True),
     "config_without_model_type": (lambda d: edit_json(d / "config.json", model_type=None),
@@ -115,10 +113,22 @@ BROKEN = {
                                 "supported model types: baichuan, bloom, llama"], True),
     "unknown_model_type": (lambda d: edit_json(d / "config.json", model_type="zebra"),
                            ["zebra checkpoint", "supported model types"], True),
+    "quantized_checkpoint": (lambda d: edit_json(d / "config.json", quantization_config={
+        "quant_method": "gptq", "bits": 4}), ["is a quantized checkpoint", "gptq"], True),
+    "peft_adapter_directory": (lambda d: [[f.unlink() for f in d.iterdir()],
+                                          (d / "adapter_config.json").write_text("{}")],
+                               ["has no config.json", "PEFT adapter"], True),
+    "hub_cache_folder": (lambda d: [[f.unlink() for f in d.iterdir()],
+                                    (d / "snapshots" / "abc").mkdir(parents=True)],
+                         ["has no config.json", "snapshots/<revision>"], True),
     "qwen2_config_as_llama": (lambda d: edit_json(d / "config.json", model_type="qwen2"),
                               ["qwen2 checkpoint; set model.type: Qwen2"], True),
     "no_weights": (lambda d: (d / "model.safetensors").unlink(),
                    ["holds no model weights", "model.safetensors"], True),
+    "weights_a_dangling_link": (lambda d: [(d / "model.safetensors").unlink(),
+                                           (d / "model.safetensors").symlink_to(d / "blobs" / "x")],
+                                ["holds no model weights", "model.safetensors is a link to a "
+                                 "file that is not there"], True),
     "unindexed_shard": (lambda d: (d / "model.safetensors").rename(d / "model-00001.safetensors"),
                         ["holds no model weights", "no model.safetensors.index.json"], True),
     "gguf_only": (lambda d: [(d / "model.safetensors").unlink(),
@@ -220,7 +230,7 @@ def test_nan_weight_in_block_1_names_the_parameter(method, run_config, cli):
     code, stderr = cli("--config", run_config, "--set", f"sparse.method={method}", *FAST)
     line = error_line(stderr)
     assert code == 2
-    assert "model.layers.1.mlp.up_proj.weight holds 1 NaN/inf value(s)" in line
+    assert "model.layers.1.mlp.up_proj.weight holds 1 NaN and 0 inf value(s)" in line
     assert "is corrupt" in line and str(model_path(run_config)) in line
     assert nothing_written(run_config)
 
@@ -229,7 +239,18 @@ def test_inf_in_the_embeddings_is_found_before_any_block(run_config, cli):
     edit_weights(model_path(run_config),
                  lambda w: w["model.embed_tokens.weight"].__setitem__((7, 0), float("inf")))
     code, stderr = cli("--config", run_config, *FAST)
-    assert code == 2 and "model.embed_tokens.weight holds 1 NaN/inf" in error_line(stderr)
+    line = error_line(stderr)
+    assert code == 2 and "model.embed_tokens.weight holds 0 NaN and 1 inf value(s)" in line
+    assert "is corrupt" in line and nothing_written(run_config)
+
+
+def test_weight_beyond_float16_range_suggests_float32(run_config, cli):
+    edit_weights(model_path(run_config),
+                 lambda w: w["model.layers.0.mlp.down_proj.weight"].__setitem__((1, 2), 1e6))
+    code, stderr = cli("--config", run_config, "--set", "model.torch_dtype=float16", *FAST)
+    line = error_line(stderr)
+    assert code == 2 and "model.layers.0.mlp.down_proj.weight holds 0 NaN and 1 inf" in line
+    assert "beyond torch.float16's range" in line and "model.torch_dtype: float32" in line
     assert nothing_written(run_config)
 
 
@@ -261,6 +282,20 @@ def test_float16_overflow_suggests_float32(run_config, cli):
     assert code == 2 and "block 1 (model.layers.1)" in line
     assert "set model.torch_dtype: float32" in line
     assert nothing_written(run_config)
+
+
+def test_float16_overflow_in_the_eval_is_not_reported_as_a_perplexity(run_config, cli):
+    def amplify(weights):
+        for name in ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"):
+            weights[f"model.layers.1.{name}.weight"] *= 1000
+
+    edit_weights(model_path(run_config), amplify)
+    # Magnitude needs no calibration forward: the pretrain evaluation is the first to run it.
+    code, stderr = cli("--config", run_config, "--set", "model.torch_dtype=float16",
+                       "--set", "sparse.method=Magnitude", "--set", "eval.eval_pos=[pretrain]")
+    line = error_line(stderr)
+    assert code == 2 and "the pretrain wikitext2 perplexity is" in line
+    assert "set model.torch_dtype: float32" in line and nothing_written(run_config)
 
 
 # ---------------------------------------------------------------- N:M and sequence lengths
@@ -333,115 +368,3 @@ def test_baichuan_rotary_is_limited_alibi_is_not(variant, limited, tmp_path, tin
             preflight(cfg, calibrates=True)
     else:
         assert preflight(cfg, calibrates=True).vocab_size == 300
-
-
-# ---------------------------------------------------------------- built-in cache, LLMC_CACHE
-
-
-@pytest.fixture
-def fake_builtin(tmp_path, tiny_tokenizer, monkeypatch):
-    """LLMC_CACHE in tmp_path, and the built-in model's conversion replaced by a tiny Llama;
-    returns the list of conversions made."""
-    monkeypatch.setenv("LLMC_CACHE", str(tmp_path / "cache"))
-    conversions = []
-
-    def convert(self, name, target):
-        conversions.append(name)
-        return tiny_model("llama"), tiny_tokenizer
-
-    monkeypatch.setattr(BuiltinModel, "convert", convert)
-    return conversions
-
-
-def rewrite(file: Path, data: bytes):
-    """Replace `file` by a new one (a new inode, as a re-download would make)."""
-    tmp = file.with_name(file.name + ".new")
-    tmp.write_bytes(data)
-    os.replace(tmp, file)
-
-
-def flip_a_byte(file: Path):
-    data = bytearray(file.read_bytes())
-    data[-1] ^= 0xFF
-    rewrite(file, bytes(data))
-
-
-@pytest.mark.parametrize("damage,why", [
-    (None, None),
-    (lambda d: (d / ".complete").unlink(), "incomplete (.complete is missing)"),
-    (lambda d: cut(d / "model.safetensors", lambda n: n - 1), "model.safetensors is"),
-    (lambda d: flip_a_byte(d / "model.safetensors"), "does not have the sha256"),
-    (lambda d: (d / "config.json").unlink(), "incomplete (config.json is missing)"),
-])
-def test_builtin_cache_is_verified_on_every_use(damage, why, fake_builtin):
-    from loguru import logger
-
-    entry = Path(resolve_model_path("builtin:smollm2-135m"))
-    assert fake_builtin == ["smollm2-135m"] and (entry / ".complete").exists()
-    manifest = json.loads((entry / ".complete").read_text())["files"]
-    assert manifest["model.safetensors"]["sha256"] == hashlib.sha256(
-        (entry / "model.safetensors").read_bytes()).hexdigest()
-    if damage is not None:
-        damage(entry)
-    warnings = []
-    sink = logger.add(warnings.append, level="WARNING")
-    try:
-        assert Path(resolve_model_path("builtin:smollm2-135m")) == entry
-    finally:
-        logger.remove(sink)
-    if damage is None:
-        assert fake_builtin == ["smollm2-135m"] and not warnings  # intact: used as it is
-    else:
-        assert fake_builtin == ["smollm2-135m"] * 2  # rebuilt, with a warning saying why
-        assert len(warnings) == 1 and why in warnings[0] and "converting it again" in warnings[0]
-        assert json.loads((entry / ".complete").read_text())["files"].keys() == manifest.keys()
-
-
-def test_llmc_cache_a_file(run_config, tmp_path, cli, monkeypatch):
-    (tmp_path / "cache-file").write_text("not a directory")
-    monkeypatch.setenv("LLMC_CACHE", str(tmp_path / "cache-file"))
-    code, stderr = cli("--config", run_config, "--set", "model.path=builtin:smollm2-135m", *FAST)
-    line = error_line(stderr)
-    assert code == 2
-    assert f"LLMC_CACHE '{tmp_path / 'cache-file'}' is a file, not a directory" in line
-    assert (tmp_path / "cache-file").read_text() == "not a directory"
-    assert nothing_written(run_config)
-
-
-def test_llmc_cache_below_a_file(run_config, tmp_path, cli, monkeypatch):
-    (tmp_path / "cache-file").write_text("x")
-    monkeypatch.setenv("LLMC_CACHE", str(tmp_path / "cache-file" / "llmc"))
-    code, stderr = cli("--config", run_config, "--set", "model.path=builtin:smollm2-135m", *FAST)
-    assert code == 2 and "cannot be created" in error_line(stderr)
-    assert "LLMC_CACHE" in error_line(stderr) and nothing_written(run_config)
-
-
-def test_llmc_cache_entry_not_writable(run_config, fake_builtin, cli):
-    # (the suite may run as root, whom no chmod stops: a file where the entry's folder must go)
-    cache = Path(os.environ["LLMC_CACHE"])
-    cache.mkdir()
-    (cache / "models").write_text("in the way")
-    code, stderr = cli("--config", run_config, "--set", "model.path=builtin:smollm2-135m", *FAST)
-    line = error_line(stderr)
-    assert code == 2 and fake_builtin == ["smollm2-135m"]
-    assert "could not write" in line and f"LLMC_CACHE '{cache}'" in line
-    assert (cache / "models").read_text() == "in the way" and nothing_written(run_config)
-
-
-# ---------------------------------------------------------------- fingerprint
-
-
-def test_fingerprint_hashes_every_weight_file(tmp_path):
-    single, sharded = tmp_path / "single", tmp_path / "sharded"
-    tiny_model("llama").save_pretrained(single)
-    shards = to_shards(sharded)
-    one = model_fingerprint(single)
-    assert one["files"] == {"model.safetensors": hashlib.sha256(
-        (single / "model.safetensors").read_bytes()).hexdigest()}
-    many = model_fingerprint(sharded)
-    assert set(many["files"]) == {"model.safetensors.index.json"} | {s.name for s in shards}
-    assert model_fingerprint(single) == one  # the same files, the same fingerprint
-    flip_a_byte(single / "model.safetensors")
-    changed = model_fingerprint(single)
-    assert changed["sha256"] != one["sha256"]
-    assert changed["files"]["model.safetensors"] != one["files"]["model.safetensors"]
