@@ -225,12 +225,21 @@ class Checkpoint:
         """Token ids the model's embedding has no row for would stop a forward with an
         IndexError (CPU) or a device assert (CUDA): refused here, after tokenizing."""
         for where, tensor in named_tensors:
-            if tensor.numel() and int(tensor.max()) >= self.vocab_size:
+            largest = int(tensor.max()) if tensor.numel() else -1
+            if largest >= self.vocab_size:
                 raise LlmcError(f"the tokenizer in model.path '{self.shown}' gives token id "
-                                f"{int(tensor.max())} on the {where} text, but the model has "
+                                f"{largest} on the {where} text, but the model has "
                                 f"only {self.vocab_size} token embeddings (config.json "
                                 "vocab_size): the tokenizer does not belong to these weights; "
                                 "use the checkpoint's own tokenizer files")
+
+
+def embedding_rows(skeleton, config) -> int:
+    """How many token ids the model has embeddings for."""
+    try:
+        return skeleton.get_input_embeddings().num_embeddings
+    except (AttributeError, NotImplementedError):  # remote code without the accessor
+        return config.vocab_size
 
 
 def seq_lens_in_use(cfg, calibrates: bool) -> Dict[str, int]:
@@ -248,7 +257,9 @@ def preflight(cfg, calibrates: bool) -> Checkpoint:
     config_json = read_config_json(model_cfg, path)
     model_type = config_json["model_type"]
     adapter, listed = adapter_for(model_cfg, model_type)
-    weights = find_weight_files(path, model_cfg.path, config_json.get("transformers_weights"))
+    explicit = config_json.get("transformers_weights")  # transformers reads this file instead
+    weights = find_weight_files(path, model_cfg.path,
+                                explicit if isinstance(explicit, str) else None)
     tensors = check_weight_files(weights, model_cfg.path)
     check_tokenizer_files(model_cfg, path)
 
@@ -267,7 +278,7 @@ def preflight(cfg, calibrates: bool) -> Checkpoint:
     check_shapes(model_cfg, adapter, skeleton, tensors)
     check_n_m(cfg.sparse.weight.n_m, block_linear_widths(adapter, skeleton))
     check_seq_lens(adapter, config, skeleton, seq_lens_in_use(cfg, calibrates))
-    vocab_size = skeleton.get_input_embeddings().num_embeddings
+    vocab_size = embedding_rows(skeleton, config)
     logger.info(f"checkpoint {model_cfg.path}: {model_type}, {len(adapter.get_blocks(skeleton))} "
                 f"blocks, weights in {', '.join(f.name for f in weights.all)}")
     return Checkpoint(path, model_cfg.path, weights, vocab_size)
