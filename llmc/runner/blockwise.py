@@ -111,11 +111,12 @@ def prune_blockwise(handle, method, plan, batches, device, sparsity_out=False,
                 statistics = GroupStatistics(block, handle.groups, method.needs, device)
                 finite = run_block(block, inputs, device, replace=not sparsity_out)
                 statistics.remove_hooks()
-                check_block_outputs(handle, index, finite)
             middle = time.perf_counter()
             prune_block(handle, block, index, method, plan, statistics)
             del statistics
             end = time.perf_counter()
+            if inputs is not None:  # after pruning, so a method's own finer diagnosis wins
+                check_block_outputs(handle, index, finite)
             if inputs is not None and sparsity_out:
                 check_block_outputs(handle, index, run_block(block, inputs, device, replace=True))
             timings["forward"] += (middle - start) + (time.perf_counter() - end)
