@@ -12,7 +12,7 @@ from .data import calib_batches, eval_tokens, token_ids_sha256, token_stream_sha
 from .eval import perplexity
 from .models import load_model, load_tokenizer, preflight
 from .errors import LlmcError
-from .provenance import run_record, utc_now
+from .provenance import InBackground, run_record, utc_now
 from .report import sparsity_report, unit_sparsity
 from .plot import plot_plan
 from .runner import Calibration, prune_blockwise, resolve_device
@@ -64,6 +64,7 @@ def run(cfg) -> dict:
                  if cfg.eval.eval_pos else {})
     checkpoint.check_token_ids([*(("calibration", b) for b in batches), *eval_sets.items()])
     handle = load_model(cfg.model)
+    model_sha256 = InBackground(checkpoint.fingerprint)  # read while the run computes
 
     results = {"config": cfg.to_dict(), "ppl": {}, "timings": {},
                "versions": record.pop("versions"), "run": record,
@@ -100,6 +101,7 @@ def run(cfg) -> dict:
     if cfg.save.save_trans:
         results["saved_model"] = str(save_model(handle.model, tokenizer, cfg.save.save_path))
     results["timings"]["total"] = time.perf_counter() - started
+    results["inputs"]["model"] = model_sha256.result()
     results["run"]["finished_utc"] = utc_now()
     write_results(cfg.save.save_path, results, results["config"])
     return results

@@ -6,6 +6,7 @@ installed) is recorded as null.
 import datetime
 import platform
 import subprocess
+import threading
 from importlib import metadata
 from pathlib import Path
 from typing import Optional
@@ -73,3 +74,25 @@ def run_record(device) -> dict:
     """The facts of this run's environment, for results.json."""
     return {"started_utc": utc_now(), "device": device_name(device),
             "platform": platform.platform(), "git": git_state(), "versions": versions()}
+
+
+class InBackground:
+    """`compute()` run on a daemon thread, for a record that only reads files (the input
+    model's sha256s: minutes of reading for a 70B checkpoint, off the run's critical path; a
+    daemon thread never holds up an interrupted run's exit). result() waits for it; a failure
+    (a file that vanished) is recorded, not raised: the record must not fail a run."""
+
+    def __init__(self, compute):
+        self._value = None
+        self._thread = threading.Thread(target=self._run, args=(compute,), daemon=True)
+        self._thread.start()
+
+    def _run(self, compute):
+        try:
+            self._value = compute()
+        except OSError as err:
+            self._value = {"error": f"{type(err).__name__}: {err}"}
+
+    def result(self):
+        self._thread.join()
+        return self._value

@@ -1,9 +1,12 @@
 """What results.json records, that it is strict JSON, and that a rerun reproduces the weights."""
 import datetime
 import json
+import hashlib
 import math
+from pathlib import Path
 
 import pytest
+import yaml
 from safetensors.torch import load_file
 
 from conftest import error_line
@@ -37,6 +40,9 @@ def test_results_record_where_and_with_what_the_run_ran(cli, run_config, tmp_pat
     assert len(inputs["calib_tokens_sha256"]) == 64
     assert list(inputs["eval_tokens_sha256"]) == ["wikitext2"]
     assert len(inputs["eval_tokens_sha256"]["wikitext2"]) == 64
+    model_dir = Path(yaml.safe_load(run_config.read_text())["model"]["path"])
+    weights = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
+    assert inputs["model"]["files"] == {"model.safetensors": weights}  # what sha256sum prints
     run = results["run"]
     assert run["device"].startswith("cpu")
     started = datetime.datetime.fromisoformat(run["started_utc"])
