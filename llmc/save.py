@@ -1,7 +1,6 @@
 """Outputs of one run, written into its staging directory (llmc.outputs gives the directory and
 commits it): the transformed model as a Hugging Face directory, results.json, the resolved config.
 """
-import json
 from pathlib import Path
 
 import yaml
@@ -9,6 +8,7 @@ from loguru import logger
 
 from .faults import pause_point
 from .files import give_plain_modes, write_text
+from .strict_json import dumps_strict
 
 MODEL_DIR = "transformed_model"
 RESULTS = "results.json"
@@ -33,6 +33,6 @@ def write_results(directory, results: dict, config: dict) -> Path:
     root = Path(directory).expanduser()
     write_text(root / CONFIG, yaml.safe_dump(config, sort_keys=False))
     pause_point("save:config-written")
-    write_text(root / RESULTS, json.dumps(results, indent=2))
+    write_text(root / RESULTS, dumps_strict(results))
     pause_point("save:results-written")
     return root / RESULTS

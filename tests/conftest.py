@@ -2,15 +2,16 @@
 import json
 import random
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
 import pytest
-
 import torch
 import yaml
+from loguru import logger
 
 from llmc.registry import MODELS
 
@@ -248,6 +249,10 @@ def cli(capsys):
 
     def run(*argv):
         code = main([str(a) for a in argv])
+        # main() logs to the sys.stderr it found, which is capsys's and closes with this test:
+        # log on to whatever sys.stderr is when a message comes.
+        logger.remove()
+        logger.add(lambda message: sys.stderr.write(message), level="INFO")
         return code, capsys.readouterr().err
 
     return run

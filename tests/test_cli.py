@@ -3,7 +3,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -105,12 +104,12 @@ def test_bad_config_fails_fast_as_a_process_and_keeps_existing_outputs(run_confi
     kept = tmp_path / "save" / "transformed_model"
     kept.mkdir(parents=True)
     (kept / "weights.bin").write_text("earlier run")
-    start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "llmc", "--config", str(run_config)],
                           capture_output=True, text=True)
-    assert time.perf_counter() - start < 10
     assert done.returncode == 2
-    assert "already exists" in done.stderr and "save.overwrite" in done.stderr
+    # Fast: refused before anything was loaded, so the error is all it printed (no log lines).
+    (line,) = done.stderr.strip().splitlines()
+    assert "already exists" in line and "save.overwrite" in line
     assert (kept / "weights.bin").read_text() == "earlier run"
 
 

@@ -4,6 +4,7 @@ Importing this package registers the datasets (DATASETS) and samplers (PREPROCS)
 config names. The two entry points:
   calib_batches(cfg.calib, tokenizer) -> calibration batches, each a LongTensor (bs, T)
   eval_tokens(name, cfg.eval, tokenizer) -> one evaluation token stream, LongTensor (1, N)
+and, for the record, token_ids_sha256(batches) / token_stream_sha256(tokens): digests of them.
 """
 from typing import List
 
@@ -15,9 +16,10 @@ from . import builtin_corpus, preproc, sources  # noqa: F401  (fills the registr
 from .builtin_corpus import builtin_split
 from .preproc import encode
 from .sources import DatasetSpec, HubSplit, load_local
+from .token_hash import token_ids_sha256, token_stream_sha256
 
 __all__ = ["calib_batches", "eval_tokens", "batch_windows", "builtin_split", "load_local",
-           "DatasetSpec", "HubSplit"]
+           "DatasetSpec", "HubSplit", "token_ids_sha256", "token_stream_sha256"]
 
 
 def calib_batches(cfg, tokenizer) -> List:
@@ -27,6 +29,7 @@ def calib_batches(cfg, tokenizer) -> List:
     sampler = PREPROCS.lookup(cfg.preproc, "calib.preproc")
     rows = spec.calib_rows(cfg.download, cfg.path)
     windows = sampler(rows, tokenizer, cfg.n_samples, cfg.seq_len, cfg.seed, spec.key)
+    check_windows(windows, cfg, sampler.variable_length)
     batches = batch_windows(windows, cfg.bs)
     lengths = sorted({w.shape[1] for w in windows})
     length_text = (f"{lengths[0]}" if len(lengths) == 1 else f"{lengths[0]}..{lengths[-1]}")
@@ -34,6 +37,23 @@ def calib_batches(cfg, tokenizer) -> List:
                 f"({sum(w.shape[1] for w in windows)} tokens) from '{cfg.name}' by "
                 f"{cfg.preproc}, in {len(batches)} batches")
     return batches
+
+
+def check_windows(windows, cfg, variable_length: bool) -> None:
+    """What the config asks for, or an LlmcError: calib.n_samples windows of calib.seq_len tokens
+    (1..seq_len for a variable-length sampler). Every sampler raises before it falls short;
+    this makes sure that a short result can never reach the pruning unnoticed."""
+    if len(windows) != cfg.n_samples:
+        raise LlmcError(f"preproc '{cfg.preproc}' made {len(windows)} calibration windows, not "
+                        f"calib.n_samples={cfg.n_samples}")
+    for index, window in enumerate(windows):
+        length = window.shape[-1] if window.dim() == 2 and window.shape[0] == 1 else None
+        fits = (length is not None and 1 <= length <= cfg.seq_len if variable_length
+                else length == cfg.seq_len)
+        if not fits:
+            raise LlmcError(f"preproc '{cfg.preproc}' made calibration window {index} of shape "
+                            f"{tuple(window.shape)}, not (1, {'1..' if variable_length else ''}"
+                            f"calib.seq_len={cfg.seq_len})")
 
 
 def batch_windows(windows, bs: int) -> List:

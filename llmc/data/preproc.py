@@ -12,15 +12,10 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
-from loguru import logger
-
 from ..errors import LlmcError
 from ..registry import PREPROCS
 
-# c4_gptq draws this many short documents in a row before it checks, once, that any document is
-# long enough at all (a check that never touches `random`, so the windows stay the reference's).
-TRIES_BEFORE_LENGTH_CHECK = 256
-SCAN_BATCH = 1000
+SCAN_BATCH = 1000  # documents per tokenizer call when c4_gptq counts the long ones
 
 
 @dataclass(frozen=True)
@@ -50,17 +45,39 @@ def encode(tokenizer, text, **kwargs):
 
 def random_windows(enc, n_samples, seq_len, what):
     """n_samples windows of seq_len tokens from the stream `enc` (1, T), starts drawn with
-    random.randint(0, T - seq_len - 1) as the references do (so T must exceed seq_len)."""
+    random.randint(0, T - seq_len - 1) as the references do (so T must exceed seq_len).
+
+    The windows may overlap, as the references' do, but the stream must hold n_samples *
+    seq_len tokens: with fewer, windows would repeat text of necessity, and the calibration
+    would see less distinct text than calib.n_samples asks for."""
     total = enc.shape[1]
-    if total <= seq_len:
-        raise LlmcError(f"{what} is only {total} tokens long, but a calibration window of "
-                        f"calib.seq_len={seq_len} tokens needs more than {seq_len}; lower "
-                        f"calib.seq_len or calibrate on more text")
+    if total <= seq_len or total < n_samples * seq_len:
+        raise LlmcError(f"{what} is only {total} tokens long: "
+                        + _too_short_fix(total, n_samples, seq_len))
     windows = []
     for _ in range(n_samples):
         start = random.randint(0, total - seq_len - 1)
         windows.append(enc[:, start:start + seq_len])
     return windows
+
+
+def _too_short_fix(total, n_samples, seq_len):
+    """What a stream of `total` tokens can give instead, and the settings that would fit."""
+    most = total // seq_len if total > seq_len else 0  # windows the stream holds
+    longest = total - 1 if n_samples == 1 else total // n_samples  # seq_len that would fit
+    fixes = []
+    if most:
+        fixes.append(f"lower calib.n_samples to at most {most}")
+    if longest >= 1:
+        fixes.append(f"lower calib.seq_len to at most {longest}")
+    fixes.append("calibrate on more text")
+    why = ""
+    if total > seq_len:  # long enough for one window, too short for n_samples
+        why = (" (windows are drawn at random and may overlap, but from a shorter stream they "
+               "would repeat its text of necessity)")
+    return (f"room for {most} windows of calib.seq_len={seq_len} tokens, but calib.n_samples="
+            f"{n_samples} needs {max(n_samples * seq_len, seq_len + 1)} tokens{why}; "
+            f"{', or '.join(fixes)}")
 
 
 def _windows_of_joined_rows(separator):
@@ -87,41 +104,45 @@ def c4_gptq(dataset, tokenizer, n_samples, seq_len, seed, key):
     """Per window: draw documents until one is longer than seq_len tokens (strictly, as
     SparseGPT / Wanda), then a random window inside it."""
     random.seed(seed)
-    if len(dataset) == 0:
-        raise LlmcError("the calibration data has no rows")
-    some_document_is_long = False
+    _require_long_documents(dataset, tokenizer, n_samples, seq_len, key)
     windows = []
     for _ in range(n_samples):
-        tries = 0
         while True:
             index = random.randint(0, len(dataset) - 1)
             enc = encode(tokenizer, dataset[index][key])
             if enc.shape[1] > seq_len:
-                some_document_is_long = True
                 break
-            tries += 1
-            if tries == TRIES_BEFORE_LENGTH_CHECK and not some_document_is_long:
-                _require_a_long_document(dataset, tokenizer, seq_len, key)
-                some_document_is_long = True
         start = random.randint(0, enc.shape[1] - seq_len - 1)
         windows.append(enc[:, start:start + seq_len])
     return windows
 
 
-def _require_a_long_document(dataset, tokenizer, seq_len, key):
-    """Scan the rows (batched, stopping at the first hit) for one longer than seq_len tokens."""
-    logger.info(f"c4_gptq: {TRIES_BEFORE_LENGTH_CHECK} documents in a row were too short; "
-                f"checking that any of the {len(dataset)} is longer than {seq_len} tokens")
-    longest = 0
+def _require_long_documents(dataset, tokenizer, n_samples, seq_len, key):
+    """That at least n_samples documents are longer than seq_len tokens: with none, the
+    reference's draw loop never ends; with fewer, its windows repeat documents of necessity.
+
+    The rows are scanned in file order, in batches, only until n_samples long ones are found
+    (about as many documents as the draws themselves tokenize), and `random` is not touched,
+    so the windows stay the reference's."""
+    need = (f"c4_gptq needs at least calib.n_samples={n_samples} documents longer than "
+            f"calib.seq_len={seq_len} tokens (it cuts one window from each document it draws; "
+            f"from fewer, windows would repeat documents of necessity)")
+    if len(dataset) < n_samples:
+        raise LlmcError(f"{need}, but the calibration data has only {len(dataset)} rows; lower "
+                        f"calib.n_samples to at most {len(dataset)}, or add documents")
+    found, longest = 0, 0
     for begin in range(0, len(dataset), SCAN_BATCH):
         texts = dataset[begin:begin + SCAN_BATCH][key]
         lengths = [len(ids) for ids in tokenizer(texts, verbose=False).input_ids]
+        found += sum(length > seq_len for length in lengths)
         longest = max([longest, *lengths])
-        if longest > seq_len:
+        if found >= n_samples:
             return
-    raise LlmcError(f"c4_gptq needs documents longer than calib.seq_len={seq_len} tokens, but the "
-                    f"longest of the {len(dataset)} calibration documents has {longest}; lower "
-                    f"calib.seq_len or use a preproc that joins documents (e.g. wikitext2_gptq)")
+    fixes = [f"lower calib.n_samples to at most {found}"] if found else []
+    fixes += ["lower calib.seq_len", "add long documents",
+              "use a preproc that joins documents (e.g. wikitext2_gptq)"]
+    raise LlmcError(f"{need}, but only {found} of the {len(dataset)} calibration documents are "
+                    f"(the longest has {longest} tokens); {', or '.join(fixes)}")
 
 
 def _first_rows_of_shuffle(dataset, tokenizer, n_samples, seq_len, key, min_len, name):

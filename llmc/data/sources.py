@@ -7,16 +7,16 @@ holds the text and how to get its calibration rows and its evaluation rows. Rows
 `datasets` is imported inside functions so that `import llmc.data` (which fills the registries
 that config validation reads) stays light.
 """
-import os
-import tempfile
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import Optional
 
 from loguru import logger
 
 from ..errors import LlmcError
 from ..registry import DATASETS
 from .builtin_corpus import builtin_split
+from .local_files import LOCAL_FORMATS, load_local
+from .text_column import check_text_column
 
 # Which split of a local DatasetDict each role reads, in order of preference (the references
 # calibrate on 'train' and evaluate on 'test', c4 on 'validation').
@@ -63,11 +63,14 @@ class DatasetSpec:
             return builtin_split(role)
         if download:
             rows = load_hub(self.hub_calib if role == "calib" else self.hub_eval, self.name, role)
-            return _require_column(rows, self.key, f"the hub copy of '{self.name}'")
+            return check_text_column(rows, self.key, f"the hub copy of '{self.name}'")
         if not path:
             raise LlmcError(f"{role}.path is not set for dataset '{self.name}'; point it at a "
                             f"local copy (or set {role}.download: True)")
-        return load_local(path, self.key, CALIB_SPLITS if role == "calib" else EVAL_SPLITS)
+        try:
+            return load_local(path, self.key, CALIB_SPLITS if role == "calib" else EVAL_SPLITS)
+        except LlmcError as err:  # say which setting points at the bad data
+            raise LlmcError(f"{role}.path: {err}") from err
 
 
 def _register(spec: DatasetSpec) -> None:
@@ -117,120 +120,3 @@ def load_hub(split: Optional[HubSplit], name: str, role: str):
             f"access to the hub. Put a local copy on disk instead (a save_to_disk directory or "
             f"a {', '.join(LOCAL_FORMATS)} file), set {role}.path to it and "
             f"{role}.download: False") from err
-
-
-# ---------------------------------------------------------------- local copies
-
-
-def load_local(path: str, key: str, split_preference: Tuple[str, ...] = CALIB_SPLITS):
-    """Rows of a local copy as a datasets.Dataset, in file order, checked to have column `key`.
-
-    `path` is a save_to_disk directory (a Dataset, or a DatasetDict whose split is chosen by
-    `split_preference`, else its only split) or a file in one of LOCAL_FORMATS.
-    """
-    path = os.path.expanduser(str(path))
-    if not os.path.exists(path):
-        raise LlmcError(f"dataset path '{path}' does not exist")
-    if os.path.isdir(path):
-        rows = _load_saved(path, split_preference)
-    else:
-        reader = _reader_for(path)
-        try:
-            rows = reader(path, key)
-        except LlmcError:
-            raise
-        except Exception as err:  # a malformed file: say which file, keep the parser's words
-            raise LlmcError(f"could not read '{path}': {type(err).__name__}: "
-                            f"{str(err)[:300]}") from err
-    rows = _require_column(rows, key, f"'{path}'")
-    logger.info(f"loaded {len(rows)} rows from '{path}'")
-    return rows
-
-
-def _require_column(rows, key, where):
-    if key not in rows.column_names:
-        raise LlmcError(f"{where} has no text column '{key}'; its columns are: "
-                        f"{', '.join(rows.column_names) or '(none)'}")
-    return rows
-
-
-def _load_saved(path, split_preference):
-    from datasets import DatasetDict, load_from_disk
-
-    try:
-        saved = load_from_disk(path)
-    except FileNotFoundError as err:
-        raise LlmcError(f"'{path}' is a directory but not one written by datasets' save_to_disk "
-                        f"({err}); point at such a directory or at a "
-                        f"{', '.join(LOCAL_FORMATS)} file") from err
-    if not isinstance(saved, DatasetDict):
-        return saved
-    for split in split_preference:
-        if split in saved:
-            return saved[split]
-    if len(saved) == 1:
-        return next(iter(saved.values()))
-    raise LlmcError(f"'{path}' holds splits {', '.join(saved)}, none of which is "
-                    f"{' or '.join(split_preference)}; save the split you want on its own")
-
-
-def _reader_for(path):
-    name = os.path.basename(path).lower()
-    for suffix, reader in _READERS:
-        if name.endswith(suffix):
-            return reader
-    raise LlmcError(f"'{path}': unknown file format; supported are a save_to_disk directory or a "
-                    f"file ending in {', '.join(LOCAL_FORMATS)}")
-
-
-def _read_json(path, key):
-    # JSON lines or a JSON array; .json.gz is unpacked by datasets. Row order is kept.
-    from datasets import load_dataset
-
-    return load_dataset("json", data_files=os.path.abspath(path), split="train")
-
-
-def _read_jsonl_zst(path, key):
-    # Decompressed here (zstandard) to a temporary JSON-lines file that datasets parses into
-    # memory, so nothing the size of the decompressed file is left in any cache.
-    import zstandard
-    from datasets import load_dataset
-
-    with tempfile.TemporaryDirectory(prefix="llmc-zst-") as tmp:
-        plain = os.path.join(tmp, "rows.jsonl")
-        with open(path, "rb") as src, open(plain, "wb") as dst:
-            zstandard.ZstdDecompressor().copy_stream(src, dst)
-        return load_dataset("json", data_files=plain, split="train", keep_in_memory=True,
-                            cache_dir=os.path.join(tmp, "cache"))
-
-
-def _read_parquet(path, key):
-    from datasets import load_dataset
-
-    return load_dataset("parquet", data_files=os.path.abspath(path), split="train")
-
-
-def _read_txt(path, key):
-    # One record per line, line ending stripped; empty lines stay as empty records, so a row
-    # index means the same line as in the file. A final line ending does not start a record.
-    from datasets import Dataset
-
-    with open(path, encoding="utf-8") as f:  # universal newlines: \r\n and \r become \n
-        text = f.read()
-    lines = text.split("\n")
-    if text.endswith("\n") or not text:
-        lines.pop()
-    return Dataset.from_dict({key: lines})
-
-
-# Longest suffix first, so that '.json.gz' is not taken for something else.
-_READERS = (
-    (".jsonl.zst", _read_jsonl_zst),
-    (".json.gz", _read_json),
-    (".jsonl.gz", _read_json),
-    (".jsonl", _read_json),
-    (".json", _read_json),
-    (".parquet", _read_parquet),
-    (".txt", _read_txt),
-)
-LOCAL_FORMATS = tuple(suffix for suffix, _ in _READERS)

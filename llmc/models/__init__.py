@@ -3,3 +3,4 @@ from . import baichuan, bloom, builtin, llama, opt, qwen2  # noqa: F401  (regist
 from .adapter import Adapter  # noqa: F401
 from .handle import ModelHandle  # noqa: F401
 from .loading import load_model, load_tokenizer  # noqa: F401
+from .preflight import preflight  # noqa: F401

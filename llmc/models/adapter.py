@@ -2,7 +2,7 @@
 and which Linears of a block share one input (its input groups, in forward order). It knows no
 method."""
 from dataclasses import dataclass
-from typing import Any, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch.nn as nn
 from loguru import logger
@@ -27,25 +27,52 @@ class Adapter:
     # (config attribute, value) set before the model is built, where a checkpoint's setting would
     # hide a Linear's input from the statistics hooks (BLOOM's slow_but_exact).
     config_overrides: Tuple[Tuple[str, Any], ...] = ()
+    # The longest sequence the model's positions cover: the config attributes that hold it, the
+    # first one a config has wins (max_position_embeddings). Empty where positions have no limit
+    # (ALiBi: BLOOM).
+    position_limit: Tuple[str, ...] = ()
+    # Where one table covers variants with and without such a limit (Baichuan: rotary 7B, ALiBi
+    # 13B): the module, relative to a block, that only the limited variants have.
+    position_limit_module: Optional[str] = None
 
     def get_blocks(self, model) -> nn.ModuleList:
         return model.get_submodule(self.blocks)
 
-    def _present(self, model, names):
+    @staticmethod
+    def present(model, names) -> List[Tuple[str, nn.Module]]:
+        """(name, module) of those of `names` the model has (absent and None ones skipped)."""
         found = []
         for name in names:
             try:
-                found.append(model.get_submodule(name))
+                found.append((name, model.get_submodule(name)))
             except AttributeError:
                 continue
         return found
 
     def pre_block_modules(self, model):
-        return self._present(model, self.pre_blocks)
+        return [module for _, module in self.present(model, self.pre_blocks)]
 
     def post_block_modules(self, model):
         """The modules after the last block (final norm, projections, head), in order."""
-        return self._present(model, self.post_blocks)
+        return [module for _, module in self.present(model, self.post_blocks)]
+
+    def position_limit_of(self, config, model) -> Optional[Tuple[str, int]]:
+        """(config attribute, value) bounding the sequence length `model` (built from `config`)
+        can take, or None where its positions have no limit."""
+        if self.position_limit_module is not None:
+            try:
+                self.get_blocks(model)[0].get_submodule(self.position_limit_module)
+            except (AttributeError, IndexError):
+                return None
+        for key in self.position_limit:
+            value = getattr(config, key, None)
+            if isinstance(value, int) and value > 0:
+                return key, value
+        if self.position_limit:
+            logger.warning(f"model.type {self.name}: the config has none of "
+                           f"{', '.join(self.position_limit)}, so sequence lengths are not "
+                           "checked against the model's position limit")
+        return None
 
     def check_remote_code_allowed(self, allowed: bool) -> None:
         """Refuse, before any of its code runs, a checkpoint llmc was not allowed to run code of."""
@@ -69,7 +96,17 @@ class Adapter:
     def check(self, model):
         """Every Linear in every block must be in exactly one input group, so none escapes pruning."""
         listed = set(self.linear_names())
-        for index, block in enumerate(self.get_blocks(model)):
+        try:
+            blocks = self.get_blocks(model)
+        except AttributeError:
+            raise LlmcError(f"model.type {self.name}: the model ({type(model).__name__}) has no "
+                            f"{self.blocks}, where {self.name} models keep their blocks; this "
+                            f"checkpoint is not a {self.name} model (set model.type to its "
+                            "architecture)") from None
+        if len(blocks) == 0:
+            raise LlmcError(f"model.type {self.name}: the model has no decoder blocks "
+                            "(num_hidden_layers is 0 in its config.json); nothing to prune")
+        for index, block in enumerate(blocks):
             present = {n for n, m in block.named_modules() if isinstance(m, nn.Linear)}
             if present != listed:
                 raise LlmcError(

@@ -24,4 +24,8 @@ MODELS.register("Baichuan")(Adapter(
         ("mlp.down_proj",),
     ),
     trust_remote_code=True,
+    # The rotary variants' configs say their length as max_position_embeddings (published 7B
+    # checkpoints) or model_max_length; the ALiBi variant (13B) has no rotary module and no limit.
+    position_limit=("max_position_embeddings", "model_max_length"),
+    position_limit_module="self_attn.rotary_emb",
 ))

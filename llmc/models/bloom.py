@@ -22,4 +22,5 @@ MODELS.register("Bloom")(Adapter(
     # F.linear over weight slices, which the statistics hooks on those Linears never see. The
     # single Linear call computes the same product (summed in one go instead of by slices).
     config_overrides=(("slow_but_exact", False),),
+    # ALiBi: no position table or rotation, so no length limit (position_limit stays empty).
 ))

@@ -6,14 +6,18 @@ here (`block_on`, `pre_blocks_on`, `post_blocks_on`, `whole_on`), and each moves
 to the CPU when it exits, also on an error. A handle whose weights stay on disk until needed (a
 meta-device skeleton filled from safetensors only while a block is on the device) can then
 materialise a part on entry and release it on exit without any caller changing.
+
+The same context managers check a part's weights for NaN/inf the first time it is on hand (once
+per part: a corrupt checkpoint stops the run naming the parameter, instead of pruning garbage).
 """
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Dict, Iterator, List, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Set, Tuple
 
 import torch
 import torch.nn as nn
 
+from ..errors import LlmcError
 from .adapter import Adapter
 
 
@@ -23,6 +27,8 @@ class ModelHandle:
     blocks, pre-/post-block modules and input groups are."""
     model: nn.Module
     adapter: Adapter
+    # Names of the parts (blocks, pre-/post-block modules) whose weights were found finite.
+    _finite: Set[str] = field(default_factory=set, init=False, repr=False)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -73,28 +79,64 @@ class ModelHandle:
         """Block `index` on `device` for the duration; back on the CPU afterwards."""
         block = self.block(index)
         with _on(device, [block]):
+            self._check_finite([(self.block_path(index), block)])
             yield block
 
     @contextmanager
     def pre_blocks_on(self, device) -> Iterator[List[nn.Module]]:
         """The modules the model runs before block 0 (embeddings, ...), in order, on `device`."""
-        modules = self.adapter.pre_block_modules(self.model)
+        named = self.adapter.present(self.model, self.adapter.pre_blocks)
+        modules = [module for _, module in named]
         with _on(device, modules):
+            self._check_finite(named)
             yield modules
 
     @contextmanager
     def post_blocks_on(self, device) -> Iterator[List[nn.Module]]:
         """The modules the model runs after the last block (final norm, head), in order, on
         `device`."""
-        modules = self.adapter.post_block_modules(self.model)
+        named = self.adapter.present(self.model, self.adapter.post_blocks)
+        modules = [module for _, module in named]
         with _on(device, modules):
+            self._check_finite(named)
             yield modules
 
     @contextmanager
     def whole_on(self, device) -> Iterator[nn.Module]:
         """The whole model on `device` (whole-model eval, the loss Hessian)."""
         with _on(device, [self.model]):
+            self._check_finite(self.adapter.present(self.model, self.adapter.pre_blocks)
+                               + [(self.block_path(i), self.block(i))
+                                  for i in range(self.num_blocks)]
+                               + self.adapter.present(self.model, self.adapter.post_blocks))
             yield self.model
+
+    def _check_finite(self, named_parts) -> None:
+        """NaN/inf in the weights of a part not yet checked is an LlmcError naming the
+        parameter: nothing computed from it would mean anything. Read-only; one reduction per
+        tensor and one device sync per part."""
+        for part, module in named_parts:
+            if part in self._finite:
+                continue
+            params = list(module.named_parameters())
+            if params and not bool(torch.stack([torch.isfinite(p).all() for _, p in params]).all()):
+                name, bad = next((n, p) for n, p in params if not torch.isfinite(p).all())
+                raise LlmcError(f"the weight {part}.{name} holds {_not_finite(bad)}: "
+                                f"{self._why_not_finite(bad)}")
+            self._finite.add(part)
+
+    def _why_not_finite(self, tensor) -> str:
+        source = getattr(self.model.config, "_name_or_path", "") or "the checkpoint"
+        if tensor.dtype in (torch.float16, torch.bfloat16) and not torch.isnan(tensor).any():
+            return (f"the checkpoint '{source}' holds values beyond {tensor.dtype}'s range, which "
+                    "became inf when loaded in it; set model.torch_dtype: float32")
+        return f"the checkpoint '{source}' is corrupt; download or convert it again"
+
+
+def _not_finite(tensor) -> str:
+    nan = int(torch.isnan(tensor).sum())
+    inf = int(torch.isinf(tensor).sum())
+    return f"{nan} NaN and {inf} inf value(s) (of {tensor.numel()})"
 
 
 @contextmanager

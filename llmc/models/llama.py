@@ -14,4 +14,5 @@ LLAMA = MODELS.register("Llama")(Adapter(
         ("mlp.gate_proj", "mlp.up_proj"),
         ("mlp.down_proj",),
     ),
+    position_limit=("max_position_embeddings",),  # rotary: trained up to this length
 ))

@@ -21,4 +21,5 @@ MODELS.register("OPT")(Adapter(
         ("fc1",),
         ("fc2",),
     ),
+    position_limit=("max_position_embeddings",),  # learned positions: a table this long
 ))

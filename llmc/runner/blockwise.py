@@ -24,13 +24,34 @@ from .stats import GroupStatistics
 
 
 @torch.no_grad()
-def run_block(block, inputs, device, replace: bool):
+def run_block(block, inputs, device, replace: bool) -> torch.Tensor:
     """Forward every batch of `inputs` through `block`; with `replace`, each batch's output takes
-    the place of its input (so activations are held once, not twice)."""
+    the place of its input (so activations are held once, not twice). Returns whether every
+    output was finite, as a bool tensor on `device` (read without a sync per batch)."""
+    finite = torch.ones((), dtype=torch.bool, device=device)
     for index, (hidden, (args, kwargs)) in enumerate(zip(inputs.hidden, inputs.calls)):
         out = block_output(block(hidden.to(device), *args, **kwargs))
+        finite &= torch.isfinite(out).all()
         if replace:
             inputs.hidden[index] = out.to(hidden.device)
+    return finite
+
+
+def check_block_outputs(handle, index, finite: torch.Tensor) -> None:
+    """A block whose calibration outputs hold NaN/inf (its weights were checked finite on the
+    way in) poisons every block after it: stop, naming it and the likely cause."""
+    if bool(finite):
+        return
+    dtype = handle.dtype
+    if dtype == torch.float16:
+        cause = ("its activations overflow float16 (largest value 65504); set "
+                 "model.torch_dtype: float32 (or bfloat16)")
+    else:
+        cause = (f"its weights are finite, so the model overflows {str(dtype).split('.')[-1]} "
+                 "on these inputs: the checkpoint holds values far outside a trained model's "
+                 "range (corrupt, or not the model it claims to be)")
+    raise LlmcError(f"block {index} ({handle.block_path(index)}) gave NaN/inf outputs on the "
+                    f"calibration windows: {cause}")
 
 
 @torch.no_grad()
@@ -88,14 +109,16 @@ def prune_blockwise(handle, method, plan, batches, device, sparsity_out=False,
             statistics = None
             if inputs is not None:
                 statistics = GroupStatistics(block, handle.groups, method.needs, device)
-                run_block(block, inputs, device, replace=not sparsity_out)
+                finite = run_block(block, inputs, device, replace=not sparsity_out)
                 statistics.remove_hooks()
             middle = time.perf_counter()
             prune_block(handle, block, index, method, plan, statistics)
             del statistics
             end = time.perf_counter()
+            if inputs is not None:  # after pruning, so a method's own finer diagnosis wins
+                check_block_outputs(handle, index, finite)
             if inputs is not None and sparsity_out:
-                run_block(block, inputs, device, replace=True)
+                check_block_outputs(handle, index, run_block(block, inputs, device, replace=True))
             timings["forward"] += (middle - start) + (time.perf_counter() - end)
             timings["prune"] += end - middle
     return timings
@@ -112,8 +135,9 @@ def measure_blockwise(handle, needs, batches, device, measure, offload="auto") -
     for index in tqdm(range(handle.num_blocks), desc="measuring blocks"):
         with handle.block_on(index, device) as block:
             statistics = GroupStatistics(block, handle.groups, needs, device)
-            run_block(block, inputs, device, replace=True)  # dense outputs feed the next block
+            finite = run_block(block, inputs, device, replace=True)  # feeds the next block
             statistics.remove_hooks()
+            check_block_outputs(handle, index, finite)
             measured.append(measure(index, block, statistics))
             del statistics
     return measured

@@ -11,7 +11,13 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise LlmcError(f"base.device is {name} but no CUDA GPU is visible; set base.device: auto "
                         "or cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and \
+            device.index >= torch.cuda.device_count():
+        raise LlmcError(f"base.device is {name} but only {torch.cuda.device_count()} CUDA GPU(s) "
+                        f"are visible (cuda:0 to cuda:{torch.cuda.device_count() - 1}); choose one "
+                        "of them or set base.device: auto")
+    return device
 
 
 def to_device(value, device):

@@ -116,15 +116,29 @@ def test_c4_matches_reference_and_only_picks_documents_longer_than_seq_len(tiny_
                    for s in range(len(enc) - seq_len + 1))
 
 
-def test_c4_rare_long_document_is_still_found_with_reference_draws(tiny_tokenizer, monkeypatch):
-    # More short draws in a row than the guard allows: the guard scans, finds the one long
-    # document and sampling goes on with exactly the reference's random draws.
-    monkeypatch.setattr(preproc, "TRIES_BEFORE_LENGTH_CHECK", 5)
+def test_c4_rare_long_documents_are_still_found_with_reference_draws(tiny_tokenizer,
+                                                                     monkeypatch):
+    # As many long documents as windows, among many short ones: the count of long documents
+    # (batched, in file order, drawing nothing) leaves exactly the reference's random draws.
+    monkeypatch.setattr(preproc, "SCAN_BATCH", 7)
     texts = ["short."] * 80
-    texts[57] = text_of(50, 1)
+    for i in (12, 57, 79):
+        texts[i] = text_of(50, i)
     data = rows(texts)
     got = preproc.c4_gptq(data, tiny_tokenizer, 3, 16, 0, "text")
     assert_same_windows(got, reference_c4(data, tiny_tokenizer, 3, 16, 0))
+
+
+def test_c4_with_fewer_long_documents_than_windows_raises_with_the_count(tiny_tokenizer):
+    # The reference would cut the 4 windows from 2 documents (or loop for ever with none).
+    texts = ["short."] * 30
+    texts[3], texts[20] = text_of(50, 3), text_of(50, 20)
+    with pytest.raises(LlmcError) as err:
+        preproc.c4_gptq(rows(texts), tiny_tokenizer, 4, 16, 0, "text")
+    message = str(err.value)
+    assert "only 2 of the 30" in message and "calib.n_samples to at most 2" in message
+    with pytest.raises(LlmcError, match="only 5 rows"):
+        preproc.c4_gptq(rows(texts[:5]), tiny_tokenizer, 6, 16, 0, "text")
 
 
 def test_c4_without_long_documents_raises_instead_of_looping(tiny_tokenizer):

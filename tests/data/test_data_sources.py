@@ -76,6 +76,17 @@ def test_txt_keeps_empty_lines_and_strips_only_line_endings(tmp_path):
         "first", "", "  second  ", "last without newline"]
 
 
+def test_json_keeps_raw_control_characters_and_skips_blank_lines(tmp_path):
+    # JSON forbids a raw tab inside a string; datasets read one in an array, llmc reads it in
+    # both layouts. A UTF-8 byte-order mark and blank lines (also '\r\n' ones) are no rows.
+    lines = tmp_path / "tabs.jsonl"
+    lines.write_bytes(b'\xef\xbb\xbf{"text": "a\tb"}\r\n\r\n\n{"text": "c"}')
+    array = tmp_path / "tabs.json"
+    array.write_bytes(b'[{"text": "a\tb"},\n {"text": "c"}]')
+    for path in (lines, array):
+        assert list(load_local(str(path), "text")["text"]) == ["a\tb", "c"]
+
+
 def test_other_key_column_is_read(tmp_path):
     paths = write_all_formats(tmp_path, TEXTS, key="sentence")
     assert list(load_local(str(paths[".jsonl"]), "sentence")["sentence"]) == TEXTS

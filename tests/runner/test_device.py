@@ -22,6 +22,11 @@ def test_resolve_device(monkeypatch):
     assert resolve_device("auto") == torch.device("cpu")
     with pytest.raises(LlmcError, match="no CUDA GPU is visible"):
         resolve_device("cuda:0")
+    monkeypatch.setattr(device_module.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(device_module.torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(LlmcError, match="cuda:3 but only 2 CUDA GPU.*cuda:0 to cuda:1"):
+        resolve_device("cuda:3")
 
 
 def test_to_device_walks_nested_values():
