@@ -7,10 +7,12 @@ file), 130 Ctrl-C.
 """
 import argparse
 import sys
+import threading
 
 from loguru import logger
 
 from .errors import LlmcError
+from .failure import bug_report, environment_failure, thread_failure
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")  # loguru's
 
@@ -54,6 +56,7 @@ def main(argv=None) -> int:
         return done.code if isinstance(done.code, int) else (0 if done.code is None else 2)
     logger.remove()
     logger.add(sys.stderr, level=args.log_level)
+    threading.excepthook, previous_hook = thread_failure, threading.excepthook
     try:
         from .config import load_config
 
@@ -67,8 +70,8 @@ def main(argv=None) -> int:
         print("llmc: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # not the input: the machine, or a bug in llmc
-        from .failure import bug_report, environment_failure
-
         known = environment_failure(err)
         return _fail(known or bug_report(err, args.log_level in ("TRACE", "DEBUG")), 1)
+    finally:
+        threading.excepthook = previous_hook
     return 0

@@ -68,6 +68,20 @@ def write_traceback(err: BaseException) -> Optional[str]:
     return path
 
 
+def thread_failure(hook_args) -> None:
+    """threading.excepthook for the CLI: a thread's uncaught exception (a bug: the background
+    record catches what the machine can do to it) as one warning line, not a traceback."""
+    from loguru import logger
+
+    err = hook_args.exc_value
+    if err is None or isinstance(err, SystemExit):
+        return
+    path = write_traceback(err)
+    thread = hook_args.thread.name if hook_args.thread else "a thread"
+    logger.warning(f"{thread} failed: {type(err).__name__}: {' '.join(str(err).split())} — a bug "
+                   f"in llmc; the traceback was written to {path}; please report it")
+
+
 def bug_report(err: BaseException, show_traceback: bool) -> str:
     """The one line for an unexpected exception; writes (and maybe prints) its traceback."""
     if show_traceback:

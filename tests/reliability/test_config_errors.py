@@ -13,7 +13,6 @@ import yaml
 
 from conftest import error_line
 from llmc.config import load_config
-from llmc.errors import ConfigError
 
 
 def _no_run_started(run_config):
@@ -309,3 +308,26 @@ def test_ctrl_c_still_exits_130(cli, run_config, failing_run):
     failing_run(KeyboardInterrupt())
     code, stderr = cli("--config", run_config)
     assert code == 130 and stderr.strip().endswith("llmc: interrupted")
+
+
+def test_a_thread_that_fails_is_one_warning_line(cli, run_config, monkeypatch, tmp_path):
+    import threading
+
+    import llmc.pipeline
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def run(cfg):  # as a background record whose reader hits a bug
+        worker = threading.Thread(target=lambda: {}["sha256"], name="model-hash")
+        worker.start()
+        worker.join()
+    monkeypatch.setattr(llmc.pipeline, "run", run)
+    hook = threading.excepthook
+    code, stderr = cli("--config", run_config)
+    assert code == 0 and "Traceback" not in stderr
+    path = tmp_path / f"llmc-traceback-{os.getpid()}.txt"
+    assert (f"model-hash failed: KeyError: 'sha256' — a bug in llmc; the traceback was written "
+            f"to {path}") in stderr
+    assert "KeyError: 'sha256'" in path.read_text()
+    assert threading.excepthook is hook  # main put back the hook it found
+
