@@ -12,14 +12,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-import yaml
-
 from .config_io import (apply_override, build, field_default, parse_yaml, to_dict,  # noqa: F401
                         yaml_key)
+from .config_yaml import read_config_file
 from .errors import ConfigError
 from .registry import BUILTIN_MODELS, DATASETS, METHODS, MODELS, PREPROCS, closest
 
 EVAL_POSITIONS = ("pretrain", "transformed")
+SEED_LIMIT = 2 ** 32  # numpy.random.seed takes [0, 2^32)
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
@@ -192,8 +192,15 @@ def _check_path(path, key, what):
         raise ConfigError(f"{key}: '{path}' does not exist; point it at {what}")
 
 
+def check_seed(seed: int, key: str) -> None:
+    """A seed every generator llmc seeds accepts (numpy's is the narrowest)."""
+    if not 0 <= seed < SEED_LIMIT:
+        raise ConfigError(f"{key} must be an integer in [0, 2^32), got {seed}")
+
+
 def validate(cfg: Config) -> Config:
     """Everything checkable without loading a model or data. Raises one ConfigError."""
+    check_seed(cfg.base.seed, "base.seed")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.base.device):
         raise ConfigError(f"base.device '{cfg.base.device}' must be auto, cpu, cuda or cuda:N")
     if cfg.base.offload_activations not in (True, False, "auto"):
@@ -226,6 +233,7 @@ def _validate_calib(cfg):
         raise ConfigError(f"calib.type '{calib.type}': only 'txt' calibration data is supported")
     spec = DATASETS.lookup(calib.name, "calib.name")
     PREPROCS.lookup(calib.preproc, "calib.preproc")  # a Sampler (llmc.data.preproc)
+    check_seed(calib.seed, "calib.seed")
     if calib.n_samples < 1:
         raise ConfigError(f"calib.n_samples must be >= 1, got {calib.n_samples}")
     if calib.seq_len < 1:
@@ -257,6 +265,15 @@ def _validate_eval(cfg):
         return
     if not ev.names:
         raise ConfigError("eval.name is empty; name at least one dataset or set eval_pos: []")
+    repeated = sorted({name for name in ev.names if ev.names.count(name) > 1})
+    if repeated:  # one result per name: the second evaluation would overwrite the first
+        raise ConfigError(f"eval.name lists '{repeated[0]}' more than once; list it once")
+    if isinstance(ev.path, dict):
+        for name in ev.path:  # a misspelt name would be ignored, its dataset left without a path
+            if name not in DATASETS:
+                raise ConfigError(f"eval.path has an entry for '{name}', which is no dataset"
+                                  f"{closest(name, DATASETS)}; known: "
+                                  f"{', '.join(sorted(DATASETS))}")
     for name in ev.names:
         spec = DATASETS.lookup(name, "eval.name")
         if not spec.supports_eval:
@@ -300,16 +317,19 @@ def validate_sparse(sp: SparseCfg) -> SparseCfg:
 
 
 def _refuse_settings_not_in_effect(sp: SparseCfg) -> None:
-    """A setting of another method, given a value other than its default, would be silently
-    ignored (e.g. wbits: 4 with Wanda quantizes nothing): an error naming who uses it. At its
-    default it changes nothing, so configs shared between methods keep working."""
+    """A setting the config gives that the chosen method does not read would be silently
+    ignored (e.g. wbits: 4 with Wanda quantizes nothing, use_variant: true with SparseGPT), so it
+    is an error naming who uses it, whatever its value: config.yml records the settings in
+    effect, and a run's config should say nothing it did not do."""
     used = sp.in_effect()
     declared = declared_settings()
-    for key, value in sp.settings.items():
-        _, f, users = declared[key]
-        if key not in used and value != field_default(f):
-            raise ConfigError(f"sparse.{key} is a setting of {' and '.join(users)}; "
-                              f"{sp.method} does not use it: remove it, or set sparse.method to "
+    parts = [part.__name__ for part in sp.parts()]
+    chosen = sp.method if parts == [sp.method] else f"{sp.method} (over {', '.join(parts[1:])})"
+    for key in sp.settings:
+        users = declared[key][2]
+        if key not in used:
+            raise ConfigError(f"sparse.{key} is a setting of {' and '.join(users)}; {chosen} "
+                              f"does not use it: remove it, or set sparse.method to "
                               f"{' or '.join(users)}")
 
 
@@ -326,18 +346,21 @@ def load_config(path: Optional[str] = None, overrides=(), raw: Optional[dict] = 
     """Read YAML `path` (or take `raw`), apply overrides, build and validate a Config. The
     registries (methods, model types, datasets, samplers) fill themselves on first use."""
     if raw is None:
-        if path is None:
+        if not path:
             raise ConfigError("no config given; pass --config FILE.yml")
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file '{path}' does not exist")
-        with open(path) as f:
-            try:
-                raw = parse_yaml(f.read())
-            except yaml.YAMLError as err:
-                raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from None
-    raw = raw or {}
+        raw = read_config_file(path)
+        if raw is None:
+            raise ConfigError(f"config file '{path}' holds no settings (it is empty or only "
+                              "comments); start from one in configs/sparse/")
     if not isinstance(raw, dict):
-        raise ConfigError(f"config '{path}' must be a mapping of sections (base, model, ...)")
+        raise ConfigError(f"config '{path}' must be a mapping of sections (base, model, calib, "
+                          f"eval, sparse, save) at its top level, got {_kind(raw)}")
     for assignment in overrides:
-        apply_override(raw, assignment)
+        apply_override(raw, assignment, schema=Config)
     return validate(build(Config, raw))
+
+
+def _kind(value) -> str:
+    if isinstance(value, list):
+        return "a list"
+    return f"the {type(value).__name__} {value!r}"

@@ -1,14 +1,13 @@
-"""Reading a config: YAML text (anchors work, `2:4` stays a string), `--set a.b=c` overrides,
-and the typed build of nested dataclasses with one clear error per wrong key or type. It knows
-no schema: llmc.config defines the dataclasses and validates them; methods declare their own
-settings with `setting()`."""
+"""Reading a config: `--set a.b=c` overrides on the raw values (the YAML text itself is read by
+llmc.config_yaml), and the typed build of nested dataclasses with one clear error per wrong key
+or type. It knows no schema: llmc.config defines the dataclasses and validates them; methods
+declare their own settings with `setting()`."""
 import dataclasses
-import re
+import math
 import typing
 from typing import Dict, List, Optional, Union
 
-import yaml
-
+from .config_yaml import parse_yaml
 from .errors import ConfigError
 from .registry import closest
 
@@ -53,44 +52,79 @@ def to_dict(value):
     return value
 
 
-# ---------------------------------------------------------------- YAML
+# ---------------------------------------------------------------- --set overrides
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader without YAML 1.1 base-60 integers, so `sparsity_type: 2:4` stays the string '2:4'."""
+def _shown(text: str) -> str:
+    """`text` on one printable line: control characters and bytes the shell could not decode
+    are written as escapes (\\x00, \\udcff)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-_Loader.yaml_implicit_resolvers = {
-    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:int"]
-    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:int",
-    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
-    list("-+0123456789"),
-)
+def schema_hint(cls, keys):
+    """The type hint of the key at dotted path `keys` in dataclass `cls` (a method key typed by
+    its declaration), or None where the path leaves the schema (build names unknown keys)."""
+    hint = cls
+    for key in keys:
+        if not dataclasses.is_dataclass(hint):
+            return None
+        extra = extra_keys_field(hint)
+        fields = {yaml_key(f): f.name for f in dataclasses.fields(hint) if f is not extra}
+        declared = extra.metadata["extra_keys"]() if extra else {}
+        if key in fields:
+            hint = typing.get_type_hints(hint)[fields[key]]
+        elif key in declared:
+            hint = declared[key]
+        else:
+            return None
+    return hint
 
 
-def parse_yaml(text: str):
-    return yaml.load(text, Loader=_Loader)
-
-
-def apply_override(raw: dict, assignment: str) -> None:
-    """Apply one `a.b.c=value` to the raw dict; the value is parsed as YAML."""
+def apply_override(raw: dict, assignment: str, schema=None) -> None:
+    """Apply one `a.b.c=value` to the raw dict; the value is parsed as YAML. With `schema` (the
+    Config dataclass) a section is never replaced: a mapping given for it is merged key by key
+    into what the file set, and null is refused (it would reset the whole section silently)."""
+    where = f"--set '{_shown(assignment)}'"
     if "=" not in assignment:
-        raise ConfigError(f"--set '{assignment}' must look like section.key=value")
-    dotted, value = assignment.split("=", 1)
-    keys = dotted.strip().split(".")
+        raise ConfigError(f"{where} must look like section.key=value, e.g. "
+                          "sparse.weight.sparsity=0.6")
+    dotted, text = assignment.split("=", 1)
+    keys = [key.strip() for key in dotted.split(".")]
     if not all(keys):
-        raise ConfigError(f"--set '{assignment}': empty key in '{dotted}'")
+        raise ConfigError(f"{where}: empty key in '{_shown(dotted)}'; write section.key=value, "
+                          "e.g. sparse.weight.sparsity=0.6")
+    value = parse_yaml(text, where) if text.strip() else None
     node = raw
-    for key in keys[:-1]:
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set '{assignment}': '{key}' is a value, not a section")
+    for depth, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:  # absent, or a section left empty in the file (`sparse:`)
+            child = node[key] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"{where}: '{'.'.join(keys[:depth + 1])}' is a value, not a "
+                              "section with keys inside")
         node = child
-    node[keys[-1]] = parse_yaml(value) if value.strip() else None
+    _assign(node, keys, value, schema, where)
 
+
+def _assign(node: dict, keys, value, schema, where) -> None:
+    hint = schema_hint(schema, keys) if schema is not None else None
+    if not dataclasses.is_dataclass(hint):
+        node[keys[-1]] = value
+        return
+    dotted = ".".join(str(k) for k in keys)
+    if value is None:
+        example = yaml_key(dataclasses.fields(hint)[0])
+        raise ConfigError(f"{where}: {dotted} is a section; null would silently reset all of it "
+                          f"to the defaults. Set the keys inside it instead, e.g. "
+                          f"--set {dotted}.{example}=...")
+    if not isinstance(value, dict):
+        node[keys[-1]] = value  # build says it must be a mapping
+        return
+    section = node.get(keys[-1])
+    if not isinstance(section, dict):
+        section = node[keys[-1]] = {}
+    for key, inner in value.items():
+        _assign(section, list(keys) + [key], inner, schema, where)
 
 # ---------------------------------------------------------------- typed build
 
@@ -122,10 +156,18 @@ def _check_type(value, hint, where):
             return value
     elif hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not -2 ** 63 <= value < 2 ** 63:  # torch and numpy take 64-bit integers
+                raise ConfigError(f"{where} {value} is out of range (64-bit integers only)")
             return value
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond any float
+                number = math.inf
+            if not math.isfinite(number):  # nan passes every `<` check silently
+                raise ConfigError(f"{where} must be a finite number, got {value}")
+            return number
     elif hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

@@ -142,7 +142,8 @@ def test_sparsegpt_keys_are_checked(raw, overrides, message):
     (["sparse.base=OWL"], "sparse.base 'OWL' must be one of Magnitude, SparseGPT, Wanda"),
     (["sparse.owl.granularity=block"], "granularity 'block' must be one of layer, linear"),
     (["sparse.owl.M=0"], "M must be > 0"),
-    (["sparse.base=Magnitude", "sparse.wbits=4"], "wbits is a setting of .*OWL does not use it"),
+    (["sparse.base=Magnitude", "sparse.wbits=4"],
+     r"wbits is a setting of .*OWL \(over Magnitude\) does not use it"),
     (["sparse.base=SparseGPT", "sparse.blocksize=0"], "sparse.blocksize must be >= 1"),
 ])
 def test_owl_keys_are_checked(raw, overrides, message):

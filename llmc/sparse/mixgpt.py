@@ -81,7 +81,7 @@ class SensitivityCfg:
                               "trace")
     cache: bool = setting(True, "keep the traces in `save_path/sensitivity.json` and reuse them "
                           "when model weights, windows and these settings match")
-    seed: int = setting(0, "seeds the Rademacher probes")
+    seed: int = setting(0, "seeds the Rademacher probes; in [0, 2^32)")
 
 
 @dataclass
@@ -128,6 +128,9 @@ class MixGPT(SparseGPT):
                 raise ConfigError(f"sparse.mixgpt.sensitivity: n_samples and max_iter must be "
                                   f">= 1 and tol >= 0, got {sens.n_samples}, {sens.max_iter}, "
                                   f"{sens.tol}")
+            if not 0 <= sens.seed < 2 ** 32:  # as base.seed, so one seed works everywhere
+                raise ConfigError(f"sparse.mixgpt.sensitivity.seed must be an integer in "
+                                  f"[0, 2^32), got {sens.seed}")
 
     def __init__(self, sparse_cfg):
         super().__init__(sparse_cfg)

@@ -36,12 +36,16 @@ def test_composed_methods_use_the_settings_of_each_part():
     assert build_method(mixgpt).settings.wbits == 4  # MixGPT is SparseGPT's pass: its keys too
 
 
-def test_another_methods_key_is_refused_unless_it_is_at_its_default():
-    assert sparse_config(method="Wanda", blocksize=128).method == "Wanda"  # harmless: default
+def test_another_methods_key_is_refused_even_at_its_default():
+    # set explicitly, a key the method does not read would be ignored whatever its value
+    with pytest.raises(ConfigError, match="sparse.blocksize is a setting of MixGPT and SparseGPT; "
+                                          "Wanda does not use it"):
+        sparse_config(method="Wanda", blocksize=128)
     with pytest.raises(ConfigError, match="sparse.use_variant is a setting of Wanda; SparseGPT "
                                           "does not use it"):
-        sparse_config(method="SparseGPT", use_variant=True)
-    with pytest.raises(ConfigError, match="sparse.blocksize is a setting of .*OWL does not"):
+        sparse_config(method="SparseGPT", use_variant=False)
+    with pytest.raises(ConfigError,
+                       match=r"sparse.blocksize is a setting of .*OWL \(over Wanda\) does not"):
         sparse_config(method="OWL", base="Wanda", blocksize=64)
 
 
