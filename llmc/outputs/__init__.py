@@ -17,7 +17,8 @@ from .commit import StagedRun
 from .layout import OUTPUT_NAMES, Layout
 from .leftovers import adopt_legacy_outputs, check_existing, clean_leftovers
 from .lock import LockFile
-from .probe import make_save_path, os_errors_name_the_save_path, prove_writable, reason
+from .probe import (make_save_path, os_errors_name_the_save_path, prove_writable, reason,
+                    remove_if_empty)
 
 __all__ = ["open_run", "StagedRun", "Layout", "OUTPUT_NAMES"]
 
@@ -33,10 +34,14 @@ def _under(path, root) -> bool:
 def open_run(save_cfg):
     """Yields the run's StagedRun once the save path is proven usable and locked."""
     layout = Layout.of(save_cfg.save_path)
-    make_save_path(layout)
+    made = make_save_path(layout)
     lock = LockFile(layout)
-    with os_errors_name_the_save_path(layout):
-        lock.acquire()
+    try:
+        with os_errors_name_the_save_path(layout):
+            lock.acquire()
+    except LlmcError:
+        remove_if_empty(made)
+        raise
     try:
         prove_writable(layout)  # holding the lock: no other run's cleanup takes its probe file
         with os_errors_name_the_save_path(layout):
@@ -60,3 +65,4 @@ def open_run(save_cfg):
             staged.discard()
     finally:
         lock.release()
+        remove_if_empty(made)  # only what is still empty: nothing once a run has committed

@@ -28,13 +28,29 @@ def os_errors_name_the_save_path(layout: Layout):
                         f"({reason(err)}); {FIX}") from None
 
 
-def make_save_path(layout: Layout) -> None:
+def make_save_path(layout: Layout) -> list:
+    """Make save_path (with its parents) and .llmc; returns the directories this made, deepest
+    first, so a run that commits nothing can remove them again (remove_if_empty)."""
     if layout.root.exists() and not layout.root.is_dir():
         raise LlmcError(f"save.save_path '{layout.root}' is a file, not a directory; choose "
                         "another path")
+    made = [path for path in (layout.root, *layout.root.parents) if not os.path.lexists(path)]
     with os_errors_name_the_save_path(layout):
         layout.root.mkdir(parents=True, exist_ok=True)
         layout.state.mkdir(exist_ok=True)
+    return [layout.runs, layout.state, *made]
+
+
+def remove_if_empty(directories) -> None:
+    """rmdir each directory, deepest first, stopping at the first that is not empty (or gone,
+    or not ours to remove): a refused or failed run leaves no empty save path behind."""
+    for path in directories:
+        try:
+            os.rmdir(path)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return
 
 
 def prove_writable(layout: Layout) -> None:
