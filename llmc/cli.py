@@ -1,9 +1,9 @@
 """`python -m llmc --config FILE.yml [--set key.path=value ...]` (also the `llmc` command).
 
 Every failure ends as one `llmc: error: ...` line on stderr and an exit code:
-2 the input (config, --set, the command line, a model or data file: an LlmcError, or argparse),
-1 the environment (out of memory, disk full, permission) or a bug in llmc (traceback saved to a
-file), 130 Ctrl-C (SIGINT), 143 SIGTERM (each with one `llmc: interrupted (SIG...)` line; the
+2 what the user can fix: the input (config, --set, the command line, a model or data file: an
+LlmcError, or argparse) or the machine (out of memory, disk full, permission); 1 a bug in llmc
+(traceback saved to a file), 130 Ctrl-C (SIGINT), 143 SIGTERM (each with one `llmc: interrupted (SIG...)` line; the
 run's staging directory removed and its lock released, docs/outputs.md).
 """
 import argparse
@@ -88,8 +88,10 @@ def main(argv=None) -> int:
         print("llmc: interrupted (SIGTERM)", file=sys.stderr)
         return 128 + signal.SIGTERM
     except Exception as err:  # not the input: the machine, or a bug in llmc
-        known = environment_failure(err)
-        return _fail(known or bug_report(err, args.log_level in ("TRACE", "DEBUG")), 1)
+        known = environment_failure(err)  # the user can act on it, as on bad input: exit 2
+        if known:
+            return _fail(known, 2)
+        return _fail(bug_report(err, args.log_level in ("TRACE", "DEBUG")), 1)
     finally:
         threading.excepthook = previous_hook
         if in_main_thread:  # as it was (pytest runs main in-process)

@@ -1,7 +1,7 @@
 """Bad configs and command lines, as a new user writes them: each is one `llmc: error:` line
 naming the key, file or option and the fix, exit 2, and no run started (nothing under
-save_path). Failures that are not the input's (out of memory, a full disk, a bug) are one line
-too, exit 1."""
+save_path). Failures of the machine (out of memory, a full disk) are one line too, exit 2 (the
+user can act on them as on bad input); a bug is one line, exit 1."""
 import errno
 import os
 import re
@@ -283,7 +283,7 @@ def failing_run(monkeypatch, tmp_path):
 def test_environment_failures_are_one_line(cli, run_config, failing_run, tmp_path, error, message):
     failing_run(error)
     code, stderr = cli("--config", run_config)
-    assert code == 1
+    assert code == 2
     assert message in error_line(stderr)
     assert not list((tmp_path / "tmp").iterdir())  # no bug report for the machine's failure
 
