@@ -9,6 +9,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
+from conftest import error_line
 from llmc.cli import main
 
 
@@ -107,9 +108,10 @@ def test_bad_config_fails_fast_as_a_process_and_keeps_existing_outputs(run_confi
     done = subprocess.run([sys.executable, "-m", "llmc", "--config", str(run_config)],
                           capture_output=True, text=True)
     assert done.returncode == 2
-    # Fast: refused before anything was loaded, so the error is all it printed (no log lines).
-    (line,) = done.stderr.strip().splitlines()
+    # Fast: refused before anything was loaded, so it logged nothing (no loguru line).
+    line = error_line(done.stderr)
     assert "already exists" in line and "save.overwrite" in line
+    assert not [text for text in done.stderr.splitlines() if " | INFO " in text], done.stderr
     assert (kept / "weights.bin").read_text() == "earlier run"
 
 
