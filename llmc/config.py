@@ -248,9 +248,26 @@ def _validate_calib(cfg):
         if not method.calibrates(cfg.sparse):
             return  # the method uses no calibration data (e.g. Magnitude): nothing to check
         method.check_calibration(cfg.sparse, calib)
+    _refuse_unread_path("calib", calib.name, spec.needs_path, calib.path, calib.download)
     if spec.needs_path and not calib.download:
         _check_path(calib.path, "calib.path", f"a local copy of '{calib.name}' "
                     "(or set calib.download: True)")
+
+
+def _refuse_unread_path(section, names, needs_path, path, download, key=None):
+    """A path the run would not read is a config that says what the run did not do: the user
+    believes the data comes from that file."""
+    key = key or f"{section}.path"
+    if path is None:
+        return
+    if not needs_path:
+        raise ConfigError(f"{key} is set to '{path}' but {section}.name '{names}' reads no file "
+                          "(the built-in corpus); set the name to the dataset the file holds "
+                          f"(c4, wikitext2, ptb{', pileval' if section == 'calib' else ''}) or "
+                          f"remove {key}")
+    if download:
+        raise ConfigError(f"{key} is set to '{path}' but {section}.download: True reads the "
+                          f"hub copy instead; remove one of them")
 
 
 def _validate_eval(cfg):
@@ -274,6 +291,13 @@ def _validate_eval(cfg):
                 raise ConfigError(f"eval.path has an entry for '{name}', which is no dataset"
                                   f"{closest(name, DATASETS)}; known: "
                                   f"{', '.join(sorted(DATASETS))}")
+    reading = [name for name in ev.names if DATASETS.lookup(name, "eval.name").needs_path]
+    if isinstance(ev.path, dict):
+        for name, path in ev.path.items():
+            _refuse_unread_path("eval", name, DATASETS[name].needs_path, path, ev.download,
+                                f"eval.path.{name}")
+    else:
+        _refuse_unread_path("eval", ", ".join(ev.names), bool(reading), ev.path, ev.download)
     for name in ev.names:
         spec = DATASETS.lookup(name, "eval.name")
         if not spec.supports_eval:

@@ -331,3 +331,21 @@ def test_a_thread_that_fails_is_one_warning_line(cli, run_config, monkeypatch, t
     assert "KeyError: 'sha256'" in path.read_text()
     assert threading.excepthook is hook  # main put back the hook it found
 
+
+
+@pytest.mark.parametrize("assignment, expected", [
+    ("calib.name=builtin", "calib.path is set to '{calib}' but calib.name 'builtin' reads no file"),
+    ("calib.download=true", "calib.path is set to '{calib}' but calib.download: True reads the "
+                            "hub copy instead"),
+    ("eval.name=builtin", "eval.path is set to '{eval}' but eval.name 'builtin' reads no file"),
+    ("eval.download=true", "eval.path is set to '{eval}' but eval.download: True reads the hub"),
+])
+def test_a_data_path_the_run_would_not_read_is_refused(cli, run_config, tmp_path, assignment,
+                                                       expected):
+    # The user believes the data comes from that file: running on other data would be a silent
+    # wrong result.
+    code, stderr = cli("--config", run_config, "--set", assignment)
+    assert code == 2
+    paths = {"calib": tmp_path / "calib.jsonl", "eval": tmp_path / "wikitext2.jsonl"}
+    assert expected.format(**paths) in error_line(stderr)
+    assert not (tmp_path / "save").exists()
