@@ -1,6 +1,7 @@
 """The save path and its outputs (docs/outputs.md): the lock, the writability probe, the one commit
 point under SIGKILL at every named instant of the save and at random file-system operations,
-SIGTERM/SIGINT, leftovers of killed runs, file modes, and outputs of the layout before .llmc.
+SIGTERM/SIGINT, leftovers of killed runs and file modes (outputs of the layout before .llmc:
+test_outputs_legacy.py).
 
 Runs that must be signalled or killed are real processes (llmc_child: forked from a forkserver
 that imported llmc once); everything else calls the CLI in-process."""
@@ -14,19 +15,11 @@ import subprocess
 import time
 
 import pytest
-import yaml
-from safetensors.torch import load_file
 
 import llmc_child
 from conftest import error_line
+from saved_run import FAST, NO_MODEL, OVERWRITE, OWL, assert_clean, committed, seed
 from llmc.outputs.lock import proc_start_ticks
-
-FAST = ("--set", "eval.eval_pos=[]")
-OWL = ("--set", "sparse.method=OWL", "--set", "sparse.weight.sparsity=0.7",
-       "--set", "sparse.owl.lambda=0.1")  # a per-layer plan: writes plan.png
-NO_MODEL = ("--set", "save.save_trans=false")
-OVERWRITE = ("--set", "save.overwrite=true")
-OUTPUT_NAMES = {"results.json", "config.yml", "plan.png", "transformed_model"}
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "forkserver_started")
 
@@ -36,43 +29,6 @@ def forkserver_started():
     """Start the forkserver first thing: it imports llmc while the in-process tests (first in
     this file) run, so the real-process tests (last) need not wait for it."""
     llmc_child.forkserver()
-
-
-def seed(n):
-    return ("--set", f"base.seed={n}")
-
-
-def committed(save) -> dict:
-    """What a reader following the top-level names sees, asserted to be exactly one complete
-    run: results.json of the run `current` names, its config.yml, plan.png and the model (whose
-    zeros are that run's) present exactly when that run wrote them. Returns its results."""
-    run_id = os.path.basename(os.readlink(save / ".llmc" / "current"))
-    results = json.loads((save / "results.json").read_text())
-    assert results["run_id"] == run_id
-    assert yaml.safe_load((save / "config.yml").read_text()) == results["config"]
-    assert (save / "plan.png").exists() == ("plan_plot" in results)
-    model = save / "transformed_model"
-    assert model.exists() == ("saved_model" in results)
-    if model.exists():
-        weights = load_file(model / "model.safetensors")
-        for name, fraction in results["sparsity"]["per_linear"].items():
-            weight = weights[f"{name}.weight"]
-            assert int((weight == 0).sum()) / weight.numel() == fraction, name
-        assert json.loads((model / "config.json").read_text())["model_type"] == "llama"
-        assert (model / "tokenizer.json").exists()
-    return results
-
-
-def assert_clean(save) -> None:
-    """Nothing but the committed run: no lock, no other run directory, no temporaries, every
-    top-level output a link that resolves."""
-    run_id = os.path.basename(os.readlink(save / ".llmc" / "current"))
-    assert sorted(os.listdir(save / ".llmc")) == ["current", "runs"]
-    assert os.listdir(save / ".llmc" / "runs") == [run_id]
-    top = set(os.listdir(save)) - {".llmc", "sensitivity.json"}
-    assert top <= OUTPUT_NAMES, top
-    for name in top:
-        assert os.readlink(save / name) == f".llmc/current/{name}" and (save / name).exists()
 
 
 def start_child(run_config, tmp_path, *args, env=None, kill_at_op=None):
@@ -244,75 +200,6 @@ def test_overwrite_without_save_trans_leaves_no_model(cli, run_config, tmp_path)
     results = committed(save)
     assert results["config"]["base"]["seed"] == 2 and "saved_model" not in results
     assert not os.path.lexists(save / "transformed_model")
-    assert_clean(save)
-
-
-# ---------------------------------------------------------------- the layout before .llmc
-
-
-def test_outputs_of_an_older_llmc_are_refused_then_replaced_and_leftovers_removed(
-        cli, run_config, tmp_path):
-    save = tmp_path / "save"
-    (save / "transformed_model").mkdir(parents=True)
-    (save / "transformed_model" / "weights.bin").write_text("old model")
-    for name in ("results.json", "config.yml", "plan.png"):
-        (save / name).write_text(f"old {name}")
-    leftovers = [save / name for name in (".results.json.k3x9", ".config.yml.abcd",
-                                          ".sensitivity.json.q1", ".transformed_model.tmp-zz")]
-    for path in leftovers[:3]:
-        path.write_text("partial")
-    leftovers[3].mkdir()
-    (save / "sensitivity.json").write_text("MixGPT's cache")
-    (save / ".llmc" / "scratch").mkdir(parents=True)
-    (save / ".llmc" / "scratch" / "resume").write_text("resume state")
-
-    code, stderr = cli("--config", run_config, *FAST)
-    assert code == 2 and f"'{save / 'results.json'}' already exists" in error_line(stderr)
-    assert not any(os.path.lexists(path) for path in leftovers)
-    assert (save / "results.json").read_text() == "old results.json"
-    assert (save / "transformed_model" / "weights.bin").read_text() == "old model"
-
-    code, stderr = cli("--config", run_config, *FAST, *OVERWRITE)
-    assert code == 0, stderr
-    committed(save)
-    assert not os.path.lexists(save / "plan.png")  # the old run's, gone with it
-    assert (save / "sensitivity.json").read_text() == "MixGPT's cache"
-    assert (save / ".llmc" / "scratch" / "resume").read_text() == "resume state"
-    assert sorted(os.listdir(save / ".llmc")) == ["current", "runs", "scratch"]
-    assert len(os.listdir(save / ".llmc" / "runs")) == 1
-
-
-def test_a_model_moved_aside_by_an_older_llmc_killed_mid_replace_is_restored(cli, run_config,
-                                                                            tmp_path):
-    save = tmp_path / "save"
-    (save / ".transformed_model.old-77").mkdir(parents=True)
-    (save / ".transformed_model.old-77" / "weights.bin").write_text("previous model")
-    (save / "results.json").write_text("previous results")
-    code, stderr = cli("--config", run_config, *FAST)
-    assert code == 2 and "already exists" in error_line(stderr)
-    assert (save / "transformed_model" / "weights.bin").read_text() == "previous model"
-    assert not os.path.lexists(save / ".transformed_model.old-77")
-    assert not os.path.lexists(save / ".llmc")  # a refused run leaves no empty .llmc behind
-
-
-def test_an_adoption_killed_halfway_is_finished_by_the_next_run(cli, run_config, tmp_path):
-    """A kill while old outputs were being moved under .llmc: `current` names the legacy run
-    directory, results.json is already in it without its link, config.yml still at the top."""
-    save = tmp_path / "save"
-    legacy = save / ".llmc" / "runs" / "legacy-20200101T000000Z"
-    legacy.mkdir(parents=True)
-    (legacy / "results.json").write_text("old results")
-    os.symlink("runs/legacy-20200101T000000Z", save / ".llmc" / "current")
-    (save / "config.yml").write_text("old config")
-
-    code, stderr = cli("--config", run_config, *FAST)
-    assert code == 2 and "already exists" in error_line(stderr)
-    assert (save / "results.json").read_text() == "old results"  # linked again
-    assert (save / "config.yml").read_text() == "old config"
-
-    code, stderr = cli("--config", run_config, *FAST, *OVERWRITE)
-    assert code == 0, stderr
-    committed(save)
     assert_clean(save)
 
 
