@@ -11,7 +11,7 @@ from .data import calib_batches, eval_tokens, token_ids_sha256, token_stream_sha
 from .eval import perplexity
 from .models import load_model, load_tokenizer, preflight
 from .errors import LlmcError
-from .provenance import InBackground, run_record, utc_now
+from .provenance import InBackground, run_record, utc_now, versions
 from .report import sparsity_report, unit_sparsity
 from .plot import plot_plan
 from .runner import Calibration, prune_blockwise, resolve_device
@@ -62,13 +62,14 @@ def prune_and_record(cfg, out) -> dict:
     device = resolve_device(cfg.base.device)
     record = run_record(device)
     method = build_method(cfg.sparse)
+    calibrates = method.calibrates(cfg.sparse)
 
     # The checkpoint's cheap checks (no weights loaded), then data before the model: a problem
     # with either should surface before the slow part. (Calibration sampling seeds its own RNG
     # and tokenizing the eval text draws none: the order is free.)
-    checkpoint = preflight(cfg, method.calibrates(cfg.sparse))
+    checkpoint = preflight(cfg, calibrates)
     tokenizer = load_tokenizer(cfg.model)
-    batches = calib_batches(cfg.calib, tokenizer) if method.calibrates(cfg.sparse) else []
+    batches = calib_batches(cfg.calib, tokenizer) if calibrates else []
     eval_sets = ({name: eval_tokens(name, cfg.eval, tokenizer) for name in cfg.eval.names}
                  if cfg.eval.eval_pos else {})
     checkpoint.check_token_ids([*(("calibration", b) for b in batches), *eval_sets.items()])
@@ -76,7 +77,7 @@ def prune_and_record(cfg, out) -> dict:
     model_sha256 = InBackground(checkpoint.fingerprint)  # read while the run computes
 
     results = {"run_id": out.run_id, "config": cfg.to_dict(), "ppl": {}, "timings": {},
-               "versions": record.pop("versions"), "run": record,
+               "versions": versions(), "run": record,
                "inputs": {"calib_tokens_sha256": token_ids_sha256(batches) if batches else None,
                           "eval_tokens_sha256": {name: token_stream_sha256(tokens)
                                                  for name, tokens in eval_sets.items()}}}

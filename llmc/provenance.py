@@ -71,9 +71,9 @@ def device_name(device) -> str:
 
 
 def run_record(device) -> dict:
-    """The facts of this run's environment, for results.json."""
+    """Where and when this run ran, for results.json's `run` (its software: versions())."""
     return {"started_utc": utc_now(), "device": device_name(device),
-            "platform": platform.platform(), "git": git_state(), "versions": versions()}
+            "platform": platform.platform(), "git": git_state()}
 
 
 class InBackground:

@@ -12,7 +12,7 @@ per part: a corrupt checkpoint stops the run naming the parameter, instead of pr
 """
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Set, Tuple
+from typing import ContextManager, Dict, Iterator, List, Set, Tuple
 
 import torch
 import torch.nn as nn
@@ -82,20 +82,19 @@ class ModelHandle:
             self._check_finite([(self.block_path(index), block)])
             yield block
 
-    @contextmanager
-    def pre_blocks_on(self, device) -> Iterator[List[nn.Module]]:
+    def pre_blocks_on(self, device) -> ContextManager[List[nn.Module]]:
         """The modules the model runs before block 0 (embeddings, ...), in order, on `device`."""
-        named = self.adapter.present(self.model, self.adapter.pre_blocks)
-        modules = [module for _, module in named]
-        with _on(device, modules):
-            self._check_finite(named)
-            yield modules
+        return self._present_on(self.adapter.pre_blocks, device)
 
-    @contextmanager
-    def post_blocks_on(self, device) -> Iterator[List[nn.Module]]:
+    def post_blocks_on(self, device) -> ContextManager[List[nn.Module]]:
         """The modules the model runs after the last block (final norm, head), in order, on
         `device`."""
-        named = self.adapter.present(self.model, self.adapter.post_blocks)
+        return self._present_on(self.adapter.post_blocks, device)
+
+    @contextmanager
+    def _present_on(self, paths, device) -> Iterator[List[nn.Module]]:
+        """The modules of the adapter's `paths` this model has, in order, on `device`."""
+        named = self.adapter.present(self.model, paths)
         modules = [module for _, module in named]
         with _on(device, modules):
             self._check_finite(named)
