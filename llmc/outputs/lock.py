@@ -82,26 +82,19 @@ def owner_is_gone(owner: dict) -> bool:
 
 
 class LockFile:
-    """`with LockFile(layout): ...` holds the lock on layout.root for the block."""
+    """The lock on layout.root: acquire() before a run touches the save path, release() on every
+    way out (llmc.outputs.open_run)."""
 
     def __init__(self, layout: Layout):
         self.layout = layout
-        self.owner = None  # ours, once taken
         self.text = None  # what we wrote, to tell our lock from another
-
-    def __enter__(self):
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
 
     def acquire(self) -> None:
         owner = this_owner()
         text = json.dumps(owner)
         for _ in range(3):  # a stale lock taken over, then created again (at most twice)
             if self._create(text):
-                self.owner, self.text = owner, text
+                self.text = text
                 return
             self._take_over_if_stale()
         raise LlmcError(f"could not take the lock {self.layout.lock}; another run keeps "
@@ -193,4 +186,4 @@ class LockFile:
                 os.unlink(self.layout.lock)
             except FileNotFoundError:
                 pass
-        self.owner = self.text = None
+        self.text = None

@@ -117,8 +117,9 @@ def prune_blockwise(handle, method, plan, batches, device, sparsity_out=False,
             end = time.perf_counter()
             if inputs is not None:  # after pruning, so a method's own finer diagnosis wins
                 check_block_outputs(handle, index, finite)
-            if inputs is not None and sparsity_out:
-                check_block_outputs(handle, index, run_block(block, inputs, device, replace=True))
+                if sparsity_out:
+                    check_block_outputs(handle, index,
+                                        run_block(block, inputs, device, replace=True))
             timings["forward"] += (middle - start) + (time.perf_counter() - end)
             timings["prune"] += end - middle
     return timings
