@@ -40,6 +40,13 @@ def make_link(layout: Layout, name: str) -> None:
         os.symlink(layout.link_target(name), layout.root / name)
 
 
+def remove_dangling_links(layout: Layout) -> None:
+    """Remove the top-level links that lead nowhere: names the committed run lacks."""
+    for name in OUTPUT_NAMES:
+        if layout.is_our_link(name) and not (layout.root / name).exists():
+            os.unlink(layout.root / name)
+
+
 class StagedRun:
     """One run's outputs, staged in `dir` until `commit`."""
 
@@ -110,9 +117,7 @@ class StagedRun:
             fresh = layout.state / f"{NEW_CURRENT_PREFIX}{self.run_id}"
             if os.path.lexists(fresh):
                 os.unlink(fresh)
-            for name in OUTPUT_NAMES:
-                if layout.is_our_link(name) and not (layout.root / name).exists():
-                    os.unlink(layout.root / name)
+            remove_dangling_links(layout)
             if self.dir.exists():
                 shutil.rmtree(self.dir)
                 logger.info(f"removed the uncommitted outputs of run {self.run_id}")

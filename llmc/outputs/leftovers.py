@@ -9,7 +9,7 @@ from loguru import logger
 from ..errors import LlmcError
 from ..files import fsync_dir
 from ..save import MODEL_DIR
-from .commit import make_link, switch_current
+from .commit import make_link, remove_dangling_links, switch_current
 from .layout import (LEGACY_PREFIX, NEW_CURRENT_PREFIX, OUTPUT_NAMES, PROBE_PREFIX,
                      STALE_LOCK_PREFIX, Layout, utc_stamp)
 
@@ -95,12 +95,11 @@ def _restore_or_remove_old_model(layout: Layout) -> None:
 def _repair_links(layout: Layout) -> None:
     """Remove top-level links that lead nowhere (names the committed run lacks: a kill during a
     commit), and make the missing links to names it has (a kill while adopting old outputs)."""
+    remove_dangling_links(layout)
     current = layout.current_run()
     for name in OUTPUT_NAMES:
         path = layout.root / name
-        if layout.is_our_link(name) and not path.exists():
-            os.unlink(path)
-        elif current is not None and not os.path.lexists(path) \
+        if current is not None and not os.path.lexists(path) \
                 and os.path.lexists(current / name):
             logger.info(f"linking {path} to the committed run's {name}")
             make_link(layout, name)
