@@ -21,6 +21,7 @@ from .registry import BUILTIN_MODELS, DATASETS, METHODS, MODELS, PREPROCS, close
 EVAL_POSITIONS = ("pretrain", "transformed")
 SEED_LIMIT = 2 ** 32  # numpy.random.seed takes [0, 2^32)
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+MODEL_LOADS = ("auto", "stream", "memory")  # how a run holds the weights (llmc.models.stream)
 
 
 @dataclass
@@ -36,6 +37,7 @@ class ModelCfg:
     path: Optional[str] = None
     torch_dtype: str = "auto"
     trust_remote_code: bool = False  # run the checkpoint's own modeling code (Baichuan needs it)
+    load: str = "auto"  # stream (weights read per part, blocks written as done), memory, auto
 
 
 @dataclass
@@ -209,6 +211,9 @@ def validate(cfg: Config) -> Config:
     # Checkpoints whose modeling code is not part of transformers (Baichuan) need permission.
     MODELS.lookup(cfg.model.type, "model.type").check_remote_code_allowed(
         cfg.model.trust_remote_code)
+    if cfg.model.load not in MODEL_LOADS:
+        raise ConfigError(f"model.load '{cfg.model.load}' must be one of "
+                          f"{', '.join(MODEL_LOADS)}{closest(cfg.model.load, MODEL_LOADS)}")
     if cfg.model.torch_dtype not in DTYPES:
         raise ConfigError(f"model.torch_dtype '{cfg.model.torch_dtype}' must be one of "
                           f"{', '.join(DTYPES)}{closest(cfg.model.torch_dtype, DTYPES)}")

@@ -1,6 +1,7 @@
 """One run, start to end: data → pretrain eval → blockwise pruning → transformed eval → save."""
 import math
 import random
+import shutil
 import time
 
 import numpy as np
@@ -9,7 +10,7 @@ from loguru import logger
 
 from .data import calib_batches, eval_tokens, token_ids_sha256, token_stream_sha256
 from .eval import perplexity
-from .models import load_model, load_tokenizer, preflight
+from .models import load_for_run, load_tokenizer, preflight
 from .errors import LlmcError
 from .provenance import InBackground, run_record, utc_now, versions
 from .report import sparsity_report, unit_sparsity
@@ -52,6 +53,8 @@ def run(cfg) -> dict:
     with open_run(cfg.save) as out:
         results = prune_and_record(cfg, out)
         out.commit()
+        # The streamed blocks not moved into the output (no save_trans) served their purpose.
+        shutil.rmtree(out.layout.shards, ignore_errors=True)
     return results
 
 
@@ -73,10 +76,11 @@ def prune_and_record(cfg, out) -> dict:
     eval_sets = ({name: eval_tokens(name, cfg.eval, tokenizer) for name in cfg.eval.names}
                  if cfg.eval.eval_pos else {})
     checkpoint.check_token_ids([*(("calibration", b) for b in batches), *eval_sets.items()])
-    handle = load_model(cfg.model)
+    handle, loaded = load_for_run(cfg.model, checkpoint.weights.files, out.layout.shards)
     model_sha256 = InBackground(checkpoint.fingerprint)  # read while the run computes
 
-    results = {"run_id": out.run_id, "config": cfg.to_dict(), "ppl": {}, "timings": {},
+    results = {"run_id": out.run_id, "config": cfg.to_dict(), "engine": loaded,
+               "ppl": {}, "timings": {},
                "versions": versions(), "run": record,
                "inputs": {"calib_tokens_sha256": token_ids_sha256(batches) if batches else None,
                           "eval_tokens_sha256": {name: token_stream_sha256(tokens)
@@ -109,7 +113,7 @@ def prune_and_record(cfg, out) -> dict:
     if "transformed" in cfg.eval.eval_pos:
         evaluate(handle, eval_sets, cfg, device, "transformed", results)
     if cfg.save.save_trans:
-        save_model(handle.model, tokenizer, out.dir)
+        save_model(handle, tokenizer, out.dir)
         results["saved_model"] = str(out.root / MODEL_DIR)  # where it is read after the commit
     results["timings"]["total"] = time.perf_counter() - started
     results["inputs"]["model"] = model_sha256.result()

@@ -16,12 +16,12 @@ CONFIG = "config.yml"
 PLAN_PLOT = "plan.png"  # written for per-unit plans (OWL, MixGPT) when matplotlib is installed
 
 
-def save_model(model, tokenizer, directory) -> Path:
-    """Write `model` and `tokenizer` to directory/transformed_model (which must not exist)."""
+def save_model(handle, tokenizer, directory) -> Path:
+    """Write `handle`'s model (a ModelHandle: in memory, or streamed with its blocks already on
+    disk) and `tokenizer` to directory/transformed_model (which must not exist)."""
     path = Path(directory).expanduser() / MODEL_DIR
     path.mkdir(parents=True)
-    model.to("cpu")
-    model.save_pretrained(path, safe_serialization=True)
+    handle.save_pretrained(path)
     tokenizer.save_pretrained(path)
     give_plain_modes(path)  # safetensors writes its file 0600
     logger.info(f"saved the transformed model to {path}")

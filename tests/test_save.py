@@ -8,6 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import tiny_model
+from llmc.models import ModelHandle
+from llmc.registry import MODELS
 from llmc.config import SaveCfg
 from llmc.errors import LlmcError
 from llmc.files import write_text
@@ -20,7 +22,8 @@ def test_round_trip_gives_identical_logits(tmp_path, tiny_tokenizer, arch):
     model = tiny_model(arch)
     with torch.no_grad():
         model.model.layers[0].mlp.up_proj.weight[:, ::2] = 0  # a "pruned" weight survives too
-    path = save_model(model, tiny_tokenizer, tmp_path)
+    path = save_model(ModelHandle(model, MODELS["Llama" if arch == "llama" else "Qwen2"]),
+                      tiny_tokenizer, tmp_path)
     reloaded = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
     ids = torch.randint(0, 300, (2, 10))
     with torch.no_grad():  # bitwise: the same weights through the same kernels, in one process
@@ -33,7 +36,7 @@ def test_round_trip_gives_identical_logits(tmp_path, tiny_tokenizer, arch):
 def one_run(cfg, results, model=None, tokenizer=None):
     with open_run(cfg) as out:
         if model is not None:
-            save_model(model, tokenizer, out.dir)
+            save_model(ModelHandle(model, MODELS["Llama"]), tokenizer, out.dir)
         write_results(out.dir, {"run_id": out.run_id, **results}, {"a": results["n"]})
         out.commit()
     return out.run_id

@@ -2,5 +2,5 @@
 from . import baichuan, bloom, builtin, llama, opt, qwen2  # noqa: F401  (register)
 from .adapter import Adapter  # noqa: F401
 from .handle import ModelHandle  # noqa: F401
-from .loading import load_model, load_tokenizer  # noqa: F401
+from .loading import load_for_run, load_model, load_streamed, load_tokenizer  # noqa: F401
 from .preflight import preflight  # noqa: F401

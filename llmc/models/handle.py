@@ -70,6 +70,14 @@ class ModelHandle:
                 for index in range(self.num_blocks)
                 for name, linear in self.block_linears(index).items()}
 
+    def each_block_weight(self) -> Iterator[Tuple[Tuple[int, str], torch.Tensor]]:
+        """((block index, Linear name), weight) for every block Linear, each block on the CPU
+        while its weights are read (so a streamed model holds one block at a time)."""
+        for index in range(self.num_blocks):
+            with self.block_on(index, "cpu") as block:
+                for name in self.linear_names():
+                    yield (index, name), block.get_submodule(name).weight
+
     def check(self) -> None:
         """Every Linear of every block is in exactly one input group (see Adapter.check)."""
         self.adapter.check(self.model)
@@ -78,7 +86,7 @@ class ModelHandle:
     def block_on(self, index: int, device) -> Iterator[nn.Module]:
         """Block `index` on `device` for the duration; back on the CPU afterwards."""
         block = self.block(index)
-        with _on(device, [block]):
+        with self._bring([self.block_path(index)], [block], device):
             self._check_finite([(self.block_path(index), block)])
             yield block
 
@@ -96,19 +104,34 @@ class ModelHandle:
         """The modules of the adapter's `paths` this model has, in order, on `device`."""
         named = self.adapter.present(self.model, paths)
         modules = [module for _, module in named]
-        with _on(device, modules):
+        with self._bring([name for name, _ in named], modules, device):
             self._check_finite(named)
             yield modules
 
     @contextmanager
     def whole_on(self, device) -> Iterator[nn.Module]:
         """The whole model on `device` (whole-model eval, the loss Hessian)."""
-        with _on(device, [self.model]):
+        with self._bring([""], [self.model], device):
             self._check_finite(self.adapter.present(self.model, self.adapter.pre_blocks)
                                + [(self.block_path(i), self.block(i))
                                   for i in range(self.num_blocks)]
                                + self.adapter.present(self.model, self.adapter.post_blocks))
             yield self.model
+
+    def _bring(self, paths, modules, device) -> ContextManager[None]:
+        """The parts at module `paths` (`modules`) on `device` for the duration: the one place
+        weights move. Here they live in the model on the CPU; a streamed handle reads them from
+        disk instead (llmc.models.stream)."""
+        return _on(device, modules)
+
+    def finish_block(self, index: int) -> None:
+        """The runner is done with block `index` (pruned): nothing to do for a model in memory;
+        a streamed handle writes it out here."""
+
+    def save_pretrained(self, path) -> None:
+        """The model as a Hugging Face directory at `path` (which exists)."""
+        self.model.to("cpu")
+        self.model.save_pretrained(path, safe_serialization=True)
 
     def _check_finite(self, named_parts) -> None:
         """NaN/inf in the weights of a part not yet checked is an LlmcError naming the

@@ -8,6 +8,8 @@ from loguru import logger
 from ..errors import LlmcError
 from ..registry import MODELS
 from .handle import ModelHandle
+from .safetensors_io import tensor_entries
+from .stream import StreamedHandle
 from .preflight import (adapter_for, check_tokenizer_files, checkpoint_dir, load_hf_config,
                         read_config_json, reason, unsupported)
 
@@ -31,10 +33,7 @@ def load_tokenizer(model_cfg):
                         "(tokenizer.json, tokenizer_config.json, ...)") from None
 
 
-def load_model(model_cfg) -> ModelHandle:
-    """The checkpoint's model on the CPU in eval mode, with its adapter, checked against it."""
-    from transformers import AutoModelForCausalLM
-
+def _adapter_and_config(model_cfg):
     path = checkpoint_dir(model_cfg)
     # Architecture and permission are settled from config.json alone, before any checkpoint
     # code could run (AutoConfig already imports it for remote-code models).
@@ -43,7 +42,14 @@ def load_model(model_cfg) -> ModelHandle:
     if not listed:
         logger.warning(f"model_type '{model_type}' is not one {adapter.name} lists; "
                        "trying its table anyway")
-    config = load_hf_config(model_cfg, adapter, path)
+    return path, model_type, adapter, listed, load_hf_config(model_cfg, adapter, path)
+
+
+def load_model(model_cfg) -> ModelHandle:
+    """The checkpoint's model on the CPU in eval mode, with its adapter, checked against it."""
+    from transformers import AutoModelForCausalLM
+
+    path, model_type, adapter, listed, config = _adapter_and_config(model_cfg)
     dtype = DTYPES.get(model_cfg.torch_dtype, "auto")
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
@@ -62,14 +68,88 @@ def load_model(model_cfg) -> ModelHandle:
                         "or config.json belongs to another model")
     model.eval()
     model.config.use_cache = False
-    handle = ModelHandle(model, adapter)
+    handle = _checked(ModelHandle(model, adapter), model_cfg, model_type, listed)
+    logger.info(f"loaded {type(model).__name__} from {path} ({handle.dtype}, "
+                f"{handle.num_blocks} blocks)")
+    return handle
+
+
+def _checked(handle, model_cfg, model_type, listed):
     try:
         handle.check()
     except LlmcError as err:
         if listed:
             raise
-        logger.debug(f"model.type {adapter.name} does not fit {model_type}: {err}")
+        logger.debug(f"model.type {handle.adapter.name} does not fit {model_type}: {err}")
         raise unsupported(model_cfg, model_type) from None
-    logger.info(f"loaded {type(model).__name__} from {path} ({handle.dtype}, "
-                f"{handle.num_blocks} blocks)")
     return handle
+
+
+def load_streamed(model_cfg, weight_files, shard_dir) -> StreamedHandle:
+    """The checkpoint's model as a skeleton whose weights are read from `weight_files` (the
+    safetensors files transformers would read) part by part while used; finished blocks are
+    written to `shard_dir`. An LlmcError when a weight the model needs is not in the files."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    path, model_type, adapter, listed, config = _adapter_and_config(model_cfg)
+    dtype = DTYPES.get(model_cfg.torch_dtype) or _checkpoint_dtype(config, weight_files)
+    try:
+        # Parameters on the meta device; buffers (rotary frequencies, ...) computed as usual.
+        with init_empty_weights(include_buffers=False):
+            model = AutoModelForCausalLM.from_config(
+                config, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code)
+    except Exception as err:
+        raise LlmcError(f"model.path '{model_cfg.path}': no causal language model can be built "
+                        f"from its config.json ({reason(err)})") from None
+    model.tie_weights()  # skipped under init_empty_weights; the tied names share one source
+    model.eval()
+    model.config.use_cache = False
+    if (path / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(str(path))
+    handle = _checked(StreamedHandle(model, adapter, weight_files, shard_dir), model_cfg,
+                      model_type, listed)
+    logger.info(f"streaming {type(model).__name__} from {path} ({handle.dtype}, "
+                f"{handle.num_blocks} blocks): each part read from disk only while used")
+    return handle
+
+
+def _checkpoint_dtype(config, weight_files) -> torch.dtype:
+    """What from_pretrained's dtype "auto" picks: config.json's dtype, else the first floating
+    tensor's."""
+    named = getattr(config, "dtype", None)
+    if isinstance(named, torch.dtype):
+        return named
+    if isinstance(named, str) and named in DTYPES:
+        return DTYPES[named]
+    for file in weight_files:
+        for entry in tensor_entries(file).values():
+            if entry.dtype.is_floating_point:
+                return entry.dtype
+    return torch.get_default_dtype()
+
+
+def load_for_run(model_cfg, weight_files, shard_dir):
+    """(handle, how): the model as `model.load` asks: streamed from the checkpoint's safetensors
+    (finished blocks written to `shard_dir`), or whole in memory; `auto` streams whenever the
+    checkpoint allows it. `how` says which, and why, for the log and results.json."""
+    safetensors = all(f.name.endswith(".safetensors") for f in weight_files)
+    if model_cfg.load == "memory":
+        return load_model(model_cfg), {"load": "memory", "why": "model.load: memory"}
+    if not safetensors:
+        why = "its weights are not safetensors files (a .bin checkpoint cannot be read per part)"
+        if model_cfg.load == "stream":
+            raise LlmcError(f"model.load is stream, but model.path '{model_cfg.path}': {why}; "
+                            "convert it (from_pretrained, then save_pretrained) or set "
+                            "model.load: memory")
+        logger.info(f"loading the whole model into memory: {why}")
+        return load_model(model_cfg), {"load": "memory", "why": why}
+    try:
+        handle = load_streamed(model_cfg, weight_files, shard_dir)
+    except LlmcError as err:
+        if model_cfg.load == "stream" or "no tensor for" not in str(err):
+            raise
+        # Names transformers maps with its own conversion rules: let it load the model.
+        logger.warning(f"cannot stream this checkpoint ({err}); loading it whole into memory")
+        return load_model(model_cfg), {"load": "memory", "why": str(err)}
+    return handle, {"load": "stream", "why": f"model.load: {model_cfg.load}"}

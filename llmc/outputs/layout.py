@@ -60,6 +60,11 @@ class Layout:
     def scratch(self) -> Path:
         return self.state / "scratch"
 
+    @property
+    def shards(self) -> Path:
+        """Where a streamed run writes each finished block (llmc.models.stream)."""
+        return self.scratch / "shards"
+
     @staticmethod
     def current_target(run_id: str) -> str:
         """What `current` holds for run `run_id` (relative, so the tree can be moved)."""

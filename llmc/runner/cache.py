@@ -12,21 +12,28 @@ from ..errors import LlmcError
 from ..files import write_text
 
 
+def _add(digest, tensor) -> None:
+    tensor = tensor.detach().to("cpu").contiguous()
+    digest.update(f"{tuple(tensor.shape)} {tensor.dtype};".encode())
+    digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+
+
 def _digest(tensors) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for tensor in tensors:
-        tensor = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{tuple(tensor.shape)} {tensor.dtype};".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        _add(digest, tensor)
     return digest.hexdigest()
 
 
 def weights_fingerprint(weights) -> str:
-    """A digest of the weights' names ({(block index, Linear name): weight}), shapes, dtypes and
-    bytes."""
-    names = "\n".join(f"{index}.{name}" for index, name in weights)
-    names = hashlib.blake2b(names.encode(), digest_size=8).hexdigest()
-    return f"{names}-{_digest(weights.values())}"
+    """A digest of the weights' names, shapes, dtypes and bytes, from ((block index, Linear
+    name), weight) pairs (read once, so a streamed model can hand them over block by block)."""
+    names, values = [], hashlib.blake2b(digest_size=16)
+    for (index, name), weight in weights:
+        names.append(f"{index}.{name}")
+        _add(values, weight)
+    names = hashlib.blake2b("\n".join(names).encode(), digest_size=8).hexdigest()
+    return f"{names}-{values.hexdigest()}"
 
 
 def windows_fingerprint(windows) -> str:

@@ -35,9 +35,8 @@ def loss_hessian(handle, windows, device):
     With one window its first-order graph is built once and reused by every product; with more
     it is rebuilt per window per product, so memory stays at one window's graph. The model is
     back on the CPU, with its requires_grad flags as they were, afterwards."""
-    weights = handle.block_weights()
-    flags = {parameter: parameter.requires_grad for parameter in handle.model.parameters()}
-    tensors = list(weights.values())
+    # Filled in once the model is on the device (a streamed model has no weights before).
+    weights, tensors = {}, []
 
     def gradients(window):
         ids = window.to(device)
@@ -58,12 +57,15 @@ def loss_hessian(handle, windows, device):
         return [t / len(windows) for t in total]
 
     try:
-        for parameter in flags:
-            parameter.requires_grad_(False)
-        for weight in tensors:
-            weight.requires_grad_(True)
         with handle.whole_on(device):
+            weights.update(handle.block_weights())
+            tensors.extend(weights.values())
+            flags = {parameter: parameter.requires_grad for parameter in handle.model.parameters()}
             try:
+                for parameter in flags:
+                    parameter.requires_grad_(False)
+                for weight in tensors:
+                    weight.requires_grad_(True)
                 # The fused attention kernels have no double backward; the plain math one has.
                 with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
                     if len(windows) == 1:
@@ -73,12 +75,11 @@ def loss_hessian(handle, windows, device):
                     yield {name: weight.shape for name, weight in weights.items()}, hvp
             finally:
                 kept.clear()  # the kept graph goes before the model leaves the device
+                for parameter, flag in flags.items():
+                    parameter.requires_grad_(flag)
     except torch.cuda.OutOfMemoryError:
         raise LlmcError(
             f"out of memory on {device} for the loss Hessian (the whole model with a double "
             "backward, about 5x the Linears' weights): run it once where it fits (base.device: "
             "cpu, or a larger GPU) with sensitivity.cache: True and reuse "
             "save_path/sensitivity.json, or lower calib.seq_len") from None
-    finally:
-        for parameter, flag in flags.items():
-            parameter.requires_grad_(flag)

@@ -49,11 +49,28 @@ def test_unreadable_file_is_refused_unless_overwrite(tmp_path):
 def test_fingerprints_change_with_any_weight_or_token():
     weights = {(0, "q"): torch.zeros(4, 4), (0, "k"): torch.ones(2, 4, dtype=torch.bfloat16)}
     same = {(0, "q"): torch.zeros(4, 4), (0, "k"): torch.ones(2, 4, dtype=torch.bfloat16)}
-    assert weights_fingerprint(weights) == weights_fingerprint(same)
+    assert weights_fingerprint(weights.items()) == weights_fingerprint(same.items())
     same[(0, "q")][3, 3] = 1e-30
-    assert weights_fingerprint(weights) != weights_fingerprint(same)
-    assert weights_fingerprint(weights) != weights_fingerprint({(0, "v"): weights[(0, "q")],
-                                                                (0, "k"): weights[(0, "k")]})
+    assert weights_fingerprint(weights.items()) != weights_fingerprint(same.items())
+    renamed = {(0, "v"): weights[(0, "q")], (0, "k"): weights[(0, "k")]}
+    assert weights_fingerprint(weights.items()) != weights_fingerprint(renamed.items())
+
+
+def test_weights_fingerprint_is_the_one_sensitivity_json_files_were_keyed_by():
+    """A cache written before the fingerprint was read block by block is still reused: the
+    digest of names, then of each tensor's shape, dtype and bytes, as it was computed then."""
+    import hashlib
+
+    weights = {(0, "q"): torch.arange(6.).reshape(2, 3), (1, "k"): torch.ones(2, dtype=torch.half)}
+    names = hashlib.blake2b(b"0.q\n1.k", digest_size=8).hexdigest()
+    values = hashlib.blake2b(digest_size=16)
+    for tensor in weights.values():
+        values.update(f"{tuple(tensor.shape)} {tensor.dtype};".encode())
+        values.update(tensor.view(torch.uint8).numpy().tobytes())
+    assert weights_fingerprint(weights.items()) == f"{names}-{values.hexdigest()}"
+
+
+def test_windows_fingerprint():
     windows = [torch.tensor([[1, 2, 3]])]
     assert windows_fingerprint(windows) == windows_fingerprint([torch.tensor([[1, 2, 3]])])
     assert windows_fingerprint(windows) != windows_fingerprint([torch.tensor([[1, 2, 4]])])

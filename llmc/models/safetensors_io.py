@@ -1,0 +1,106 @@
+"""Reading one tensor of a safetensors file, and writing a file tensor by tensor.
+
+The streamed model reads a part's tensors straight into fresh tensors (one read per tensor, no
+memory map, so the process holds each byte once), and writes a pruned block's tensors one after
+the other into a new file that is fsync'ed and renamed into place: a kill leaves the old file
+or the new one, never half of one. No second copy of a part is made in RAM on either side
+(`safetensors.torch.save_file` first serialises everything into one bytes object).
+"""
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, Tuple
+
+import torch
+
+from ..files import current_umask, fsync_dir
+
+# safetensors dtype name <-> torch dtype, for the dtypes a model's weights come in.
+TORCH_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}
+SAFETENSORS_NAMES = {dtype: name for name, dtype in TORCH_DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor's bytes are: its file, dtype, shape and absolute byte offset."""
+    file: Path
+    dtype: torch.dtype
+    shape: Tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+def tensor_entries(file: Path) -> Dict[str, TensorEntry]:
+    """{name: TensorEntry} from `file`'s header (its framing was checked by the preflight)."""
+    with open(file, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    entries = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = entry["data_offsets"]
+        dtype = TORCH_DTYPES.get(entry["dtype"])
+        if dtype is None:
+            raise ValueError(f"tensor {name} is {entry['dtype']}, which llmc does not stream")
+        entries[name] = TensorEntry(file, dtype, tuple(entry["shape"]), 8 + length + begin,
+                                    end - begin)
+    return entries
+
+
+def read_tensor(entry: TensorEntry) -> torch.Tensor:
+    """A new CPU tensor holding `entry`'s bytes."""
+    tensor = torch.empty(entry.shape, dtype=entry.dtype)
+    if entry.nbytes:
+        view = memoryview(_bytes_of(tensor).numpy())
+        with open(entry.file, "rb", buffering=0) as f:
+            f.seek(entry.offset)
+            done = 0
+            while done < entry.nbytes:
+                got = f.readinto(view[done:])
+                if not got:
+                    raise OSError(f"{entry.file} ends before its tensor data (truncated)")
+                done += got
+    return tensor
+
+
+def _bytes_of(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.reshape(-1).view(torch.uint8)
+
+
+def write_tensors(path: Path, tensors: Iterable[Tuple[str, torch.Tensor]]) -> int:
+    """Write (name, tensor) pairs to `path` as a safetensors file (in the given order), via a
+    temporary name, fsync'ed and renamed into place. Returns the bytes of tensor data."""
+    tensors = [(name, t.detach().to("cpu").contiguous()) for name, t in tensors]
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, tensor in tensors:
+        nbytes = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": SAFETENSORS_NAMES[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the format aligns the data to 8 bytes
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "wb") as f:
+            f.write(struct.pack("<Q", len(encoded)))
+            f.write(encoded)
+            for _, tensor in tensors:
+                if tensor.numel():
+                    f.write(memoryview(_bytes_of(tensor).numpy()))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(temporary, 0o666 & ~current_umask())
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+    fsync_dir(path.parent)
+    return offset
+

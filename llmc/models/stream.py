@@ -1,0 +1,242 @@
+"""A model whose weights stay on disk: the skeleton is built without memory for its parameters
+(meta device), and a part's tensors are read from the checkpoint's safetensors only while the
+part is used (inside `block_on`, `pre_blocks_on`, `post_blocks_on`, `whole_on`), then dropped.
+
+A block the runner has finished (`finish_block`) is written to its own safetensors shard in the
+run's shard directory at once, and read from there from then on (the transformed eval, the
+report, the save). `save_pretrained` moves those shards into the output directory and writes the
+parts no run changes (embeddings, head) from the checkpoint, with the standard
+`model.safetensors.index.json`, config, generation config (and remote code) beside them.
+
+The bytes a part holds are the checkpoint's, converted to the skeleton's dtype as
+`from_pretrained` converts them, so a streamed run computes on exactly the tensors an in-memory
+run holds (tests/models/test_stream.py proves bit-identical weights for every adapter and method).
+"""
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+import torch
+import torch.nn as nn
+from loguru import logger
+
+from ..errors import LlmcError
+from .handle import ModelHandle
+from .safetensors_io import TensorEntry, read_tensor, tensor_entries, write_tensors
+
+INDEX = "model.safetensors.index.json"
+
+
+@dataclass
+class _Slot:
+    """One tensor of the model: the module it sits in, its attribute name, whether it is a
+    parameter, what the skeleton holds there (meta for weights, real for computed buffers),
+    and where its bytes come from (None: the skeleton's own value, e.g. rotary frequencies)."""
+    module: nn.Module
+    leaf: str
+    is_parameter: bool
+    skeleton: torch.Tensor
+    source: Optional[TensorEntry]
+
+
+def _checkpoint_name(key: str, names, prefix: str) -> Optional[str]:
+    """The checkpoint's name for model key `key`: the same, or with/without the base model's
+    prefix (checkpoints saved from the base model lack it; from_pretrained maps both)."""
+    if key in names:
+        return key
+    if prefix and key.startswith(prefix + ".") and key[len(prefix) + 1:] in names:
+        return key[len(prefix) + 1:]
+    if prefix and f"{prefix}.{key}" in names:
+        return f"{prefix}.{key}"
+    return None
+
+
+def _stamp(tensor: torch.Tensor) -> tuple:
+    """What changes when a tensor's values are written: its storage or its version counter."""
+    return tensor.data_ptr(), tensor._version
+
+
+class StreamedHandle(ModelHandle):
+    """A ModelHandle over a meta-device skeleton whose tensors are read from disk per part."""
+
+    def __init__(self, model, adapter, weight_files, shard_dir: Path):
+        super().__init__(model, adapter)
+        self.shard_dir = Path(shard_dir)
+        self._slots = self._map_slots(weight_files)
+        self._saved = self._saved_keys()
+        self._parts = self._part_keys()
+        self._held: Dict[str, int] = {}  # key -> how many open contexts hold it
+        self._stamps: Dict[str, tuple] = {}  # key -> its tensor's identity when installed
+
+    # ---------------------------------------------------------------- where tensors come from
+    def _map_slots(self, weight_files) -> Dict[str, _Slot]:
+        entries: Dict[str, TensorEntry] = {}
+        for file in weight_files:
+            entries.update(tensor_entries(file))
+        prefix = getattr(self.model, "base_model_prefix", "")
+        slots, first_of = {}, {}
+        named = [(k, t, True) for k, t in self.model.named_parameters(remove_duplicate=False)]
+        named += [(k, t, False) for k, t in self.model.named_buffers(remove_duplicate=False)]
+        for key, tensor, is_parameter in named:
+            path, _, leaf = key.rpartition(".")
+            module = self.model.get_submodule(path)
+            name = _checkpoint_name(key, entries, prefix)
+            source = entries[name] if name is not None else None
+            if source is None and id(tensor) in first_of:  # tied (lm_head = embeddings)
+                source = slots[first_of[id(tensor)]].source
+            if source is None and (is_parameter or tensor.is_meta):
+                raise LlmcError(f"the checkpoint has no tensor for {key}")
+            first_of.setdefault(id(tensor), key)
+            slots[key] = _Slot(module, leaf, is_parameter, tensor, source)
+        return slots
+
+    def _saved_keys(self) -> List[str]:
+        """What save_pretrained writes: the state dict, each tied tensor once (the first name)."""
+        seen, keys = set(), []
+        for key, tensor in self.model.state_dict(keep_vars=True).items():
+            if id(tensor) not in seen:
+                seen.add(id(tensor))
+                keys.append(key)
+        return keys
+
+    def _part_keys(self) -> Dict[str, List[str]]:
+        """The saved keys by output shard: pre-block modules, each block, post-block modules,
+        anything else; in the model's order, empty parts dropped."""
+        def under(paths):
+            return [k for k in self._saved if any(k.startswith(p + ".") for p in paths)]
+        parts = {"pre": under(self.adapter.pre_blocks)}
+        parts.update({f"block {i}": under([self.block_path(i)]) for i in range(self.num_blocks)})
+        parts["post"] = under(self.adapter.post_blocks)
+        placed = {k for keys in parts.values() for k in keys}
+        parts["rest"] = [k for k in self._saved if k not in placed]
+        return {part: keys for part, keys in parts.items() if keys}
+
+    def shard_name(self, part: str) -> str:
+        number = list(self._parts).index(part) + 1
+        return f"model-{number:05d}-of-{len(self._parts):05d}.safetensors"
+
+    # ---------------------------------------------------------------- materialising parts
+    def _keys_under(self, paths) -> List[str]:
+        """The model's tensor keys inside the modules at `paths` ("" is the whole model)."""
+        return [k for k in self._slots if any(not p or k.startswith(p + ".") for p in paths)]
+
+    @contextmanager
+    def _bring(self, paths, modules, device) -> Iterator[None]:
+        """Read the tensors under `paths` onto `device` for the duration; drop them after."""
+        keys = self._keys_under(paths)
+        try:
+            for key in keys:
+                self._held[key] = self._held.get(key, 0) + 1
+                if self._held[key] == 1:
+                    self._install(key, self._load(key, device))
+                    self._stamps[key] = _stamp(self._current(key))
+            yield
+        finally:
+            released = [key for key in keys if self._held[key] == 1]
+            self._write_changed_parts(released)
+            for key in keys:
+                self._held[key] -= 1
+            for key in released:
+                del self._held[key], self._stamps[key]
+                self._install(key, self._slots[key].skeleton)
+
+    def _write_changed_parts(self, keys) -> None:
+        """A part whose tensors changed while held, other than through the runner's
+        finish_block, is written out too: modules that rewrite their own weights (Baichuan 2's
+        NormHead normalises the head in place on its first forward) keep the change, as they
+        do in a model held in memory."""
+        changed = {key for key in keys if self._stamps[key] != _stamp(self._current(key))}
+        for part, part_keys in self._parts.items():
+            if changed.intersection(part_keys):
+                self._write_part(part)
+
+    def _load(self, key: str, device) -> torch.Tensor:
+        slot = self._slots[key]
+        if slot.source is None:
+            return slot.skeleton.to(device)
+        return read_tensor(slot.source).to(device=device, dtype=slot.skeleton.dtype)
+
+    def _install(self, key: str, tensor: torch.Tensor) -> None:
+        slot = self._slots[key]
+        if slot.is_parameter:
+            if not isinstance(tensor, nn.Parameter):
+                tensor = nn.Parameter(tensor, requires_grad=slot.skeleton.requires_grad)
+            slot.module._parameters[slot.leaf] = tensor
+        else:
+            slot.module._buffers[slot.leaf] = tensor
+
+    def whole_on(self, device):
+        logger.info("holding the whole model in memory (the streamed engine reads each part "
+                    "only while it is used; this step needs all of them at once)")
+        return super().whole_on(device)
+
+    # ---------------------------------------------------------------- finished blocks
+    def finish_block(self, index: int) -> None:
+        """Write block `index` (materialised now, pruned) to its shard; read it from there on."""
+        self._write_part(f"block {index}")
+
+    def _write_part(self, part: str) -> None:
+        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        file = self.shard_dir / self.shard_name(part)
+        keys = self._parts[part]
+        write_tensors(file, [(k, self._current(k) if k in self._held else self._load(k, "cpu"))
+                             for k in keys])
+        self._point_at(file, part)
+        for key in keys:
+            if key in self._held:
+                self._stamps[key] = _stamp(self._current(key))
+
+    def adopt_finished_blocks(self, count: int) -> None:
+        """Read blocks 0 .. count-1 from the shards an earlier, interrupted run wrote."""
+        for index in range(count):
+            part = f"block {index}"
+            file = self.shard_dir / self.shard_name(part)
+            if not file.is_file():
+                raise LlmcError(f"the resume state says block {index} is done, but its shard "
+                                f"{file} is missing")
+            self._point_at(file, part)
+
+    def _point_at(self, file: Path, part: str) -> None:
+        entries = tensor_entries(file)
+        for key in self._parts[part]:
+            self._slots[key].source = entries[key]
+
+    def _current(self, key: str) -> torch.Tensor:
+        slot = self._slots[key]
+        return getattr(slot.module, slot.leaf)
+
+    # ---------------------------------------------------------------- the output directory
+    def save_pretrained(self, path: Path) -> None:
+        """A Hugging Face directory at `path`: the finished blocks' shards moved in, the other
+        parts written from their sources (converted to the model's dtype), index and configs."""
+        path = Path(path)
+        weight_map, total = {}, 0
+        for part, keys in self._parts.items():
+            name = self.shard_name(part)
+            finished = self.shard_dir / name
+            if self._slots[keys[0]].source.file == finished:
+                os.replace(finished, path / name)
+                self._point_at(path / name, part)
+                total += sum(self._slots[k].source.nbytes for k in keys)
+            else:
+                total += write_tensors(path / name, ((k, self._load(k, "cpu")) for k in keys))
+            weight_map.update({k: name for k in keys})
+        import json
+
+        (path / INDEX).write_text(json.dumps({"metadata": {"total_size": total},
+                                              "weight_map": weight_map}, indent=2) + "\n")
+        self._save_configs(path)
+
+    def _save_configs(self, path: Path) -> None:
+        model, config = self.model, self.model.config
+        config.dtype = str(self.dtype).split(".")[1]  # as save_pretrained records it
+        config.architectures = [type(model).__name__]
+        if getattr(model, "is_remote_code", lambda: False)():
+            from transformers.dynamic_module_utils import custom_object_save
+
+            custom_object_save(model, path, config=config)
+        config.save_pretrained(path)
+        if model.can_generate():
+            model.generation_config.save_pretrained(path)
