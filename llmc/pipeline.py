@@ -16,6 +16,7 @@ from .provenance import InBackground, run_record, utc_now, versions
 from .report import sparsity_report, unit_sparsity
 from .plot import plot_plan
 from .runner import Calibration, prune_blockwise, resolve_device
+from .runner.device import free_memory
 from .sparse import UnitPlan, build_method
 from .outputs import open_run
 from .save import MODEL_DIR, PLAN_PLOT, save_model, write_results
@@ -29,10 +30,11 @@ def seed_everything(seed: int) -> None:
 
 def evaluate(handle, eval_sets, cfg, device, position, results):
     ev = cfg.eval
+    per_block = ev.inference_per_block or not whole_model_fits(handle, device)
     for name, tokens in eval_sets.items():
         start = time.perf_counter()
         ppl, speed = perplexity(handle, tokens, ev.seq_len, device, bs=ev.bs,
-                                max_windows=ev.max_windows, per_block=ev.inference_per_block,
+                                max_windows=ev.max_windows, per_block=per_block,
                                 desc=f"{position} {name}")
         logger.info(f"ppl {position} {name}: {ppl:.4f} ({speed:.0f} tokens/s)")
         results["ppl"].setdefault(position, {})[name] = ppl
@@ -44,6 +46,19 @@ def evaluate(handle, eval_sets, cfg, device, position, results):
                             f"{f' (dense: {dense:.4f})' if dense is not None else ''}: it is "
                             "broken, so no outputs were saved; with model.torch_dtype float16, "
                             "try bfloat16 or float32")
+
+
+def whole_model_fits(handle, device) -> bool:
+    """A streamed model is evaluated whole (eval.inference_per_block: False) only when all of
+    it fits in half of the device's free memory; otherwise block by block, as it was pruned."""
+    if not handle.streams:
+        return True
+    free = free_memory(device)
+    if handle.weight_bytes <= free // 2:
+        return True
+    logger.info(f"evaluating block by block: the whole model ({handle.weight_bytes / 2**30:.1f} "
+                f"GiB) does not fit half of the {free / 2**30:.1f} GiB free on {device}")
+    return False
 
 
 def run(cfg) -> dict:

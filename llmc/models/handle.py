@@ -30,6 +30,14 @@ class ModelHandle:
     # Names of the parts (blocks, pre-/post-block modules) whose weights were found finite.
     _finite: Set[str] = field(default_factory=set, init=False, repr=False)
 
+    # Whether the weights stay on disk between uses (llmc.models.stream), not in `model`.
+    streams = False
+
+    @property
+    def weight_bytes(self) -> int:
+        """The bytes of all parameters in the model's dtype (also of a meta-device skeleton)."""
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
     @property
     def dtype(self) -> torch.dtype:
         return self.model.dtype

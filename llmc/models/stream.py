@@ -60,6 +60,7 @@ def _stamp(tensor: torch.Tensor) -> tuple:
 
 class StreamedHandle(ModelHandle):
     """A ModelHandle over a meta-device skeleton whose tensors are read from disk per part."""
+    streams = True
 
     def __init__(self, model, adapter, weight_files, shard_dir: Path):
         super().__init__(model, adapter)

@@ -46,3 +46,12 @@ def activation_home(offload, device, activation_bytes: int) -> torch.device:
                     f"not fit half of the {free / 2**30:.1f} GiB free on {device}")
         return torch.device("cpu")
     return device
+
+
+def free_memory(device) -> int:
+    """Bytes that can still be allocated on `device` (the CPU: MemAvailable)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available

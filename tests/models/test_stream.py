@@ -95,3 +95,108 @@ def test_streamed_run_equals_in_memory_run(cli, stream_config, arch, method):
     assert memory["sparsity"] == stream["sparsity"]
     assert memory.get("plan") == stream.get("plan")
     assert not (stream_path / ".llmc" / "scratch" / "shards").exists()
+
+
+# Every other variant (the representatives above cover each adapter with every method), with
+# both propagation modes and both eval positions, per block and whole.
+VARIANTS = [arch for arch in TINY_ARCHS if arch not in ONE_PER_ADAPTER]
+
+
+@pytest.mark.parametrize("arch", VARIANTS)
+def test_every_variant_streams_to_the_same_weights(cli, stream_config, arch):
+    both = run_both(cli, stream_config, arch, "SparseGPT", sparse={"sparsity_out": True},
+                    eval_cfg={"eval_pos": ["pretrain", "transformed"],
+                              "inference_per_block": True})
+    assert_same_weights(both["memory"][1], both["stream"][1])
+    assert both["memory"][0]["ppl"] == both["stream"][0]["ppl"]
+
+
+@pytest.mark.parametrize("per_block", [False, True])
+def test_streamed_eval_is_the_in_memory_eval(cli, stream_config, per_block):
+    both = run_both(cli, stream_config, "llama", "Wanda", sparse={"sparsity_out": True},
+                    eval_cfg={"eval_pos": ["pretrain", "transformed"],
+                              "inference_per_block": per_block})
+    memory, stream = both["memory"][0], both["stream"][0]
+    assert set(memory["ppl"]) == {"pretrain", "transformed"}
+    assert memory["ppl"] == stream["ppl"]
+    assert_same_weights(both["memory"][1], both["stream"][1])
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt", "baichuan2_13b"])
+def test_streamed_output_is_a_sharded_directory_transformers_loads(cli, stream_config, arch):
+    """The index names one shard per part (embeddings, each block, final norm and head), and
+    from_pretrained gives the logits of the in-memory run's saved model."""
+    from transformers import AutoModelForCausalLM
+
+    both = run_both(cli, stream_config, arch, "Wanda", eval_cfg={"eval_pos": []})
+    directory = both["stream"][2] / "transformed_model"
+    index = json.loads((directory / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert files == sorted(p.name for p in directory.glob("*.safetensors"))
+    assert len(files) == 2 + 2  # pre-block modules, 2 blocks, post-block modules
+    assert index["metadata"]["total_size"] == sum(
+        t.numel() * t.element_size() for t in both["stream"][1].values())
+    remote = TINY_ARCHS[arch].remote
+    ids = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(4))
+    logits = []
+    for load in ("memory", "stream"):
+        model = AutoModelForCausalLM.from_pretrained(
+            both[load][2] / "transformed_model", trust_remote_code=remote).eval()
+        with torch.no_grad():
+            logits.append(model(input_ids=ids).logits)
+    assert torch.equal(logits[0], logits[1])
+
+
+@pytest.mark.parametrize("method", ["Wanda", "SparseGPT", "OWL"])
+def test_a_streamed_run_holds_one_part_at_a_time(cli, stream_config, monkeypatch, method):
+    """Counted in parameters, not RSS: the most ever materialised at once is the largest single
+    part (the embeddings, one block, or the final norm and head), through capture, the OWL
+    measuring pass, pruning, the report, the per-block evals and the save."""
+    from llmc.models.stream import StreamedHandle
+
+    held = {"now": 0, "peak": 0}
+    parts = {}
+    install = StreamedHandle._install
+
+    def counting_install(self, key, tensor):
+        before = getattr(self._slots[key].module, self._slots[key].leaf)
+        install(self, key, tensor)
+        if self._slots[key].is_parameter:
+            held["now"] += (0 if tensor.is_meta else tensor.numel()) - \
+                (0 if before.is_meta else before.numel())
+            held["peak"] = max(held["peak"], held["now"])
+        if not parts:
+            parts.update({part: sum(self._slots[k].skeleton.numel() for k in keys
+                                    if self._slots[k].is_parameter)
+                          for part, keys in self._parts.items()})
+
+    monkeypatch.setattr(StreamedHandle, "_install", counting_install)
+    path = stream_config("opt", method, "stream",
+                         eval_cfg={"eval_pos": ["pretrain", "transformed"],
+                                   "inference_per_block": True})
+    code, stderr = cli("--config", path)
+    assert code == 0, stderr
+    assert held["now"] == 0  # everything released at the end
+    blocks = [size for part, size in parts.items() if part.startswith("block")]
+    # OPT ties its head to the embeddings: the post-block part holds both norm and head.
+    largest = max(parts["pre"], max(blocks), parts["post"] + parts["pre"])
+    assert max(blocks) < held["peak"] <= largest
+
+
+def test_whole_model_eval_falls_back_to_blocks_when_the_model_does_not_fit(
+        cli, stream_config, monkeypatch):
+    import llmc.pipeline
+
+    whole = stream_config("llama", "Magnitude", "stream", eval_cfg={"eval_pos": ["pretrain"]},
+                          name="whole")
+    code, whole_log = cli("--config", whole)
+    assert code == 0 and "evaluating block by block" not in whole_log
+    monkeypatch.setattr(llmc.pipeline, "free_memory", lambda device: 1000)
+    small = stream_config("llama", "Magnitude", "stream", eval_cfg={"eval_pos": ["pretrain"]},
+                          name="small")
+    code, small_log = cli("--config", small)
+    assert code == 0 and "evaluating block by block: the whole model" in small_log
+    read = [json.loads((tmp / "results.json").read_text())["ppl"]["pretrain"]["wikitext2"]
+            for tmp in (Path(yaml.safe_load(p.read_text())["save"]["save_path"])
+                        for p in (whole, small))]
+    assert read[0] == pytest.approx(read[1], rel=1e-5)  # whole and per-block forwards differ
