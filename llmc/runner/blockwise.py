@@ -86,24 +86,33 @@ def prune_block(handle, block, block_index, method, plan, statistics=None):
 
 @torch.no_grad()
 def prune_blockwise(handle, method, plan, batches, device, sparsity_out=False,
-                    offload="auto") -> dict:
+                    offload="auto", resume_at=0, resumed_hidden=None, after_block=None) -> dict:
     """Prune every decoder block of `handle`'s model (kept on CPU) in place. Returns timings in
     seconds.
 
     sparsity_out False: the next block sees the dense outputs of the same forward that gathered
     the statistics (one forward per block). True: outputs are recomputed with the pruned block,
-    as the reference repos do (two forwards per block)."""
-    timings = {"capture": 0.0, "forward": 0.0, "prune": 0.0, "write": 0.0}
+    as the reference repos do (two forwards per block).
+
+    Resuming (llmc.runner.resume): blocks before `resume_at` are done, and `resumed_hidden` are
+    the activations entering block `resume_at` (the other call arguments are captured again:
+    they depend on the windows only). `after_block(next_block, hidden)` is called once each
+    block is finished and written (handle.finish_block), with the activations entering the
+    next one."""
+    timings = {"capture": 0.0, "forward": 0.0, "prune": 0.0, "write": 0.0, "checkpoint": 0.0}
     inputs = None
     if method.needs:  # e.g. Magnitude needs none: no calibration data, no forward at all
         start = time.perf_counter()
         home = calibration_home(handle, batches, device, offload)
         inputs = capture_block_inputs(handle, batches, device, home)
+        if resumed_hidden is not None:
+            inputs.hidden = [hidden.to(home) for hidden in resumed_hidden]
         timings["capture"] = time.perf_counter() - start
         logger.info(f"pruning {handle.num_blocks} blocks with {type(method).__name__} over "
                     f"{len(inputs)} calibration batches on {device} (activations on {home})")
 
-    for index in tqdm(range(handle.num_blocks), desc="pruning blocks"):
+    for index in tqdm(range(resume_at, handle.num_blocks), desc="pruning blocks",
+                      initial=resume_at, total=handle.num_blocks):
         with handle.block_on(index, device) as block:
             start = time.perf_counter()
             statistics = None
@@ -124,7 +133,11 @@ def prune_blockwise(handle, method, plan, batches, device, sparsity_out=False,
             timings["prune"] += end - middle
             start = time.perf_counter()
             handle.finish_block(index)  # a streamed model writes the block out here
-            timings["write"] += time.perf_counter() - start
+            middle = time.perf_counter()
+            if after_block is not None:
+                after_block(index + 1, inputs.hidden if inputs is not None else [])
+            timings["write"] += middle - start
+            timings["checkpoint"] += time.perf_counter() - middle
     return timings
 
 
