@@ -15,6 +15,8 @@ from .errors import LlmcError
 
 POINTS = (
     "run:started",           # lock held, leftovers cleaned, staging directory made
+    "block:written",         # a finished block's shard written, its resume state not yet
+    "block:checkpointed",    # the resume state names the next block
     "save:plan-written",     # plan.png in the staging directory
     "save:model-written",    # transformed_model/ in the staging directory
     "save:config-written",   # config.yml in the staging directory
@@ -31,11 +33,13 @@ class InjectedFault(LlmcError):
     """The failure LLMC_FAIL_AT asked for."""
 
 
-def pause_point(name: str) -> None:
+def pause_point(name: str, index=None) -> None:
+    """`index` (a block's) lets a test name one instance of a point: `block:written@3`."""
     assert name in POINTS, name
-    if os.environ.get("LLMC_FAIL_AT") == name:
+    names = {name} if index is None else {name, f"{name}@{index}"}
+    if os.environ.get("LLMC_FAIL_AT") in names:
         raise InjectedFault(f"injected fault at {name} (LLMC_FAIL_AT)")
-    if os.environ.get("LLMC_PAUSE_AT") != name:
+    if os.environ.get("LLMC_PAUSE_AT") not in names:
         return
     marker = os.environ.get("LLMC_PAUSE_MARKER")
     if marker:

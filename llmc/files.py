@@ -7,10 +7,21 @@ leave outputs that other users of a shared machine cannot read.
 """
 import os
 import secrets
+import time
 from pathlib import Path
+from typing import Optional
 
 
-def write_text(path: Path, text: str) -> None:
+def timed_fsync(fd, timing: Optional[dict] = None) -> None:
+    """os.fsync(fd), its seconds added to timing["fsync"] when a dict is given (the resume
+    checkpoint reports how much of its cost is waiting for the disk)."""
+    start = time.perf_counter()
+    os.fsync(fd)
+    if timing is not None:
+        timing["fsync"] = timing.get("fsync", 0.0) + time.perf_counter() - start
+
+
+def write_text(path: Path, text: str, timing: Optional[dict] = None) -> None:
     """Write `text` to `path` through a temporary file in the same directory, fsync it, and one
     rename, so a reader never sees half a file (the temporary is named `.<name>.<random>`)."""
     path = Path(path)
@@ -21,7 +32,7 @@ def write_text(path: Path, text: str) -> None:
         with open(fd, "w", closefd=True) as f:
             f.write(text)
             f.flush()
-            os.fsync(f.fileno())
+            timed_fsync(f.fileno(), timing)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -41,11 +52,11 @@ def make_unique_dir(parent, prefix: str) -> Path:
     raise FileExistsError(f"no free name for {prefix}* in {parent}")
 
 
-def fsync_dir(path) -> None:
+def fsync_dir(path, timing: Optional[dict] = None) -> None:
     """Make the entries of directory `path` (creations, renames, removals) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
+        timed_fsync(fd, timing)
     finally:
         os.close(fd)
 

@@ -1,4 +1,5 @@
 """One run, start to end: data → pretrain eval → blockwise pruning → transformed eval → save."""
+import contextlib
 import math
 import random
 import shutil
@@ -17,9 +18,14 @@ from .report import sparsity_report, unit_sparsity
 from .plot import plot_plan
 from .runner import Calibration, prune_blockwise, resolve_device
 from .runner.device import free_memory
+from .runner.resume import ResumeState, resume_fingerprint
 from .sparse import UnitPlan, build_method
+from .sparse.allocation import plan_from_dict, plan_to_dict
 from .outputs import open_run
 from .save import MODEL_DIR, PLAN_PLOT, save_model, write_results
+
+
+RESUME_DIR = "resume"  # in save_path/.llmc/scratch/, beside the shards (docs/outputs.md)
 
 
 def seed_everything(seed: int) -> None:
@@ -68,9 +74,48 @@ def run(cfg) -> dict:
     with open_run(cfg.save) as out:
         results = prune_and_record(cfg, out)
         out.commit()
-        # The streamed blocks not moved into the output (no save_trans) served their purpose.
-        shutil.rmtree(out.layout.shards, ignore_errors=True)
+        # The finished blocks and the resume state served their purpose once the run is
+        # committed (the output holds its own names for the shards).
+        for scratch in (out.layout.shards, out.layout.scratch / RESUME_DIR):
+            shutil.rmtree(scratch, ignore_errors=True)
+        with contextlib.suppress(OSError):  # only when nothing else is kept there
+            out.layout.scratch.rmdir()
     return results
+
+
+def allocate_and_evaluate(cfg, method, handle, batches, eval_sets, device, results):
+    """The plan, then the pretrain eval. Allocation first: it reads the dense model as the
+    pretrain eval does, and its problems (a plan out of range, a cached file for another model)
+    should surface before the eval."""
+    start = time.perf_counter()
+    calibration = Calibration(handle, batches, device, cfg.base.offload_activations,
+                              cache_dir=cfg.save.save_path, overwrite=cfg.save.overwrite)
+    plan = method.allocate(cfg.sparse.weight, calibration)
+    results["timings"]["allocate"] = time.perf_counter() - start
+    if "pretrain" in cfg.eval.eval_pos:
+        evaluate(handle, eval_sets, cfg, device, "pretrain", results)
+    return plan
+
+
+def resume_state(cfg, checkpoint, handle, results, device, out):
+    """A streamed run checkpoints after each block (a model in memory has its finished blocks
+    nowhere on disk to resume from)."""
+    if not handle.streams:
+        return None
+    fingerprint = resume_fingerprint(cfg, checkpoint.weights.files, checkpoint.path,
+                                     results["inputs"]["calib_tokens_sha256"], device)
+    return ResumeState(out.layout.scratch / RESUME_DIR, fingerprint, handle.num_blocks)
+
+
+def adopt(point, handle, resume):
+    """The interrupted run's finished blocks, or None (start over) when they are not all there."""
+    try:
+        handle.adopt_finished_blocks(point.next_block)
+    except (LlmcError, OSError, ValueError, KeyError) as err:
+        logger.warning(f"cannot resume: {err}; starting over")
+        resume.clear()
+        return None
+    return point
 
 
 def prune_and_record(cfg, out) -> dict:
@@ -100,23 +145,38 @@ def prune_and_record(cfg, out) -> dict:
                "inputs": {"calib_tokens_sha256": token_ids_sha256(batches) if batches else None,
                           "eval_tokens_sha256": {name: token_stream_sha256(tokens)
                                                  for name, tokens in eval_sets.items()}}}
-    # Allocation first: it reads the dense model as the pretrain eval does, and its problems
-    # (a plan out of range, a cached file for another model) should surface before the eval.
-    start = time.perf_counter()
-    calibration = Calibration(handle, batches, device, cfg.base.offload_activations,
-                              cache_dir=cfg.save.save_path, overwrite=cfg.save.overwrite)
-    plan = method.allocate(cfg.sparse.weight, calibration)
-    results["timings"]["allocate"] = time.perf_counter() - start
-    if "pretrain" in cfg.eval.eval_pos:
-        evaluate(handle, eval_sets, cfg, device, "pretrain", results)
+    resume = resume_state(cfg, checkpoint, handle, results, device, out)
+    point = resume.load(cfg.save.overwrite) if resume else None
+    if point is not None:
+        point = adopt(point, handle, resume)
+    if point is None:
+        plan = allocate_and_evaluate(cfg, method, handle, batches, eval_sets, device, results)
+        carried = {"ppl": results["ppl"], "timings": dict(results["timings"]),
+                   "method": method.describe()}
+    else:
+        # Allocation and the pretrain eval were done by the interrupted run: their results
+        # come back with the plan, so the resumed run records what an uninterrupted one does.
+        plan, carried = plan_from_dict(point.plan), point.carried
+        results["ppl"], results["resumed_at_block"] = dict(carried["ppl"]), point.next_block
+        results["timings"].update(carried["timings"])
+        point.restore_rng()
+    plan_record = plan_to_dict(plan)
+
+    def checkpoint_block(next_block, hidden):
+        resume.save(next_block, hidden, plan_record, carried)
 
     start = time.perf_counter()
     phases = prune_blockwise(handle, method, plan, batches, device,
                              sparsity_out=cfg.sparse.sparsity_out,
-                             offload=cfg.base.offload_activations)
+                             offload=cfg.base.offload_activations,
+                             resume_at=point.next_block if point else 0,
+                             resumed_hidden=point.hidden if point else None,
+                             after_block=checkpoint_block if resume else None)
     results["timings"]["prune_total"] = time.perf_counter() - start
     results["timings"].update({f"prune_{k}": v for k, v in phases.items()})
-    results["method"] = method.describe()
+    if resume is not None:
+        results["timings"]["resume_fsync"] = resume.fsync_seconds
+    results["method"] = carried["method"] if point else method.describe()
     results["plan"] = plan.describe()
     if isinstance(plan, UnitPlan):  # one target per layer or Linear (OWL, MixGPT)
         results["plan"]["achieved"] = unit_sparsity(handle, plan.targets)

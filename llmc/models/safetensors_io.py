@@ -11,11 +11,11 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 
-from ..files import current_umask, fsync_dir
+from ..files import current_umask, fsync_dir, timed_fsync
 
 # safetensors dtype name <-> torch dtype, for the dtypes a model's weights come in.
 TORCH_DTYPES = {
@@ -74,9 +74,11 @@ def _bytes_of(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.reshape(-1).view(torch.uint8)
 
 
-def write_tensors(path: Path, tensors: Iterable[Tuple[str, torch.Tensor]]) -> int:
+def write_tensors(path: Path, tensors: Iterable[Tuple[str, torch.Tensor]],
+                  timing: Optional[dict] = None) -> int:
     """Write (name, tensor) pairs to `path` as a safetensors file (in the given order), via a
-    temporary name, fsync'ed and renamed into place. Returns the bytes of tensor data."""
+    temporary name, fsync'ed and renamed into place. Returns the bytes of tensor data. With
+    `timing`, the seconds spent in fsync are added to timing["fsync"]."""
     tensors = [(name, t.detach().to("cpu").contiguous()) for name, t in tensors]
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for name, tensor in tensors:
@@ -95,12 +97,12 @@ def write_tensors(path: Path, tensors: Iterable[Tuple[str, torch.Tensor]]) -> in
                 if tensor.numel():
                     f.write(memoryview(_bytes_of(tensor).numpy()))
             f.flush()
-            os.fsync(f.fileno())
+            timed_fsync(f.fileno(), timing)
         os.chmod(temporary, 0o666 & ~current_umask())
         os.replace(temporary, path)
     finally:
         if temporary.exists():
             temporary.unlink()
-    fsync_dir(path.parent)
+    fsync_dir(path.parent, timing)
     return offset
 

@@ -12,7 +12,9 @@ The bytes a part holds are the checkpoint's, converted to the skeleton's dtype a
 `from_pretrained` converts them, so a streamed run computes on exactly the tensors an in-memory
 run holds (tests/models/test_stream.py proves bit-identical weights for every adapter and method).
 """
+import json
 import os
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +55,13 @@ def _checkpoint_name(key: str, names, prefix: str) -> Optional[str]:
     return None
 
 
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # a filesystem without hard links
+        shutil.copyfile(source, target)
+
+
 def _stamp(tensor: torch.Tensor) -> tuple:
     """What changes when a tensor's values are written: its storage or its version counter."""
     return tensor.data_ptr(), tensor._version
@@ -65,6 +74,8 @@ class StreamedHandle(ModelHandle):
     def __init__(self, model, adapter, weight_files, shard_dir: Path):
         super().__init__(model, adapter)
         self.shard_dir = Path(shard_dir)
+        for stale in self.shard_dir.glob(".*.tmp-*"):  # a write a kill interrupted
+            stale.unlink()
         self._slots = self._map_slots(weight_files)
         self._saved = self._saved_keys()
         self._parts = self._part_keys()
@@ -218,14 +229,14 @@ class StreamedHandle(ModelHandle):
             name = self.shard_name(part)
             finished = self.shard_dir / name
             if self._slots[keys[0]].source.file == finished:
-                os.replace(finished, path / name)
+                # A second name, not a move: until the run commits, the shard must stay where
+                # a resumed run finds it (a kill during the save loses the staging directory).
+                _link_or_copy(finished, path / name)
                 self._point_at(path / name, part)
                 total += sum(self._slots[k].source.nbytes for k in keys)
             else:
                 total += write_tensors(path / name, ((k, self._load(k, "cpu")) for k in keys))
             weight_map.update({k: name for k in keys})
-        import json
-
         (path / INDEX).write_text(json.dumps({"metadata": {"total_size": total},
                                               "weight_map": weight_map}, indent=2) + "\n")
         self._save_configs(path)

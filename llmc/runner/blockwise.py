@@ -15,6 +15,7 @@ from loguru import logger
 from tqdm import tqdm
 
 from ..errors import LlmcError
+from ..faults import pause_point
 from ..models.handle import ModelHandle
 from .cache import cached_json, weights_fingerprint, windows_fingerprint
 from .capture import block_output, capture_block_inputs
@@ -133,9 +134,11 @@ def prune_blockwise(handle, method, plan, batches, device, sparsity_out=False,
             timings["prune"] += end - middle
             start = time.perf_counter()
             handle.finish_block(index)  # a streamed model writes the block out here
+            pause_point("block:written", index)
             middle = time.perf_counter()
             if after_block is not None:
                 after_block(index + 1, inputs.hidden if inputs is not None else [])
+                pause_point("block:checkpointed", index)
             timings["write"] += middle - start
             timings["checkpoint"] += time.perf_counter() - middle
     return timings

@@ -55,3 +55,29 @@ class UnitPlan:
                 "targets": [str(t) for t in self.targets.values()], "sparsity": sparsity,
                 "mean_sparsity": sum(sparsity) / len(sparsity),
                 "score_name": self.score_name, "score": self.scores}
+
+
+def plan_to_dict(plan) -> dict:
+    """A plan as JSON-able data (the resume state keeps it; plan_from_dict reads it back)."""
+    if isinstance(plan, UniformPlan):
+        target = plan.default
+        return {"kind": "uniform", "sparsity": target.sparsity,
+                "n_m": list(target.n_m) if target.n_m else None}
+    return {"kind": "unit", "plan_kind": plan.kind, "score_name": plan.score_name,
+            "scores": plan.scores, "details": plan.details,
+            "targets": [[index, name, t.sparsity, list(t.n_m) if t.n_m else None]
+                        for (index, name), t in plan.targets.items()]}
+
+
+def plan_from_dict(data: dict):
+    def target(sparsity, n_m):
+        return Target(sparsity, tuple(n_m) if n_m else None)
+
+    if data["kind"] == "uniform":
+        plan = UniformPlan.__new__(UniformPlan)
+        plan.default = target(data["sparsity"], data["n_m"])
+        return plan
+    targets = {(index, name): target(sparsity, n_m)
+               for index, name, sparsity, n_m in data["targets"]}
+    return UnitPlan(data["plan_kind"], targets, data["score_name"], data["scores"],
+                    data["details"])

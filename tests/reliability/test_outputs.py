@@ -126,7 +126,7 @@ def test_an_unwritable_save_path_is_one_error_before_any_model_load(
         raise AssertionError("loaded a tokenizer or model before checking save.save_path")
 
     monkeypatch.setattr("llmc.pipeline.load_tokenizer", must_not_load)
-    monkeypatch.setattr("llmc.pipeline.load_model", must_not_load)
+    monkeypatch.setattr("llmc.pipeline.load_for_run", must_not_load)
     code, stderr = cli("--config", run_config, "--set", f"save.save_path={path}")
     line = error_line(stderr)
     assert code == 2 and f"save.save_path '{path}'" in line and reason in line

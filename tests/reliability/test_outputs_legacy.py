@@ -24,7 +24,7 @@ def test_outputs_of_an_older_llmc_are_refused_then_replaced_and_leftovers_remove
     leftovers[3].mkdir()
     (save / "sensitivity.json").write_text("MixGPT's cache")
     (save / ".llmc" / "scratch").mkdir(parents=True)
-    (save / ".llmc" / "scratch" / "resume").write_text("resume state")
+    (save / ".llmc" / "scratch" / "notes.txt").write_text("not llmc's")
 
     code, stderr = cli("--config", run_config, *FAST)
     assert code == 2 and f"'{save / 'results.json'}' already exists" in error_line(stderr)
@@ -37,7 +37,7 @@ def test_outputs_of_an_older_llmc_are_refused_then_replaced_and_leftovers_remove
     committed(save)
     assert not os.path.lexists(save / "plan.png")  # the old run's, gone with it
     assert (save / "sensitivity.json").read_text() == "MixGPT's cache"
-    assert (save / ".llmc" / "scratch" / "resume").read_text() == "resume state"
+    assert (save / ".llmc" / "scratch" / "notes.txt").read_text() == "not llmc's"
     assert sorted(os.listdir(save / ".llmc")) == ["current", "runs", "scratch"]
     assert len(os.listdir(save / ".llmc" / "runs")) == 1
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from safetensors.torch import load_file
 
+from saved_run import saved_weights
 from conftest import error_line
 from llmc import pipeline
 from llmc.strict_json import dumps_strict
@@ -90,8 +90,7 @@ def test_a_rerun_reproduces_the_weights_bit_for_bit(cli, run_config, tmp_path):
                         "--set", "sparse.method=SparseGPT", "--set", "sparse.blocksize=16",
                         "--set", f"calib.seed={seed}", "--set", f"save.save_path={tmp_path / name}")
         assert code == 0, err
-    first, second = (load_file(tmp_path / name / "transformed_model" / "model.safetensors")
-                     for name in ("first", "second"))
+    first, second = (saved_weights(tmp_path / name) for name in ("first", "second"))
     assert first.keys() == second.keys()
     for key in first:  # the same operations in the same order on one machine: bitwise
         assert first[key].numpy().tobytes() == second[key].numpy().tobytes(), key

@@ -1,0 +1,180 @@
+"""The resume state of a streamed run: after each finished block, what a rerun of the same
+command needs to go on from the next block instead of block 0.
+
+It lives in `save_path/.llmc/scratch/resume/` beside the finished blocks' shards
+(`scratch/shards/`, written by llmc.models.stream before the state names them):
+
+    state.json          the fingerprint of what changes the weights, the next block, the
+                        activations file's name, the plan, the RNG states, and the results
+                        computed before the block loop (`carried`: pretrain perplexities, ...)
+    activations-<k>.safetensors   the hidden states entering block k, one tensor per batch
+
+The commit point of a block is the rename of a fsync'ed temporary over state.json, made after
+the activations it names are on disk: a SIGKILL at any instant leaves the previous state or
+the new one. The state is a cache of work, never a reason to fail: one that does not read back
+is reported and the run starts over. One for other weights, data or settings is refused unless
+`save.overwrite`.
+"""
+import hashlib
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import torch
+from loguru import logger
+
+from ..errors import LlmcError
+from ..files import fsync_dir, write_text
+from ..models.safetensors_io import read_tensor, tensor_entries, write_tensors
+
+STATE = "state.json"
+ACTIVATIONS = "activations-{:05d}.safetensors"
+
+
+def resume_fingerprint(cfg, weight_files, checkpoint_dir, calib_tokens_sha256, device) -> dict:
+    """What changes the pruned weights: the model (its path, type, dtype, every weight file's
+    name, size and mtime, config.json's sha256), the calibration settings and token ids, the
+    method's settings, the seed, and the device type (CPU and CUDA round differently). Not eval,
+    save, base.offload_activations or model.load: they change where things wait, not a weight."""
+    config_json = Path(checkpoint_dir) / "config.json"
+    raw = cfg.to_dict()
+    files = []
+    for file in weight_files:
+        stat = Path(file).stat()
+        files.append([Path(file).name, stat.st_size, stat.st_mtime_ns])
+    return {
+        "model": {"path": str(Path(checkpoint_dir).absolute()), "type": cfg.model.type,
+                  "torch_dtype": cfg.model.torch_dtype,
+                  "trust_remote_code": cfg.model.trust_remote_code, "weight_files": files,
+                  "config_sha256": hashlib.sha256(config_json.read_bytes()).hexdigest()},
+        "calib": raw["calib"], "calib_tokens_sha256": calib_tokens_sha256,
+        "sparse": raw["sparse"], "seed": cfg.base.seed, "device": torch.device(device).type,
+    }
+
+
+def _flat(value, prefix="") -> dict:
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            out.update(_flat(item, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+def differing_keys(stored: dict, current: dict) -> List[str]:
+    """Dotted keys whose values differ between two fingerprints (e.g. 'sparse.weight.sparsity')."""
+    a, b = _flat(stored), _flat(current)
+    return sorted(key for key in a.keys() | b.keys() if a.get(key) != b.get(key))
+
+
+def rng_states() -> dict:
+    version, state, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {"python": [version, list(state), gauss],
+              "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+              "torch": torch.get_rng_state().tolist()}
+    if torch.cuda.is_available():
+        states["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return states
+
+
+@dataclass
+class ResumePoint:
+    next_block: int
+    hidden: List[torch.Tensor]  # the activations entering next_block, one tensor per batch
+    plan: dict  # llmc.sparse.allocation.plan_to_dict
+    carried: dict
+    rng: dict
+
+    def restore_rng(self) -> None:
+        version, state, gauss = self.rng["python"]
+        random.setstate((version, tuple(state), gauss))
+        name, keys, pos, has_gauss, cached = self.rng["numpy"]
+        np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(torch.tensor(self.rng["torch"], dtype=torch.uint8))
+        if "cuda" in self.rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8)
+                                          for s in self.rng["cuda"]])
+
+
+class ResumeState:
+    def __init__(self, directory, fingerprint: dict, num_blocks: int):
+        self.directory = Path(directory)
+        self.fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back
+        self.num_blocks = num_blocks
+        self.seconds = 0.0  # time in save(), and the part of it spent in fsync
+        self.fsync_seconds = 0.0
+
+    def load(self, overwrite: bool) -> Optional[ResumePoint]:
+        """The point an interrupted run reached, or None to start at block 0."""
+        path = self.directory / STATE
+        if not path.exists():
+            return None
+        try:
+            state = json.loads(path.read_text())
+            stored = state["fingerprint"]
+            next_block = int(state["next_block"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            logger.warning(f"the resume state {path} does not read ({err}); starting over")
+            self.clear()
+            return None
+        differs = differing_keys(stored, self.fingerprint)
+        if differs:
+            if not overwrite:
+                raise LlmcError(
+                    f"save.save_path holds the resume state of an interrupted run with another "
+                    f"{', '.join(differs[:6])}{' ...' if len(differs) > 6 else ''}; rerun it "
+                    "with the same model, calibration, method settings and seed to resume it, "
+                    "or set save.overwrite: True to start over (or choose another "
+                    "save.save_path)")
+            logger.warning(f"discarding the resume state of an interrupted run with another "
+                           f"{', '.join(differs[:6])} (save.overwrite: True)")
+            self.clear()
+            return None
+        try:
+            hidden = self._read_activations(state["activations"])
+            point = ResumePoint(next_block, hidden, state["plan"], state["carried"],
+                                state["rng"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            logger.warning(f"the resume state in {self.directory} is incomplete ({err}); "
+                           "starting over")
+            self.clear()
+            return None
+        logger.info(f"resuming at block {next_block} of {self.num_blocks}: blocks 0 to "
+                    f"{next_block - 1} were finished by an interrupted run")
+        return point
+
+    def _read_activations(self, name: str) -> List[torch.Tensor]:
+        entries = tensor_entries(self.directory / name)
+        return [read_tensor(entries[str(i)]) for i in range(len(entries))]
+
+    def save(self, next_block: int, hidden: List[torch.Tensor], plan: dict,
+             carried: dict) -> None:
+        """Record that every block before `next_block` is finished (see the module doc)."""
+        start, timing = time.perf_counter(), {}
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = ACTIVATIONS.format(next_block)
+        write_tensors(self.directory / name, ((str(i), h) for i, h in enumerate(hidden)), timing)
+        write_text(self.directory / STATE, json.dumps({
+            "fingerprint": self.fingerprint, "next_block": next_block,
+            "num_blocks": self.num_blocks, "activations": name, "plan": plan,
+            "carried": carried, "rng": rng_states()}), timing)
+        fsync_dir(self.directory, timing)  # the rename over state.json: the commit point
+        for old in self.directory.glob("activations-*.safetensors"):
+            if old.name != name:
+                old.unlink()
+        self.seconds += time.perf_counter() - start
+        self.fsync_seconds += timing.get("fsync", 0.0)
+
+    def clear(self) -> None:
+        """Remove the state and its activations (not the shards beside them)."""
+        for path in [self.directory / STATE, *self.directory.glob("activations-*"),
+                     *self.directory.glob(".activations-*"), *self.directory.glob(f".{STATE}.*")]:
+            path.unlink(missing_ok=True)
+        if self.directory.is_dir():
+            fsync_dir(self.directory)
