@@ -1,0 +1,141 @@
+"""Resume after a crash (llmc/runner/resume.py, docs/outputs.md): a streamed run SIGKILLed at
+any block, or during its save, then rerun with the same command, ends with the weights and
+results of an uninterrupted run, bit for bit (the same operations in the same order on the same
+bytes, one machine); a changed config is refused, or starts over with save.overwrite."""
+import json
+import os
+
+import pytest
+import torch
+
+import llmc_child
+from conftest import error_line
+from saved_run import FAST, OVERWRITE, OWL, assert_clean, committed, saved_weights
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "forkserver_started")
+
+
+@pytest.fixture(scope="module")
+def forkserver_started():
+    llmc_child.forkserver()
+
+FOUR_BLOCKS = 4
+SPARSEGPT_OUT = ("--set", "sparse.method=SparseGPT", "--set", "sparse.sparsity_out=true",
+                 "--set", "sparse.blocksize=16")
+PRETRAIN = ("--set", "eval.eval_pos=[pretrain]")
+
+
+@pytest.fixture
+def four_block_config(run_config, tiny_model_dir):
+    """run_config on a tiny Llama of four blocks, so a kill can land before, between and after
+    checkpoints."""
+    return run_config, ("--set", f"model.path={tiny_model_dir('llama', num_hidden_layers=4)}")
+
+
+def kill_at(tmp_path, argv, point):
+    marker = tmp_path / f"paused-{point.replace(':', '_').replace('@', '_')}"
+    env = {"LLMC_PAUSE_AT": point, "LLMC_PAUSE_MARKER": str(marker)}
+    process = llmc_child.start(argv, env, tmp_path / f"child-{os.getpid()}.err")
+    llmc_child.wait_for(marker, process)
+    process.kill()
+    process.join()
+
+
+def assert_same_run(reference, resumed):
+    weights = saved_weights(reference), saved_weights(resumed)
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), name
+    first, second = committed(reference), committed(resumed)
+    for key in ("ppl", "sparsity", "plan", "method"):
+        assert first.get(key) == second.get(key), key
+    return second
+
+
+# (where the first run is killed, the block the rerun resumes at; None: it starts over)
+KILLS = [("block:written@0", None), ("block:checkpointed@0", 1), ("block:written@2", 2),
+         ("block:checkpointed@3", 4), ("save:model-written", 4)]
+
+
+@pytest.mark.parametrize("method", [SPARSEGPT_OUT, OWL], ids=["sparsegpt-out", "owl"])
+@pytest.mark.parametrize("point,resumed_at", KILLS)
+def test_a_killed_run_resumes_to_the_uninterrupted_weights(
+        cli, four_block_config, tmp_path, point, resumed_at, method):
+    config, model = four_block_config
+    argv = ["--config", config, *model, *PRETRAIN, *method]
+    reference = tmp_path / "reference"
+    code, stderr = cli(*argv, "--set", f"save.save_path={reference}")
+    assert code == 0, stderr
+
+    save = tmp_path / "save"
+    kill_at(tmp_path, [*argv, "--set", f"save.save_path={save}"], point)
+    code, stderr = cli(*argv, "--set", f"save.save_path={save}")
+    assert code == 0, stderr
+    results = assert_same_run(reference, save)
+    if resumed_at is None:
+        assert "resuming" not in stderr and "resumed_at_block" not in results
+    else:
+        assert f"resuming at block {resumed_at} of {FOUR_BLOCKS}" in stderr
+        assert results["resumed_at_block"] == resumed_at
+        assert results["ppl"]["pretrain"]  # carried over from the killed run's eval
+    assert_clean(save)
+    assert not (save / ".llmc" / "scratch").exists()
+
+
+def test_kills_at_every_block_in_turn_still_end_bit_identical(cli, four_block_config, tmp_path):
+    """Killed after each checkpoint in turn, every rerun goes one block further."""
+    config, model = four_block_config
+    argv = ["--config", config, *model, *FAST, "--set", "sparse.method=SparseGPT"]
+    reference = tmp_path / "reference"
+    assert cli(*argv, "--set", f"save.save_path={reference}")[0] == 0
+    save = ("--set", f"save.save_path={tmp_path / 'save'}")
+    for block in range(FOUR_BLOCKS):
+        kill_at(tmp_path, [*argv, *save], f"block:checkpointed@{block}")
+        state = json.loads((tmp_path / "save/.llmc/scratch/resume/state.json").read_text())
+        assert state["next_block"] == block + 1
+    code, stderr = cli(*argv, *save)
+    assert code == 0 and f"resuming at block {FOUR_BLOCKS} of {FOUR_BLOCKS}" in stderr
+    assert_same_run(reference, tmp_path / "save")
+
+
+@pytest.mark.parametrize("change,key", [
+    (("--set", "sparse.weight.sparsity=0.6"), "sparse.weight.sparsity"),
+    (("--set", "calib.n_samples=5"), "calib.n_samples"),
+    (("--set", "base.seed=7"), "seed"),
+])
+def test_a_changed_config_is_refused_then_overwrite_starts_over(
+        cli, four_block_config, tmp_path, change, key):
+    config, model = four_block_config
+    argv = ["--config", config, *model, *FAST, "--set", f"save.save_path={tmp_path / 'save'}"]
+    kill_at(tmp_path, argv, "block:checkpointed@1")
+    code, stderr = cli(*argv, *change)
+    assert code == 2
+    line = error_line(stderr)
+    assert "resume state of an interrupted run" in line and key in line
+    assert "save.overwrite: True" in line
+    assert (tmp_path / "save/.llmc/scratch/resume/state.json").exists()  # kept for a rerun
+    code, stderr = cli(*argv, *change, *OVERWRITE)
+    assert code == 0 and "discarding the resume state" in stderr and "resuming" not in stderr
+    assert_clean(tmp_path / "save")
+
+
+def test_eval_and_save_settings_do_not_block_a_resume(cli, four_block_config, tmp_path):
+    config, model = four_block_config
+    argv = ["--config", config, *model, *FAST, "--set", f"save.save_path={tmp_path / 'save'}"]
+    kill_at(tmp_path, argv, "block:checkpointed@1")
+    code, stderr = cli(*argv, "--set", "eval.eval_pos=[transformed]",
+                       "--set", "eval.inference_per_block=true")
+    assert code == 0 and "resuming at block 2 of 4" in stderr, stderr
+    assert committed(tmp_path / "save")["ppl"]["transformed"]
+
+
+def test_an_unreadable_resume_state_starts_over(cli, four_block_config, tmp_path):
+    config, model = four_block_config
+    argv = ["--config", config, *model, *FAST, "--set", f"save.save_path={tmp_path / 'save'}"]
+    kill_at(tmp_path, argv, "block:checkpointed@1")
+    resume = tmp_path / "save/.llmc/scratch/resume"
+    activations = next(resume.glob("activations-*"))
+    activations.write_bytes(activations.read_bytes()[:100])  # truncated
+    code, stderr = cli(*argv)
+    assert code == 0 and "incomplete" in stderr and "starting over" in stderr
+    assert_clean(tmp_path / "save")
