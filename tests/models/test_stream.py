@@ -200,3 +200,62 @@ def test_whole_model_eval_falls_back_to_blocks_when_the_model_does_not_fit(
             for tmp in (Path(yaml.safe_load(p.read_text())["save"]["save_path"])
                         for p in (whole, small))]
     assert read[0] == pytest.approx(read[1], rel=1e-5)  # whole and per-block forwards differ
+
+
+def _rewrite_checkpoint(directory, rename=None, max_shard_size=None):
+    """Re-save a checkpoint's tensors: in several shards, or under other names."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    directory = Path(directory)
+    if max_shard_size:
+        model = AutoModelForCausalLM.from_pretrained(directory)
+        (directory / "model.safetensors").unlink()
+        model.save_pretrained(directory, max_shard_size=max_shard_size)
+        return sorted(p.name for p in directory.glob("*.safetensors"))
+    from safetensors.torch import save_file
+
+    tensors = load_file(directory / "model.safetensors")
+    save_file({rename(k): v.contiguous() for k, v in tensors.items()},
+              directory / "model.safetensors", metadata={"format": "pt"})
+    return sorted(tensors)
+
+
+def test_a_sharded_checkpoint_streams(cli, stream_config):
+    stream_config("llama", "Wanda", "memory")  # builds the model directory
+    directory = Path(yaml.safe_load(stream_config("llama", "Wanda", "memory").read_text())
+                     ["model"]["path"])
+    assert len(_rewrite_checkpoint(directory, max_shard_size="20KB")) > 3
+    both = run_both(cli, stream_config, "llama", "SparseGPT", eval_cfg={"eval_pos": []})
+    assert both["stream"][0]["engine"]["load"] == "stream"
+    assert_same_weights(both["memory"][1], both["stream"][1])
+
+
+def test_a_checkpoint_without_the_base_model_prefix_streams(cli, stream_config):
+    """Published BLOOM checkpoints name tensors `h.0...`, not `transformer.h.0...`: both
+    engines map them the same way."""
+    directory = Path(yaml.safe_load(stream_config("bloom", "Wanda", "memory").read_text())
+                     ["model"]["path"])
+    names = _rewrite_checkpoint(directory, rename=lambda k: k.removeprefix("transformer."))
+    assert any(name.startswith("transformer.") for name in names)
+    both = run_both(cli, stream_config, "bloom", "Wanda", eval_cfg={"eval_pos": []})
+    assert both["stream"][0]["engine"]["load"] == "stream"
+    assert_same_weights(both["memory"][1], both["stream"][1])
+
+
+def test_a_bin_checkpoint_is_loaded_into_memory_under_auto_and_refused_under_stream(
+        cli, stream_config):
+    from transformers import AutoModelForCausalLM
+
+    directory = Path(yaml.safe_load(stream_config("llama", "Wanda", "auto").read_text())
+                     ["model"]["path"])
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    (directory / "model.safetensors").unlink()
+    torch.save(model.state_dict(), directory / "pytorch_model.bin")  # transformers 5 writes none
+    code, stderr = cli("--config", stream_config("llama", "Wanda", "auto", name="auto"))
+    assert code == 0, stderr
+    assert "loading the whole model into memory: its weights are not safetensors" in stderr
+    from conftest import error_line
+
+    code, stderr = cli("--config", stream_config("llama", "Wanda", "stream", name="stream"))
+    assert code == 2 and "model.load is stream" in error_line(stderr)
