@@ -28,7 +28,8 @@ MODEL_LOADS = ("auto", "stream", "memory")  # how a run holds the weights (llmc.
 class BaseCfg:
     seed: int = 42
     device: str = "auto"  # auto = cuda if available else cpu; or cpu, cuda, cuda:N
-    offload_activations: Union[bool, str] = "auto"  # keep calibration activations on CPU
+    # where calibration activations wait between blocks: auto, true (CPU), false (device), disk
+    offload_activations: Union[bool, str] = "auto"
 
 
 @dataclass
@@ -205,8 +206,8 @@ def validate(cfg: Config) -> Config:
     check_seed(cfg.base.seed, "base.seed")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.base.device):
         raise ConfigError(f"base.device '{cfg.base.device}' must be auto, cpu, cuda or cuda:N")
-    if cfg.base.offload_activations not in (True, False, "auto"):
-        raise ConfigError("base.offload_activations must be auto, true or false")
+    if cfg.base.offload_activations not in (True, False, "auto", "disk"):
+        raise ConfigError("base.offload_activations must be auto, true, false or disk")
 
     # Checkpoints whose modeling code is not part of transformers (Baichuan) need permission.
     MODELS.lookup(cfg.model.type, "model.type").check_remote_code_allowed(

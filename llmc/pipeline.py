@@ -26,6 +26,7 @@ from .save import MODEL_DIR, PLAN_PLOT, save_model, write_results
 
 
 RESUME_DIR = "resume"  # in save_path/.llmc/scratch/, beside the shards (docs/outputs.md)
+ACTIVATIONS_DIR = "activations"  # base.offload_activations: disk
 
 
 def seed_everything(seed: int) -> None:
@@ -76,20 +77,22 @@ def run(cfg) -> dict:
         out.commit()
         # The finished blocks and the resume state served their purpose once the run is
         # committed (the output holds its own names for the shards).
-        for scratch in (out.layout.shards, out.layout.scratch / RESUME_DIR):
+        for scratch in (out.layout.shards, out.layout.scratch / RESUME_DIR,
+                        out.layout.scratch / ACTIVATIONS_DIR):
             shutil.rmtree(scratch, ignore_errors=True)
         with contextlib.suppress(OSError):  # only when nothing else is kept there
             out.layout.scratch.rmdir()
     return results
 
 
-def allocate_and_evaluate(cfg, method, handle, batches, eval_sets, device, results):
+def allocate_and_evaluate(cfg, method, handle, batches, eval_sets, device, results, scratch):
     """The plan, then the pretrain eval. Allocation first: it reads the dense model as the
     pretrain eval does, and its problems (a plan out of range, a cached file for another model)
     should surface before the eval."""
     start = time.perf_counter()
     calibration = Calibration(handle, batches, device, cfg.base.offload_activations,
-                              cache_dir=cfg.save.save_path, overwrite=cfg.save.overwrite)
+                              cache_dir=cfg.save.save_path, overwrite=cfg.save.overwrite,
+                              scratch=scratch)
     plan = method.allocate(cfg.sparse.weight, calibration)
     results["timings"]["allocate"] = time.perf_counter() - start
     if "pretrain" in cfg.eval.eval_pos:
@@ -150,7 +153,8 @@ def prune_and_record(cfg, out) -> dict:
     if point is not None:
         point = adopt(point, handle, resume)
     if point is None:
-        plan = allocate_and_evaluate(cfg, method, handle, batches, eval_sets, device, results)
+        plan = allocate_and_evaluate(cfg, method, handle, batches, eval_sets, device, results,
+                                     out.layout.scratch / ACTIVATIONS_DIR)
         carried = {"ppl": results["ppl"], "timings": dict(results["timings"]),
                    "method": method.describe()}
     else:
@@ -171,7 +175,8 @@ def prune_and_record(cfg, out) -> dict:
                              offload=cfg.base.offload_activations,
                              resume_at=point.next_block if point else 0,
                              resumed_hidden=point.hidden if point else None,
-                             after_block=checkpoint_block if resume else None)
+                             after_block=checkpoint_block if resume else None,
+                             scratch=out.layout.scratch / ACTIVATIONS_DIR)
     results["timings"]["prune_total"] = time.perf_counter() - start
     results["timings"].update({f"prune_{k}": v for k, v in phases.items()})
     if resume is not None:

@@ -13,6 +13,11 @@ measuring pass timed as allocate_s, outside the prune time; for MixGPT the Hessi
 also given as a ratio to the dense forward, and each probe as a ratio to one dense forward of the
 windows it differentiates.
 Ratios, not seconds, are the figures to compare across machines.
+
+    python scripts/bench.py --out-of-core [...]
+
+runs scripts/bench_memory.py instead: whole runs streamed and in memory, their peak RSS as a
+ratio to the checkpoint and the streamed / in-memory prune time (see its docstring).
 """
 import dataclasses
 import argparse
@@ -26,6 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_memory
 
 from llmc.config import load_config as load  # noqa: E402
 from llmc.data import calib_batches, eval_tokens  # noqa: E402
@@ -46,8 +52,8 @@ def sync(device):
 def dense_forward_seconds(handle, batches, device, offload):
     sync(device)
     start = time.perf_counter()
-    home = calibration_home(handle, batches, device, offload)
-    forward_all_blocks(handle, capture_block_inputs(handle, batches, device, home), device)
+    with calibration_home(handle, batches, device, offload) as home:
+        forward_all_blocks(handle, capture_block_inputs(handle, batches, device, home), device)
     sync(device)
     return time.perf_counter() - start
 
@@ -66,6 +72,10 @@ def plain_hf_tokens_per_second(handle, windows, device, bs):
 
 
 def main():
+    if "--out-of-core" in sys.argv[1:]:  # whole runs, streamed and in memory: peak RSS
+        import bench_memory
+
+        return bench_memory.main([a for a in sys.argv[1:] if a != "--out-of-core"])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/sparse/wanda.yml")
     parser.add_argument("--set", action="append", default=[], dest="overrides")

@@ -6,6 +6,7 @@ It knows no method by name: a method says which statistics it needs and prunes o
 (the Linears reading the same tensor); a method that allocates first measures through `measure`.
 """
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -17,6 +18,7 @@ from tqdm import tqdm
 from ..errors import LlmcError
 from ..faults import pause_point
 from ..models.handle import ModelHandle
+from .activations import ActivationFile
 from .cache import cached_json, weights_fingerprint, windows_fingerprint
 from .capture import block_output, capture_block_inputs
 from .device import activation_home
@@ -34,7 +36,7 @@ def run_block(block, inputs, device, replace: bool) -> torch.Tensor:
         out = block_output(block(hidden.to(device), *args, **kwargs))
         finite &= torch.isfinite(out).all()
         if replace:
-            inputs.hidden[index] = out.to(hidden.device)
+            inputs.replace(index, out)
     return finite
 
 
@@ -65,10 +67,24 @@ def forward_all_blocks(handle, inputs, device):
     return inputs
 
 
-def calibration_home(handle, batches, device, offload):
-    """Where this run's calibration activations wait between blocks (see activation_home)."""
-    tokens = sum(batch.numel() for batch in batches)
-    return activation_home(offload, device, tokens * handle.hidden_size * handle.dtype.itemsize)
+@contextmanager
+def calibration_home(handle, batches, device, offload, scratch=None):
+    """Where this run's calibration activations wait between blocks for the duration: a
+    device (see activation_home), or with offload "disk" a memory-mapped file in `scratch`,
+    removed on exit."""
+    if offload != "disk":
+        tokens = sum(batch.numel() for batch in batches)
+        yield activation_home(offload, device,
+                              tokens * handle.hidden_size * handle.dtype.itemsize)
+        return
+    if scratch is None:
+        raise LlmcError("base.offload_activations: disk needs a save path to keep them in")
+    shapes = [(*batch.shape, handle.hidden_size) for batch in batches]
+    home = ActivationFile(scratch, shapes, handle.dtype)
+    try:
+        yield home
+    finally:
+        home.close()
 
 
 def prune_block(handle, block, block_index, method, plan, statistics=None):
@@ -87,7 +103,8 @@ def prune_block(handle, block, block_index, method, plan, statistics=None):
 
 @torch.no_grad()
 def prune_blockwise(handle, method, plan, batches, device, sparsity_out=False,
-                    offload="auto", resume_at=0, resumed_hidden=None, after_block=None) -> dict:
+                    offload="auto", resume_at=0, resumed_hidden=None, after_block=None,
+                    scratch=None) -> dict:
     """Prune every decoder block of `handle`'s model (kept on CPU) in place. Returns timings in
     seconds.
 
@@ -99,67 +116,70 @@ def prune_blockwise(handle, method, plan, batches, device, sparsity_out=False,
     the activations entering block `resume_at` (the other call arguments are captured again:
     they depend on the windows only). `after_block(next_block, hidden)` is called once each
     block is finished and written (handle.finish_block), with the activations entering the
-    next one."""
+    next one. `scratch`: the directory of offload "disk"'s activation file."""
     timings = {"capture": 0.0, "forward": 0.0, "prune": 0.0, "write": 0.0, "checkpoint": 0.0}
-    inputs = None
-    if method.needs:  # e.g. Magnitude needs none: no calibration data, no forward at all
-        start = time.perf_counter()
-        home = calibration_home(handle, batches, device, offload)
-        inputs = capture_block_inputs(handle, batches, device, home)
-        if resumed_hidden is not None:
-            inputs.hidden = [hidden.to(home) for hidden in resumed_hidden]
-        timings["capture"] = time.perf_counter() - start
-        logger.info(f"pruning {handle.num_blocks} blocks with {type(method).__name__} over "
-                    f"{len(inputs)} calibration batches on {device} (activations on {home})")
+    with ExitStack() as stack:  # the activations' home, removed at the end if a file
+        inputs = None
+        if method.needs:  # e.g. Magnitude needs none: no calibration data, no forward at all
+            start = time.perf_counter()
+            home = stack.enter_context(calibration_home(handle, batches, device, offload,
+                                                        scratch))
+            inputs = capture_block_inputs(handle, batches, device, home)
+            if resumed_hidden is not None:
+                inputs.restore(resumed_hidden)
+            timings["capture"] = time.perf_counter() - start
+            logger.info(f"pruning {handle.num_blocks} blocks with {type(method).__name__} over "
+                        f"{len(inputs)} calibration batches on {device} (activations on {home})")
 
-    for index in tqdm(range(resume_at, handle.num_blocks), desc="pruning blocks",
-                      initial=resume_at, total=handle.num_blocks):
-        with handle.block_on(index, device) as block:
-            start = time.perf_counter()
-            statistics = None
-            if inputs is not None:
-                statistics = GroupStatistics(block, handle.groups, method.needs, device)
-                finite = run_block(block, inputs, device, replace=not sparsity_out)
-                statistics.remove_hooks()
-            middle = time.perf_counter()
-            prune_block(handle, block, index, method, plan, statistics)
-            del statistics
-            end = time.perf_counter()
-            if inputs is not None:  # after pruning, so a method's own finer diagnosis wins
-                check_block_outputs(handle, index, finite)
-                if sparsity_out:
-                    check_block_outputs(handle, index,
-                                        run_block(block, inputs, device, replace=True))
-            timings["forward"] += (middle - start) + (time.perf_counter() - end)
-            timings["prune"] += end - middle
-            start = time.perf_counter()
-            handle.finish_block(index)  # a streamed model writes the block out here
-            pause_point("block:written", index)
-            middle = time.perf_counter()
-            if after_block is not None:
-                after_block(index + 1, inputs.hidden if inputs is not None else [])
-                pause_point("block:checkpointed", index)
-            timings["write"] += middle - start
-            timings["checkpoint"] += time.perf_counter() - middle
+        for index in tqdm(range(resume_at, handle.num_blocks), desc="pruning blocks",
+                          initial=resume_at, total=handle.num_blocks):
+            with handle.block_on(index, device) as block:
+                start = time.perf_counter()
+                statistics = None
+                if inputs is not None:
+                    statistics = GroupStatistics(block, handle.groups, method.needs, device)
+                    finite = run_block(block, inputs, device, replace=not sparsity_out)
+                    statistics.remove_hooks()
+                middle = time.perf_counter()
+                prune_block(handle, block, index, method, plan, statistics)
+                del statistics
+                end = time.perf_counter()
+                if inputs is not None:  # after pruning, so a method's own finer diagnosis wins
+                    check_block_outputs(handle, index, finite)
+                    if sparsity_out:
+                        check_block_outputs(handle, index,
+                                            run_block(block, inputs, device, replace=True))
+                timings["forward"] += (middle - start) + (time.perf_counter() - end)
+                timings["prune"] += end - middle
+                start = time.perf_counter()
+                handle.finish_block(index)  # a streamed model writes the block out here
+                pause_point("block:written", index)
+                middle = time.perf_counter()
+                if after_block is not None:
+                    after_block(index + 1, inputs.hidden if inputs is not None else [])
+                    pause_point("block:checkpointed", index)
+                timings["write"] += middle - start
+                timings["checkpoint"] += time.perf_counter() - middle
     return timings
 
 
 @torch.no_grad()
-def measure_blockwise(handle, needs, batches, device, measure, offload="auto") -> list:
+def measure_blockwise(handle, needs, batches, device, measure, offload="auto",
+                      scratch=None) -> list:
     """Stream the calibration windows through the dense model, one block at a time, gathering
     the statistics `needs` per input group; prune nothing. Returns
     [measure(block_index, block, statistics) for every block], e.g. OWL's outlier ratios."""
-    home = calibration_home(handle, batches, device, offload)
-    inputs = capture_block_inputs(handle, batches, device, home)
-    measured = []
-    for index in tqdm(range(handle.num_blocks), desc="measuring blocks"):
-        with handle.block_on(index, device) as block:
-            statistics = GroupStatistics(block, handle.groups, needs, device)
-            finite = run_block(block, inputs, device, replace=True)  # feeds the next block
-            statistics.remove_hooks()
-            check_block_outputs(handle, index, finite)
-            measured.append(measure(index, block, statistics))
-            del statistics
+    with calibration_home(handle, batches, device, offload, scratch) as home:
+        inputs = capture_block_inputs(handle, batches, device, home)
+        measured = []
+        for index in tqdm(range(handle.num_blocks), desc="measuring blocks"):
+            with handle.block_on(index, device) as block:
+                statistics = GroupStatistics(block, handle.groups, needs, device)
+                finite = run_block(block, inputs, device, replace=True)  # feeds the next block
+                statistics.remove_hooks()
+                check_block_outputs(handle, index, finite)
+                measured.append(measure(index, block, statistics))
+                del statistics
     return measured
 
 
@@ -174,10 +194,11 @@ class Calibration:
     offload: object = "auto"
     cache_dir: Optional[str] = None  # where `cached` keeps files (save.save_path); None: no cache
     overwrite: bool = False  # whether a cached file for another key may be replaced
+    scratch: Optional[Path] = None  # where offload "disk" keeps the activations
 
     def measure(self, needs, measure) -> list:
         return measure_blockwise(self.handle, needs, self.batches, self.device, measure,
-                                 self.offload)
+                                 self.offload, self.scratch)
 
     def windows(self, n_windows: int) -> list:
         return calibration_windows(self.batches, n_windows)

@@ -32,14 +32,33 @@ def _same(a, b):
 
 class BlockInputs:
     """Per batch: the hidden states entering the current block and the call's other arguments.
-    Identical argument sets (same-length windows) are stored once and shared."""
+    Identical argument sets (same-length windows) are stored once and shared. The hidden states
+    live at `home`: a device, or an ActivationFile (llmc.runner.activations) whose views they
+    are, written over in place."""
 
-    def __init__(self):
+    def __init__(self, home):
+        self.home = home
         self.hidden = []
         self.calls = []  # (args, kwargs) per batch, shared objects where equal
 
+    def _placed(self, index, hidden):
+        if isinstance(self.home, torch.device):
+            return hidden.to(self.home)
+        return self.home.hold(index, hidden)
+
+    def replace(self, index, out):
+        """Batch `index`'s hidden states become `out` (its forward is done)."""
+        if isinstance(self.home, torch.device):
+            self.hidden[index] = out.to(self.hidden[index].device)
+        else:
+            self.hidden[index].copy_(out)
+
+    def restore(self, hidden):
+        """Hidden states saved earlier (a resumed run's), one per batch, in place of these."""
+        self.hidden = [self._placed(index, h) for index, h in enumerate(hidden)]
+
     def add(self, hidden, args, kwargs):
-        self.hidden.append(hidden)
+        self.hidden.append(self._placed(len(self.hidden), hidden))
         for previous in reversed(self.calls[-4:]):
             if _same(previous, (args, kwargs)):
                 self.calls.append(previous)
@@ -54,14 +73,15 @@ class BlockInputs:
 def capture_block_inputs(handle, batches, device, home) -> BlockInputs:
     """Run the embeddings (the model's pre-block modules) on `device` for every batch of token
     ids; keep block 0's inputs at `home` (hidden states) / `device` (the small per-call
-    arguments). No block runs: the hook on block 0 stops each forward before it."""
+    arguments; `home` may also be an ActivationFile). No block runs: the hook on block 0 stops
+    each forward before it."""
 
     def stop(module, args, kwargs):
         kwargs = dict(kwargs)
         hidden = args[0] if args else kwargs.pop("hidden_states")
         raise _Captured(hidden, tuple(args[1:]), kwargs)
 
-    captured = BlockInputs()
+    captured = BlockInputs(home)
     with handle.pre_blocks_on(device):
         hook = handle.block(0).register_forward_pre_hook(stop, with_kwargs=True)
         try:
@@ -69,7 +89,7 @@ def capture_block_inputs(handle, batches, device, home) -> BlockInputs:
                 try:
                     handle.model(input_ids=ids.to(device), use_cache=False)
                 except _Captured as found:
-                    captured.add(found.hidden.to(home), to_device(found.args, device),
+                    captured.add(found.hidden, to_device(found.args, device),
                                  to_device(found.kwargs, device))
                 else:
                     raise RuntimeError("block 0 was never called; the adapter's blocks path is "

@@ -1,0 +1,175 @@
+"""Out-of-core benchmark: peak RSS and prune time of whole runs, streamed and in memory.
+
+    python scripts/bench.py --out-of-core [--models builtin,synthetic] [--methods wanda,sparsegpt]
+                                          [--engines memory,stream] [--work DIR] [--json FILE]
+
+Each run is `python -m llmc` in a child process of its own (one at a time, the same thread
+count for all), on 16 calibration windows of 256 tokens from the built-in corpus, no eval, the
+model saved. Its peak RSS is the child's ru_maxrss read with os.wait4 (which also counts the
+touched pages of memory-mapped files), reported as a ratio to the checkpoint's weight bytes;
+its prune time, write time and resume-checkpoint time come from its results.json.
+
+`synthetic` is a checkpoint with TinyLlama-1.1B's shapes (hidden 2048, intermediate 5632, 22
+layers, 32 heads / 4 KV heads, untied head) and the built-in tokenizer's vocabulary, made once
+from a seeded random init in fp32 (~4.7 GB) under --work and reused (a marker file is written
+last). Its runs need ~10 GB of disk with their outputs.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MARKER = "llmc-bench-complete"
+SYNTHETIC_SHAPES = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                        num_attention_heads=32, num_key_value_heads=4,
+                        max_position_embeddings=2048, tie_word_embeddings=False)
+CALIBRATION = ["calib.n_samples=16", "calib.seq_len=256", "eval.eval_pos=[]",
+               "save.save_trans=True", "save.overwrite=True", "base.device=cpu"]
+
+
+def synthetic_config(vocab_size: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=vocab_size, **SYNTHETIC_SHAPES)
+
+
+def weight_bytes(directory: Path) -> int:
+    return sum(f.stat().st_size for f in directory.glob("*.safetensors"))
+
+
+def builtin_dir() -> Path:
+    from llmc.models.builtin import resolve_model_path  # the cached Hugging Face directory
+
+    return Path(resolve_model_path("builtin:smollm2-135m"))
+
+
+def make_synthetic(work: Path, source: Path) -> Path:
+    """The synthetic checkpoint under `work` (made once; `source` gives the tokenizer)."""
+    target = work / "synthetic-1.1b"
+    if (target / MARKER).exists():
+        return target
+    free = shutil.disk_usage(work).free
+    if free < 10 * 2**30:
+        sys.exit(f"bench: {work} has {free / 2**30:.1f} GiB free; the synthetic checkpoint and "
+                 "its runs need about 10 GiB (choose another --work)")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    shutil.rmtree(target, ignore_errors=True)
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(synthetic_config(len(tokenizer)),
+                                             dtype=torch.float32)
+    model.save_pretrained(target, max_shard_size="1GB")
+    tokenizer.save_pretrained(target)
+    del model
+    (target / MARKER).write_text(f"made in {time.perf_counter() - start:.0f} s\n")
+    return target
+
+
+def run_child(config: str, overrides, threads: int, log: Path):
+    """(exit code, peak RSS in bytes, seconds) of one `python -m llmc` child."""
+    argv = [sys.executable, "-m", "llmc", "--config", config, "--log-level", "WARNING"]
+    for item in overrides:
+        argv += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "PYTHONPATH": str(ROOT)}
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        child = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return child.returncode, usage.ru_maxrss * 1024, time.perf_counter() - start
+
+
+def figures_of(model: str, method: str, engine: str, checkpoint_bytes: int, rss: int,
+               results: dict) -> dict:
+    timings = results["timings"]
+    row = {"model": model, "method": method, "engine": results["engine"]["load"],
+           "asked": engine, "peak_rss_gib": rss / 2**30, "rss_over_checkpoint":
+           rss / checkpoint_bytes, "prune_s": timings["prune_total"],
+           "write_s": timings.get("prune_write", 0.0)}
+    if "prune_checkpoint" in timings:
+        checkpoint = timings["prune_checkpoint"]
+        row.update(checkpoint_s=checkpoint, fsync_s=timings.get("resume_fsync", 0.0),
+                   checkpoint_over_rest=checkpoint / (timings["prune_total"] - checkpoint))
+    return row
+
+
+def ratios(rows) -> list:
+    """Streamed / in-memory prune time per (model, method) measured both ways."""
+    out = []
+    for row in rows:
+        if row["engine"] != "stream":
+            continue
+        memory = [r for r in rows if r["engine"] == "memory" and
+                  (r["model"], r["method"]) == (row["model"], row["method"])]
+        if memory:
+            out.append({"model": row["model"], "method": row["method"],
+                        "stream_over_memory_prune": row["prune_s"] / memory[0]["prune_s"]})
+    return out
+
+
+def print_table(rows, checkpoint_sizes) -> None:
+    for model, size in checkpoint_sizes.items():
+        print(f"{model}: checkpoint {size / 2**30:.2f} GiB of weights")
+    print(f"{'model':10} {'method':10} {'engine':7} {'peak RSS':>9} {'x ckpt':>7} "
+          f"{'prune s':>8} {'write s':>8} {'ckpt s':>7} {'fsync s':>8} {'ckpt/rest':>9}")
+    for r in rows:
+        print(f"{r['model']:10} {r['method']:10} {r['engine']:7} {r['peak_rss_gib']:8.2f}G "
+              f"{r['rss_over_checkpoint']:7.3f} {r['prune_s']:8.1f} {r['write_s']:8.2f} "
+              + (f"{r['checkpoint_s']:7.2f} {r['fsync_s']:8.2f} {r['checkpoint_over_rest']:9.3f}"
+                 if "checkpoint_s" in r else ""))
+    for r in ratios(rows):
+        print(f"{r['model']} {r['method']}: streamed / in-memory prune time = "
+              f"{r['stream_over_memory_prune']:.3f}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default="builtin,synthetic")
+    parser.add_argument("--methods", default="wanda,sparsegpt")
+    parser.add_argument("--engines", default="memory,stream")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work", default=os.environ.get("LLMC_BENCH_DIR", "/tmp/llmc-bench"))
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    source = builtin_dir()
+    paths = {"builtin": source}
+    if "synthetic" in args.models.split(","):
+        paths["synthetic"] = make_synthetic(work, source)
+    sizes = {model: weight_bytes(paths[model]) for model in args.models.split(",")}
+    rows = []
+    for model in args.models.split(","):
+        for method in args.methods.split(","):
+            for engine in args.engines.split(","):
+                save = work / "runs" / f"{model}-{method}-{engine}"
+                overrides = [f"model.path={paths[model]}", f"model.load={engine}",
+                             f"save.save_path={save}", *CALIBRATION]
+                code, rss, seconds = run_child(f"configs/sparse/{method}.yml", overrides,
+                                               args.threads, work / f"{save.name}.log")
+                if code != 0:
+                    sys.exit(f"bench: the {model} {method} {engine} run failed (exit {code}); "
+                             f"see {work / (save.name + '.log')}")
+                results = json.loads((save / "results.json").read_text())
+                rows.append({**figures_of(model, method, engine, sizes[model], rss, results),
+                             "wall_s": seconds})
+                print(f"  {model} {method} {engine}: {seconds:.0f} s, peak RSS "
+                      f"{rss / 2**30:.2f} GiB", flush=True)
+                shutil.rmtree(save, ignore_errors=True)  # ~5 GB each for the synthetic model
+    print_table(rows, sizes)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"checkpoint_bytes": sizes, "runs": rows,
+                                               "ratios": ratios(rows)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
