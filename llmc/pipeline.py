@@ -76,9 +76,12 @@ def run(cfg) -> dict:
         results = prune_and_record(cfg, out)
         out.commit()
         # The finished blocks and the resume state served their purpose once the run is
-        # committed (the output holds its own names for the shards).
-        for scratch in (out.layout.shards, out.layout.scratch / RESUME_DIR,
-                        out.layout.scratch / ACTIVATIONS_DIR):
+        # committed (the output holds its own names for the shards). A run held in memory
+        # leaves an interrupted streamed run's state alone: it is not this run's.
+        done = [out.layout.scratch / ACTIVATIONS_DIR]
+        if results["engine"]["load"] == "stream":
+            done += [out.layout.shards, out.layout.scratch / RESUME_DIR]
+        for scratch in done:
             shutil.rmtree(scratch, ignore_errors=True)
         with contextlib.suppress(OSError):  # only when nothing else is kept there
             out.layout.scratch.rmdir()

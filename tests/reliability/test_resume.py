@@ -139,3 +139,17 @@ def test_an_unreadable_resume_state_starts_over(cli, four_block_config, tmp_path
     code, stderr = cli(*argv)
     assert code == 0 and "incomplete" in stderr and "starting over" in stderr
     assert_clean(tmp_path / "save")
+
+
+def test_a_run_held_in_memory_leaves_an_interrupted_streamed_runs_state(
+        cli, four_block_config, tmp_path):
+    """It is not that run's to remove: the streamed run resumes afterwards."""
+    config, model = four_block_config
+    argv = ["--config", config, *model, *FAST, "--set", f"save.save_path={tmp_path / 'save'}"]
+    kill_at(tmp_path, argv, "block:checkpointed@1")
+    code, stderr = cli(*argv, "--set", "model.load=memory")
+    assert code == 0, stderr
+    assert (tmp_path / "save/.llmc/scratch/resume/state.json").exists()
+    code, stderr = cli(*argv, *OVERWRITE)
+    assert code == 0 and "resuming at block 2 of 4" in stderr
+    assert not (tmp_path / "save/.llmc/scratch").exists()
