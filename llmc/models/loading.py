@@ -9,7 +9,7 @@ from ..errors import LlmcError
 from ..registry import MODELS
 from .handle import ModelHandle
 from .safetensors_io import tensor_entries
-from .stream import StreamedHandle
+from .stream import NotStreamable, StreamedHandle
 from .preflight import (adapter_for, check_tokenizer_files, checkpoint_dir, load_hf_config,
                         read_config_json, reason, unsupported)
 
@@ -146,10 +146,10 @@ def load_for_run(model_cfg, weight_files, shard_dir):
         return load_model(model_cfg), {"load": "memory", "why": why}
     try:
         handle = load_streamed(model_cfg, weight_files, shard_dir)
-    except LlmcError as err:
-        if model_cfg.load == "stream" or "no tensor for" not in str(err):
+    except NotStreamable as err:
+        if model_cfg.load == "stream":
             raise
         # Names transformers maps with its own conversion rules: let it load the model.
-        logger.warning(f"cannot stream this checkpoint ({err}); loading it whole into memory")
-        return load_model(model_cfg), {"load": "memory", "why": str(err)}
+        logger.warning(f"loading the whole model into memory: {err.why}")
+        return load_model(model_cfg), {"load": "memory", "why": err.why}
     return handle, {"load": "stream", "why": f"model.load: {model_cfg.load}"}

@@ -31,6 +31,16 @@ from .safetensors_io import TensorEntry, read_tensor, tensor_entries, write_tens
 INDEX = "model.safetensors.index.json"
 
 
+class NotStreamable(LlmcError):
+    """The checkpoint's tensor names are not the model's (up to the base model's prefix)."""
+
+    def __init__(self, why: str):
+        super().__init__(f"model.load is stream, but {why}: transformers converts such names "
+                         "on loading, which a streamed model cannot; set model.load: auto or "
+                         "memory")
+        self.why = why
+
+
 @dataclass
 class _Slot:
     """One tensor of the model: the module it sits in, its attribute name, whether it is a
@@ -99,7 +109,8 @@ class StreamedHandle(ModelHandle):
             if source is None and id(tensor) in first_of:  # tied (lm_head = embeddings)
                 source = slots[first_of[id(tensor)]].source
             if source is None and (is_parameter or tensor.is_meta):
-                raise LlmcError(f"the checkpoint has no tensor for {key}")
+                raise NotStreamable(f"the checkpoint has no tensor named {key} (nor without "
+                                    f"or with the '{prefix}.' prefix)")
             first_of.setdefault(id(tensor), key)
             slots[key] = _Slot(module, leaf, is_parameter, tensor, source)
         return slots

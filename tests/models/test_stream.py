@@ -259,3 +259,22 @@ def test_a_bin_checkpoint_is_loaded_into_memory_under_auto_and_refused_under_str
 
     code, stderr = cli("--config", stream_config("llama", "Wanda", "stream", name="stream"))
     assert code == 2 and "model.load is stream" in error_line(stderr)
+
+
+def test_a_checkpoint_with_names_the_model_lacks_goes_to_transformers_under_auto(
+        cli, stream_config):
+    """Names a streamed model cannot map (transformers' own conversions on loading, e.g. of
+    fused MoE experts) make auto load through from_pretrained, saying why, and stream refuse
+    with the fix. Here the name maps nowhere, so from_pretrained then stops the run too."""
+    from conftest import error_line
+
+    directory = Path(yaml.safe_load(stream_config("opt", "Wanda", "auto").read_text())
+                     ["model"]["path"])
+    _rewrite_checkpoint(directory, rename=lambda k: k.replace("decoder.final_layer_norm.weight",
+                                                              "decoder.final_layer_norm.w"))
+    code, stderr = cli("--config", stream_config("opt", "Wanda", "auto", name="auto"))
+    assert "loading the whole model into memory: the checkpoint has no tensor named" in stderr
+    assert code == 2 and "the weights lack 1 tensor(s)" in error_line(stderr)
+    code, stderr = cli("--config", stream_config("opt", "Wanda", "stream", name="stream"))
+    line = error_line(stderr)
+    assert code == 2 and "set model.load: auto or memory" in line
