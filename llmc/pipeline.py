@@ -17,7 +17,7 @@ from .provenance import InBackground, run_record, utc_now, versions
 from .report import sparsity_report, unit_sparsity
 from .plot import plot_plan
 from .runner import Calibration, prune_blockwise, resolve_device
-from .runner.device import free_memory
+from .runner.device import free_memory, release_freed_memory
 from .runner.resume import ResumeState, resume_fingerprint
 from .sparse import UnitPlan, build_method
 from .sparse.allocation import plan_from_dict, plan_to_dict
@@ -142,6 +142,7 @@ def prune_and_record(cfg, out) -> dict:
     eval_sets = ({name: eval_tokens(name, cfg.eval, tokenizer) for name in cfg.eval.names}
                  if cfg.eval.eval_pos else {})
     checkpoint.check_token_ids([*(("calibration", b) for b in batches), *eval_sets.items()])
+    release_freed_memory()  # what tokenizing the corpora left, before the model's parts come
     handle, loaded = load_for_run(cfg.model, checkpoint.weights.files, out.layout.shards)
     model_sha256 = InBackground(checkpoint.fingerprint)  # read while the run computes
 

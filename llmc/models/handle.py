@@ -149,8 +149,8 @@ class ModelHandle:
             if part in self._finite:
                 continue
             params = list(module.named_parameters())
-            if params and not bool(torch.stack([torch.isfinite(p).all() for _, p in params]).all()):
-                name, bad = next((n, p) for n, p in params if not torch.isfinite(p).all())
+            if params and not bool(torch.stack([_all_finite(p) for _, p in params]).all()):
+                name, bad = next((n, p) for n, p in params if not _all_finite(p))
                 raise LlmcError(f"the weight {part}.{name} holds {_not_finite(bad)}: "
                                 f"{self._why_not_finite(bad)}")
             self._finite.add(part)
@@ -161,6 +161,16 @@ class ModelHandle:
             return (f"the checkpoint '{source}' holds values beyond {tensor.dtype}'s range, which "
                     "became inf when loaded in it; set model.torch_dtype: float32")
         return f"the checkpoint '{source}' is corrupt; download or convert it again"
+
+
+def _all_finite(tensor, chunk: int = 1 << 24) -> torch.Tensor:
+    """torch.isfinite(tensor).all() without a mask of the whole tensor at once (an embedding
+    of a large vocabulary would need hundreds of MB for it): chunk by chunk, one bool tensor on
+    the tensor's device."""
+    flat = tensor.detach().reshape(-1)
+    if flat.numel() <= chunk:
+        return torch.isfinite(flat).all()
+    return torch.stack([torch.isfinite(part).all() for part in flat.split(chunk)]).all()
 
 
 def _not_finite(tensor) -> str:
