@@ -95,7 +95,7 @@ def figures_of(model: str, method: str, engine: str, checkpoint_bytes: int, rss:
            "asked": engine, "peak_rss_gib": rss / 2**30, "rss_over_checkpoint":
            rss / checkpoint_bytes, "prune_s": timings["prune_total"],
            "write_s": timings.get("prune_write", 0.0)}
-    if "prune_checkpoint" in timings:
+    if "resume_fsync" in timings:  # a run that checkpointed (streamed)
         checkpoint = timings["prune_checkpoint"]
         row.update(checkpoint_s=checkpoint, fsync_s=timings.get("resume_fsync", 0.0),
                    checkpoint_over_rest=checkpoint / (timings["prune_total"] - checkpoint))

@@ -148,22 +148,22 @@ class StreamedHandle(ModelHandle):
     @contextmanager
     def _bring(self, paths, modules, device) -> Iterator[None]:
         """Read the tensors under `paths` onto `device` for the duration; drop them after."""
-        keys = self._keys_under(paths)
+        taken = []  # the keys this context holds (all of them, unless a read failed)
         try:
-            for key in keys:
-                self._held[key] = self._held.get(key, 0) + 1
-                if self._held[key] == 1:
+            for key in self._keys_under(paths):
+                if key not in self._held:
                     self._install(key, self._load(key, device))
                     self._stamps[key] = _stamp(self._current(key))
+                self._held[key] = self._held.get(key, 0) + 1
+                taken.append(key)
             yield
+            self._write_changed_parts([k for k in taken if self._held[k] == 1])
         finally:
-            released = [key for key in keys if self._held[key] == 1]
-            self._write_changed_parts(released)
-            for key in keys:
+            for key in taken:
                 self._held[key] -= 1
-            for key in released:
-                del self._held[key], self._stamps[key]
-                self._install(key, self._slots[key].skeleton)
+                if not self._held[key]:
+                    del self._held[key], self._stamps[key]
+                    self._install(key, self._slots[key].skeleton)
 
     def _write_changed_parts(self, keys) -> None:
         """A part whose tensors changed while held, other than through the runner's

@@ -278,3 +278,32 @@ def test_a_checkpoint_with_names_the_model_lacks_goes_to_transformers_under_auto
     code, stderr = cli("--config", stream_config("opt", "Wanda", "stream", name="stream"))
     line = error_line(stderr)
     assert code == 2 and "set model.load: auto or memory" in line
+
+
+def test_a_failed_read_releases_what_the_part_had_read(tmp_path, tiny_tokenizer, monkeypatch):
+    from llmc.config import ModelCfg
+    from llmc.models import load_streamed
+    from llmc.models import stream
+    from llmc.models.weight_files import find_weight_files
+
+    directory = save_model_dir(arch_model("llama", seed=1), tiny_tokenizer, tmp_path / "m")
+    handle = load_streamed(ModelCfg(path=directory), find_weight_files(Path(directory), "m").files,
+                           tmp_path / "shards")
+    calls, read = [0], stream.read_tensor
+
+    def failing_read(entry):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise OSError("disk gone")
+        return read(entry)
+
+    monkeypatch.setattr(stream, "read_tensor", failing_read)
+    with pytest.raises(OSError, match="disk gone"):
+        with handle.block_on(0, "cpu"):
+            pass
+    assert handle._held == {} and handle._stamps == {}
+    assert all(p.is_meta for p in handle.model.parameters())
+    monkeypatch.undo()
+    with handle.block_on(0, "cpu") as block:  # and the part is read whole next time
+        assert not any(p.is_meta for p in block.parameters())
+    assert all(p.is_meta for p in handle.model.parameters())

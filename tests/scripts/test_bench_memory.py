@@ -1,0 +1,47 @@
+"""The out-of-core bench's pure parts: the synthetic checkpoint's shapes (built on the meta
+device, nothing allocated) and the figures it derives from a run's results.json. The runs
+themselves are a report (python scripts/bench.py --out-of-core), not a test."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import bench_memory  # noqa: E402
+
+
+def test_the_synthetic_checkpoint_has_tinyllamas_shapes():
+    from transformers import AutoModelForCausalLM
+
+    config = bench_memory.synthetic_config(49152)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    block = model.model.layers[0]
+    assert len(model.model.layers) == 22
+    assert tuple(block.self_attn.q_proj.weight.shape) == (2048, 2048)
+    assert tuple(block.self_attn.k_proj.weight.shape) == (256, 2048)  # 4 KV heads of 64
+    assert tuple(block.mlp.down_proj.weight.shape) == (2048, 5632)
+    assert model.lm_head.weight is not model.model.embed_tokens.weight  # untied
+    params = sum(p.numel() for p in model.parameters())
+    assert params * 4 == pytest.approx(4.7e9, rel=0.02)  # ~4.4 GiB in fp32
+
+
+def results(load, prune, checkpoint=None, fsync=None):
+    timings = {"prune_total": prune, "prune_write": 1.0}
+    if checkpoint is not None:
+        timings.update(prune_checkpoint=checkpoint, resume_fsync=fsync)
+    return {"engine": {"load": load}, "timings": timings}
+
+
+def test_figures_and_ratios():
+    stream = bench_memory.figures_of("m", "wanda", "stream", 4 * 2**30, 2**30,
+                                     results("stream", 11.0, checkpoint=1.0, fsync=0.25))
+    assert stream["rss_over_checkpoint"] == 0.25 and stream["peak_rss_gib"] == 1.0
+    assert stream["checkpoint_over_rest"] == 0.1  # 1 s of checkpoints on 10 s of the rest
+    memory = bench_memory.figures_of("m", "wanda", "memory", 4 * 2**30, 5 * 2**30,
+                                     results("memory", 10.0))
+    assert "checkpoint_s" not in memory
+    other = bench_memory.figures_of("m", "sparsegpt", "stream", 1, 1, results("stream", 3.0))
+    assert bench_memory.ratios([stream, memory, other]) == [
+        {"model": "m", "method": "wanda", "stream_over_memory_prune": 1.1}]
