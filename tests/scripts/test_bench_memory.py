@@ -45,3 +45,13 @@ def test_figures_and_ratios():
     other = bench_memory.figures_of("m", "sparsegpt", "stream", 1, 1, results("stream", 3.0))
     assert bench_memory.ratios([stream, memory, other]) == [
         {"model": "m", "method": "wanda", "stream_over_memory_prune": 1.1}]
+
+
+def test_the_default_plan_and_explicit_lists():
+    default = bench_memory.planned_runs(None, None, None)
+    assert ("synthetic", "sparsegpt", "stream") in default
+    assert ("synthetic", "sparsegpt", "memory") not in default  # ~12 min that tells nothing new
+    assert {(m, e) for model, m, e in default if model == "builtin"} == {
+        (m, e) for m in ("wanda", "sparsegpt") for e in ("memory", "stream")}
+    assert bench_memory.planned_runs("builtin", "wanda", None) == [
+        ("builtin", "wanda", "memory"), ("builtin", "wanda", "stream")]
