@@ -99,6 +99,9 @@ def prune_block(handle, block, block_index, method, plan, statistics=None):
         except LlmcError as err:
             raise LlmcError(f"block {block_index} ({handle.block_path(block_index)}): "
                             f"{err}") from None
+        del stats
+        if statistics:
+            statistics.release(group)
 
 
 @torch.no_grad()

@@ -87,5 +87,11 @@ class GroupStatistics:
                                 "the model computes it without calling the Linear module, so "
                                 "its adapter table must change (see docs/models.md)")
 
+    def release(self, names):
+        """Drop the accumulators of the Linears `names` (a group that has been pruned), so a
+        block's later groups are pruned without the earlier groups' Hessians in memory."""
+        for name in names:
+            self.by_linear.pop(name, None)
+
     def for_linear(self, name):
         return {need: acc.value for need, acc in self.by_linear[name].items()}
