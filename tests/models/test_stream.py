@@ -307,3 +307,18 @@ def test_a_failed_read_releases_what_the_part_had_read(tmp_path, tiny_tokenizer,
     with handle.block_on(0, "cpu") as block:  # and the part is read whole next time
         assert not any(p.is_meta for p in block.parameters())
     assert all(p.is_meta for p in handle.model.parameters())
+
+
+def test_auto_holds_a_model_that_fits_the_free_ram_and_streams_one_that_does_not(
+        cli, stream_config, monkeypatch):
+    import llmc.models.loading as loading
+
+    code, stderr = cli("--config", stream_config("llama", "Wanda", "auto", name="fits"))
+    assert code == 0 and "fits in 1/4 of the free RAM" in stderr
+    monkeypatch.setattr(loading, "available_ram", lambda: 4 * 10_000)  # < 4x the tiny model
+    path = stream_config("llama", "Wanda", "auto", name="does-not-fit")
+    code, stderr = cli("--config", path)
+    assert code == 0 and "streaming LlamaForCausalLM" in stderr
+    results = json.loads((Path(yaml.safe_load(path.read_text())["save"]["save_path"])
+                          / "results.json").read_text())
+    assert results["engine"] == {"load": "stream", "why": "model.load: auto"}

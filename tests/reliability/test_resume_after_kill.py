@@ -29,7 +29,8 @@ PRETRAIN = ("--set", "eval.eval_pos=[pretrain]")
 def four_block_config(run_config, tiny_model_dir):
     """run_config on a tiny Llama of four blocks, so a kill can land before, between and after
     checkpoints."""
-    return run_config, ("--set", f"model.path={tiny_model_dir('llama', num_hidden_layers=4)}")
+    return run_config, ("--set", f"model.path={tiny_model_dir('llama', num_hidden_layers=4)}",
+                        "--set", "model.load=stream")  # auto would hold so small a model
 
 
 def kill_at(tmp_path, argv, point):
