@@ -175,6 +175,8 @@ def main(argv=None):
     rows = []
     for model, method, engine in runs:
         save = work / "runs" / f"{model}-{method}-{engine}"
+        # A bench killed mid-run leaves a resume state there: a rerun would resume, not time.
+        shutil.rmtree(save, ignore_errors=True)
         overrides = [f"model.path={paths[model]}", f"model.load={engine}",
                      f"save.save_path={save}", *CALIBRATION]
         code, rss, seconds = run_child(f"configs/sparse/{method}.yml", overrides,
