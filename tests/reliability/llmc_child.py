@@ -86,6 +86,11 @@ def run_cli(argv, env, stderr_path, kill_at_op=None):
     CLI's code. With `kill_at_op`, the process SIGKILLs itself at that file-system operation
     counted from the start of the save (save_model)."""
     torch.set_num_threads(1)
+    # As a `python -m llmc` started from a shell: SIGINT raises KeyboardInterrupt and nothing
+    # blocks it. A forkserver child inherits the dispositions and signal mask the forkserver
+    # was started with, which depend on what the test process was doing at that moment.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     # tqdm's default lock is a multiprocessing semaphore; one left by a killed child makes the
     # resource tracker warn at exit. A thread lock serves one process as well.
     tqdm.tqdm.set_lock(threading.RLock())
