@@ -3,6 +3,9 @@ windows, ppl = exp(sum of window losses * seq_len / (nsamples * seq_len)).
 
 `inference_per_block: False` moves the whole model to the device; `True` streams one block at
 a time through it (for models larger than the device), with identical results.
+
+Under torchrun (`world`) each rank evaluates its share of the batches and the NLL sums are
+all-reduced (in float64): the same perplexity up to the order of the float summation.
 """
 import time
 
@@ -10,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..distributed import World
 from ..runner.blockwise import forward_all_blocks
 from ..runner.capture import capture_block_inputs
 
@@ -30,10 +34,10 @@ def window_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def perplexity(handle, tokens, seq_len, device, bs=1, max_windows=None, per_block=False,
-               desc="ppl"):
+               desc="ppl", world=World()):
     """(ppl, tokens per second) of `handle`'s model on the token stream `tokens` (1, N)."""
     windows = eval_windows(tokens, seq_len, max_windows)
-    batches = [windows[i:i + bs] for i in range(0, len(windows), bs)]
+    batches = world.share([windows[i:i + bs] for i in range(0, len(windows), bs)])
     start = time.perf_counter()
     if per_block:
         nlls = _streamed_nlls(handle, batches, device)
@@ -42,8 +46,13 @@ def perplexity(handle, tokens, seq_len, device, bs=1, max_windows=None, per_bloc
             nlls = [window_nll(model(input_ids=ids.to(device), use_cache=False).logits,
                                ids.to(device))
                     for ids in tqdm(batches, desc=desc)]
+    if world.distributed:
+        total = torch.stack(nlls).sum().double() if nlls else torch.zeros((), dtype=torch.float64)
+        total = world.sum(total.reshape(1).to(device)).cpu()[0]
+    else:
+        total = torch.stack(nlls).sum()
     seconds = time.perf_counter() - start
-    ppl = torch.exp(torch.stack(nlls).sum() / (len(windows) * seq_len)).item()
+    ppl = torch.exp(total / (len(windows) * seq_len)).item()
     return ppl, windows.numel() / seconds
 
 

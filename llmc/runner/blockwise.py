@@ -7,7 +7,7 @@ It knows no method by name: a method says which statistics it needs and prunes o
 """
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -15,11 +15,13 @@ import torch
 from loguru import logger
 from tqdm import tqdm
 
+from ..distributed import World
 from ..errors import LlmcError
 from ..faults import pause_point
 from ..models.handle import ModelHandle
 from .activations import ActivationFile
-from .cache import cached_json, weights_fingerprint, windows_fingerprint
+from .cache import (cached_json, read_cached, weights_fingerprint, windows_fingerprint,
+                    write_cached)
 from .capture import block_output, capture_block_inputs
 from .device import activation_home
 from .loss_hessian import calibration_windows, loss_hessian
@@ -87,27 +89,47 @@ def calibration_home(handle, batches, device, offload, scratch=None):
         home.close()
 
 
-def prune_block(handle, block, block_index, method, plan, statistics=None):
+def prune_block(handle, block, block_index, method, plan, statistics=None, world=World()):
     """Prune each input group of `block` (block `block_index` of `handle`, where it is now);
-    a method's error is re-raised naming the block."""
+    a method's error is re-raised naming the block. Under torchrun each rank prunes the Linears
+    it owns (shared by the method's cost) and each owner's results are broadcast, so every rank
+    holds the pruned block (share_pruned); on one process it prunes them all. Returns each
+    Linear's owner."""
+    names = [name for group in handle.groups for name in group]
+    owner = dict.fromkeys(names, 0)
+    if world.distributed:
+        costs = [method.cost(*block.get_submodule(name).weight.shape) for name in names]
+        owner = dict(zip(names, world.owners(costs)))
     for group in handle.groups:
-        linears = {name: block.get_submodule(name) for name in group}
-        stats = statistics.for_linear(group[0]) if statistics else {}
-        targets = {name: plan.target(block_index, name) for name in group}
-        try:
-            method.prune_group(linears, stats, targets)
-        except LlmcError as err:
-            raise LlmcError(f"block {block_index} ({handle.block_path(block_index)}): "
-                            f"{err}") from None
-        del stats
+        mine = [name for name in group if owner[name] == world.rank]
+        if mine:
+            linears = {name: block.get_submodule(name) for name in mine}
+            stats = statistics.for_linear(group[0]) if statistics else {}
+            targets = {name: plan.target(block_index, name) for name in mine}
+            try:
+                method.prune_group(linears, stats, targets)
+            except LlmcError as err:
+                raise LlmcError(f"block {block_index} ({handle.block_path(block_index)}): "
+                                f"{err}") from None
+            del stats
         if statistics:
             statistics.release(group)
+    return owner
+
+
+def share_pruned(block, owner, world) -> None:
+    """Every rank receives each Linear's pruned weight from the rank that pruned it (as bytes:
+    any dtype travels, bit for bit)."""
+    for name, rank in owner.items():
+        weight = block.get_submodule(name).weight.data
+        world.broadcast(weight.view(-1).view(torch.uint8) if weight.is_contiguous() else weight,
+                        rank)
 
 
 @torch.no_grad()
 def prune_blockwise(handle, method, plan, batches, device, sparsity_out=False,
                     offload="auto", resume_at=0, resumed_hidden=None, after_block=None,
-                    scratch=None) -> dict:
+                    scratch=None, world=World()) -> dict:
     """Prune every decoder block of `handle`'s model (kept on CPU) in place. Returns timings in
     seconds.
 
@@ -119,8 +141,14 @@ def prune_blockwise(handle, method, plan, batches, device, sparsity_out=False,
     the activations entering block `resume_at` (the other call arguments are captured again:
     they depend on the windows only). `after_block(next_block, hidden)` is called once each
     block is finished and written (handle.finish_block), with the activations entering the
-    next one. `scratch`: the directory of offload "disk"'s activation file."""
-    timings = {"capture": 0.0, "forward": 0.0, "prune": 0.0, "write": 0.0, "checkpoint": 0.0}
+    next one. `scratch`: the directory of offload "disk"'s activation file.
+
+    `world` (llmc.distributed): under torchrun this rank forwards its share of `batches` (the
+    whole list on every rank), the statistics are combined over the ranks, and the Linears are
+    pruned by their owners; `resumed_hidden` and `after_block`'s activations are this rank's."""
+    batches = world.share(batches)
+    timings = {"capture": 0.0, "forward": 0.0, "combine": 0.0, "prune": 0.0, "share": 0.0,
+               "write": 0.0, "checkpoint": 0.0}
     with ExitStack() as stack:  # the activations' home, removed at the end if a file
         inputs = None
         if method.needs:  # e.g. Magnitude needs none: no calibration data, no forward at all
@@ -137,23 +165,31 @@ def prune_blockwise(handle, method, plan, batches, device, sparsity_out=False,
         for index in tqdm(range(resume_at, handle.num_blocks), desc="pruning blocks",
                           initial=resume_at, total=handle.num_blocks):
             with handle.block_on(index, device) as block:
-                start = time.perf_counter()
+                start, combine = time.perf_counter(), 0.0
                 statistics = None
                 if inputs is not None:
                     statistics = GroupStatistics(block, handle.groups, method.needs, device)
                     finite = run_block(block, inputs, device, replace=not sparsity_out)
                     statistics.remove_hooks()
+                    gathered = time.perf_counter()
+                    statistics.combine(world)
+                    combine = time.perf_counter() - gathered
                 middle = time.perf_counter()
-                prune_block(handle, block, index, method, plan, statistics)
+                owner = prune_block(handle, block, index, method, plan, statistics, world)
                 del statistics
+                pruned = time.perf_counter()
+                if world.distributed:
+                    share_pruned(block, owner, world)
                 end = time.perf_counter()
                 if inputs is not None:  # after pruning, so a method's own finer diagnosis wins
                     check_block_outputs(handle, index, finite)
                     if sparsity_out:
                         check_block_outputs(handle, index,
                                             run_block(block, inputs, device, replace=True))
-                timings["forward"] += (middle - start) + (time.perf_counter() - end)
-                timings["prune"] += end - middle
+                timings["forward"] += (middle - start - combine) + (time.perf_counter() - end)
+                timings["combine"] += combine
+                timings["prune"] += pruned - middle
+                timings["share"] += end - pruned
                 start = time.perf_counter()
                 handle.finish_block(index)  # a streamed model writes the block out here
                 pause_point("block:written", index)
@@ -168,10 +204,12 @@ def prune_blockwise(handle, method, plan, batches, device, sparsity_out=False,
 
 @torch.no_grad()
 def measure_blockwise(handle, needs, batches, device, measure, offload="auto",
-                      scratch=None) -> list:
+                      scratch=None, world=World()) -> list:
     """Stream the calibration windows through the dense model, one block at a time, gathering
     the statistics `needs` per input group; prune nothing. Returns
-    [measure(block_index, block, statistics) for every block], e.g. OWL's outlier ratios."""
+    [measure(block_index, block, statistics) for every block], e.g. OWL's outlier ratios (under
+    torchrun: over every rank's share of the windows, as rank 0 measured them)."""
+    batches = world.share(batches)
     with calibration_home(handle, batches, device, offload, scratch) as home:
         inputs = capture_block_inputs(handle, batches, device, home)
         measured = []
@@ -180,17 +218,22 @@ def measure_blockwise(handle, needs, batches, device, measure, offload="auto",
                 statistics = GroupStatistics(block, handle.groups, needs, device)
                 finite = run_block(block, inputs, device, replace=True)  # feeds the next block
                 statistics.remove_hooks()
+                statistics.combine(world)
                 check_block_outputs(handle, index, finite)
                 measured.append(measure(index, block, statistics))
                 del statistics
-    return measured
+    return world.broadcast_object(measured)  # every rank plans from the same numbers
 
 
 @dataclass
 class Calibration:
     """What a method's allocation step may use: the model's handle and the calibration batches,
     with the runner's dense block loop (`measure`) so no method writes its own, the whole-model
-    loss Hessian (`loss_hessian`) and a cache of measurements in `cache_dir`."""
+    loss Hessian (`loss_hessian`) and a cache of measurements in `cache_dir`.
+
+    Under torchrun (`world`), `measure` splits the windows over the ranks; `windows`, the loss
+    Hessian and `cached` are every rank's same computation on all windows (a whole-model pass
+    is not split), with rank 0's result handed to the others."""
     handle: ModelHandle
     batches: list
     device: torch.device
@@ -198,10 +241,11 @@ class Calibration:
     cache_dir: Optional[str] = None  # where `cached` keeps files (save.save_path); None: no cache
     overwrite: bool = False  # whether a cached file for another key may be replaced
     scratch: Optional[Path] = None  # where offload "disk" keeps the activations
+    world: World = field(default_factory=World)
 
     def measure(self, needs, measure) -> list:
         return measure_blockwise(self.handle, needs, self.batches, self.device, measure,
-                                 self.offload, self.scratch)
+                                 self.offload, self.scratch, self.world)
 
     def windows(self, n_windows: int) -> list:
         return calibration_windows(self.batches, n_windows)
@@ -217,7 +261,22 @@ class Calibration:
                 "windows": windows_fingerprint(self.windows(n_windows))}
 
     def cached(self, filename: str, key: dict, compute):
-        """(value, reused): compute() kept in cache_dir/filename for `key` (see cached_json)."""
-        if self.cache_dir is None:
-            return compute(), False
-        return cached_json(Path(self.cache_dir) / filename, key, compute, self.overwrite)
+        """(value, reused): compute() kept in cache_dir/filename for `key` (see cached_json).
+        Under torchrun rank 0 alone reads and writes the file; a value it finds there is handed
+        to every rank, otherwise every rank computes and rank 0's value is kept by all."""
+        world = self.world
+        if not world.distributed:
+            if self.cache_dir is None:
+                return compute(), False
+            return cached_json(Path(self.cache_dir) / filename, key, compute, self.overwrite)
+        path = Path(self.cache_dir) / filename if self.cache_dir is not None else None
+        found = None
+        if world.leads and path is not None:
+            found = read_cached(path, key, self.overwrite)
+        found = world.broadcast_object(found)
+        if found is not None:
+            return found[0], True
+        value = world.broadcast_object(compute())
+        if world.leads and path is not None:
+            write_cached(path, key, value)
+        return value, False

@@ -45,25 +45,40 @@ def cached_json(path, key: dict, compute, overwrite: bool):
     """(value, reused): the value stored at `path` for `key`, or compute() stored there.
     A file for another key is replaced only with `overwrite`; otherwise that is an error, raised
     before compute() runs."""
-    path = Path(path).expanduser()
-    if path.exists():
-        try:
-            stored = json.loads(path.read_text())
-            same = stored["key"] == json.loads(json.dumps(key))
-        except (ValueError, KeyError, TypeError):
-            stored, same = None, False
-        if same:
-            logger.info(f"reusing {path} (same model, calibration windows and settings)")
-            return stored["value"], True
-        if not overwrite:
-            differs = ([k for k in key if stored["key"].get(k) != key[k]]
-                       if isinstance(stored, dict) and isinstance(stored.get("key"), dict)
-                       else ["(unreadable file)"])
-            raise LlmcError(f"'{path}' holds values for another {', '.join(map(str, differs))}; "
-                            "set save.overwrite: True to replace it, or choose another "
-                            "save.save_path")
-        logger.warning(f"{path} is for another model, data or settings; replacing it")
+    found = read_cached(path, key, overwrite)
+    if found is not None:
+        return found[0], True
     value = compute()
+    write_cached(path, key, value)
+    return value, False
+
+
+def read_cached(path, key: dict, overwrite: bool):
+    """(value,) stored at `path` for `key`, or None when there is none to reuse; a file for
+    another key is an error unless `overwrite` (then it is to be replaced)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+        same = stored["key"] == json.loads(json.dumps(key))
+    except (ValueError, KeyError, TypeError):
+        stored, same = None, False
+    if same:
+        logger.info(f"reusing {path} (same model, calibration windows and settings)")
+        return (stored["value"],)
+    if not overwrite:
+        differs = ([k for k in key if stored["key"].get(k) != key[k]]
+                   if isinstance(stored, dict) and isinstance(stored.get("key"), dict)
+                   else ["(unreadable file)"])
+        raise LlmcError(f"'{path}' holds values for another {', '.join(map(str, differs))}; "
+                        "set save.overwrite: True to replace it, or choose another "
+                        "save.save_path")
+    logger.warning(f"{path} is for another model, data or settings; replacing it")
+    return None
+
+
+def write_cached(path, key: dict, value) -> None:
+    path = Path(path).expanduser()
     write_text(path, json.dumps({"key": key, "value": value}, indent=1))
     logger.info(f"wrote {path}")
-    return value, False

@@ -1,8 +1,11 @@
 """Statistics gathered by forward hooks, once per input group, over all calibration windows (fp32).
 
 A method names what it needs (`Sparsifier.needs`, checked against this table when the method is
-built); each entry accumulates one batch of a Linear's input at a time. A new statistic is a new
-class registered here.
+built); each entry accumulates one batch of a Linear's input at a time, as a mean over the
+windows it has seen (`value`, `windows`). A new statistic is a new class registered here.
+
+Under torchrun each rank sees its own windows; `GroupStatistics.combine` turns the ranks' means
+into the mean over all windows (llmc.distributed). One process never calls it.
 """
 import math
 
@@ -54,6 +57,18 @@ class Hessian:
         self.value += x.matmul(x.t())
 
 
+def combine_mean(accumulator, world) -> None:
+    """The mean over every rank's windows: each rank's sum (its mean times its window count),
+    summed over the ranks, divided by the total count."""
+    count = torch.tensor([float(accumulator.windows)], dtype=torch.float64,
+                         device=accumulator.value.device)
+    total = float(world.sum(count).item())
+    accumulator.value *= accumulator.windows
+    world.sum(accumulator.value)
+    accumulator.value /= total
+    accumulator.windows = int(total)
+
+
 class GroupStatistics:
     """Hooks on the first Linear of each input group of a block; one set of accumulators per group."""
 
@@ -86,6 +101,17 @@ class GroupStatistics:
                 raise LlmcError(f"no calibration input reached {name} through its forward hook; "
                                 "the model computes it without calling the Linear module, so "
                                 "its adapter table must change (see docs/models.md)")
+
+    def combine(self, world) -> None:
+        """Each group's statistics over all ranks' windows (a no-op on one process)."""
+        if not world.distributed:
+            return
+        seen = set()
+        for accumulators in self.by_linear.values():
+            if id(accumulators) not in seen:
+                seen.add(id(accumulators))
+                for accumulator in accumulators.values():
+                    combine_mean(accumulator, world)
 
     def release(self, names):
         """Drop the accumulators of the Linears `names` (a group that has been pruned), so a

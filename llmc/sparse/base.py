@@ -66,6 +66,11 @@ class Sparsifier:
         for name, linear in linears.items():
             self.prune(linear, stats, targets[name])
 
+    def cost(self, rows: int, columns: int) -> float:
+        """The relative work of pruning one rows x columns weight: under torchrun a block's
+        Linears are shared out to the ranks by it (llmc.distributed.World.owners)."""
+        return float(rows) * columns
+
     def prune(self, linear: nn.Linear, stats: Dict[str, torch.Tensor], target: Target) -> None:
         """Zero (and, for reconstruction methods, update) `linear.weight` in place."""
         raise NotImplementedError

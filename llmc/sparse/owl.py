@@ -148,5 +148,8 @@ class OWL(Sparsifier):
     def prune_group(self, linears, stats, targets):
         self.base.prune_group(linears, stats, targets)
 
+    def cost(self, rows, columns):
+        return self.base.cost(rows, columns)
+
     def describe(self) -> dict:
         return {"name": "OWL", "base": self.base.describe()}

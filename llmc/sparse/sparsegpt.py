@@ -130,6 +130,10 @@ class SparseGPT(Sparsifier):
 
     needs = ("hessian",)
 
+    def cost(self, rows, columns):
+        """The OBS pass: every column updates the rows x (later columns) rest."""
+        return float(rows) * columns * columns
+
     def prune_group(self, linears, stats, targets):
         """The group's Linears share one Hessian, so U is factored once for all of them."""
         try:
