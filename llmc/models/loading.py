@@ -2,6 +2,8 @@
 adapter. The checks that need no weights live in preflight.py (the pipeline runs them first);
 the ones here repeat the cheap ones, for callers that load without a preflight, and catch what
 only loading shows."""
+import os
+
 import torch
 from loguru import logger
 
@@ -85,10 +87,11 @@ def _checked(handle, model_cfg, model_type, listed):
     return handle
 
 
-def load_streamed(model_cfg, weight_files, shard_dir) -> StreamedHandle:
+def load_streamed(model_cfg, weight_files, shard_dir, writes=True) -> StreamedHandle:
     """The checkpoint's model as a skeleton whose weights are read from `weight_files` (the
     safetensors files transformers would read) part by part while used; finished blocks are
-    written to `shard_dir`. An LlmcError when a weight the model needs is not in the files."""
+    written to `shard_dir` (by this process when `writes`; under torchrun, by rank 0 alone).
+    An LlmcError when a weight the model needs is not in the files."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM, GenerationConfig
 
@@ -107,7 +110,7 @@ def load_streamed(model_cfg, weight_files, shard_dir) -> StreamedHandle:
     model.config.use_cache = False
     if (path / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(str(path))
-    handle = _checked(StreamedHandle(model, adapter, weight_files, shard_dir), model_cfg,
+    handle = _checked(StreamedHandle(model, adapter, weight_files, shard_dir, writes), model_cfg,
                       model_type, listed)
     logger.info(f"streaming {type(model).__name__} from {path} ({handle.dtype}, "
                 f"{handle.num_blocks} blocks): each part read from disk only while used")
@@ -134,11 +137,15 @@ def _checkpoint_dtype(config, weight_files) -> torch.dtype:
 IN_MEMORY_SHARE = 4
 
 
-def load_for_run(model_cfg, weight_files, shard_dir):
+def load_for_run(model_cfg, weight_files, shard_dir, world=None):
     """(handle, how): the model as `model.load` asks: streamed from the checkpoint's safetensors
     (finished blocks written to `shard_dir`), or whole in memory; `auto` holds it in memory when
     it fits in 1/IN_MEMORY_SHARE of the free RAM or cannot be streamed, and streams it
-    otherwise. `how` says which, and why, for the log and results.json."""
+    otherwise. `how` says which, and why, for the log and results.json.
+
+    Under torchrun (`world`, llmc.distributed) every rank on a machine holds its own copy, so
+    `auto` counts one per local rank, and all ranks follow rank 0's choice."""
+    writes = world is None or world.leads
     safetensors = all(f.name.endswith(".safetensors") for f in weight_files)
     if model_cfg.load == "memory":
         return load_model(model_cfg), {"load": "memory", "why": "model.load: memory"}
@@ -151,14 +158,18 @@ def load_for_run(model_cfg, weight_files, shard_dir):
         logger.info(f"loading the whole model into memory: {why}")
         return load_model(model_cfg), {"load": "memory", "why": why}
     try:
-        handle = load_streamed(model_cfg, weight_files, shard_dir)
+        handle = load_streamed(model_cfg, weight_files, shard_dir, writes)
     except NotStreamable as err:
         if model_cfg.load == "stream":
             raise
         # Names transformers maps with its own conversion rules: let it load the model.
         logger.warning(f"loading the whole model into memory: {err.why}")
         return load_model(model_cfg), {"load": "memory", "why": err.why}
-    if model_cfg.load == "auto" and handle.weight_bytes <= available_ram() // IN_MEMORY_SHARE:
+    copies = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) if world is not None else 1
+    fits = handle.weight_bytes * copies <= available_ram() // IN_MEMORY_SHARE
+    if world is not None:
+        fits = world.broadcast_object(fits)
+    if model_cfg.load == "auto" and fits:
         # Measured: for a model this small, holding it is up to ~10% faster than streaming it
         # (no block written, no checkpoint per block); docs/performance.md.
         why = (f"the model ({handle.weight_bytes / 2**30:.2f} GiB) fits in 1/{IN_MEMORY_SHARE} "

@@ -81,10 +81,13 @@ class StreamedHandle(ModelHandle):
     """A ModelHandle over a meta-device skeleton whose tensors are read from disk per part."""
     streams = True
 
-    def __init__(self, model, adapter, weight_files, shard_dir: Path):
+    def __init__(self, model, adapter, weight_files, shard_dir: Path, writes: bool = True):
         super().__init__(model, adapter)
         self.shard_dir = Path(shard_dir)
-        for stale in self.shard_dir.glob(".*.tmp-*"):  # a write a kill interrupted
+        # Under torchrun rank 0 alone writes the finished blocks; the other ranks read them
+        # from shard_dir once written (adopt_finished_blocks), and change nothing on disk.
+        self.writes = writes
+        for stale in self.shard_dir.glob(".*.tmp-*") if writes else ():  # a write a kill cut
             stale.unlink()
         self._slots = self._map_slots(weight_files)
         self._saved = self._saved_keys()
@@ -157,7 +160,8 @@ class StreamedHandle(ModelHandle):
                 self._held[key] = self._held.get(key, 0) + 1
                 taken.append(key)
             yield
-            self._write_changed_parts([k for k in taken if self._held[k] == 1])
+            if self.writes:
+                self._write_changed_parts([k for k in taken if self._held[k] == 1])
         finally:
             for key in taken:
                 self._held[key] -= 1
@@ -197,8 +201,10 @@ class StreamedHandle(ModelHandle):
 
     # ---------------------------------------------------------------- finished blocks
     def finish_block(self, index: int) -> None:
-        """Write block `index` (materialised now, pruned) to its shard; read it from there on."""
-        self._write_part(f"block {index}")
+        """Write block `index` (materialised now, pruned) to its shard; read it from there on.
+        A rank that does not write drops it: rank 0 writes the same block."""
+        if self.writes:
+            self._write_part(f"block {index}")
 
     def _write_part(self, part: str) -> None:
         self.shard_dir.mkdir(parents=True, exist_ok=True)

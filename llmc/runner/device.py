@@ -2,12 +2,19 @@
 import torch
 from loguru import logger
 
+from ..distributed import env_local_rank, env_world_size
 from ..errors import LlmcError
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device `base.device` names; under torchrun, `auto` and `cuda` are each rank's own GPU
+    (cuda:LOCAL_RANK)."""
+    if name == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    if name in ("auto", "cuda") and env_world_size() > 1:
+        name = f"cuda:{env_local_rank()}"
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise LlmcError(f"base.device is {name} but no CUDA GPU is visible; set base.device: auto "
                         "or cpu")
@@ -67,3 +74,19 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def current_rss() -> int:
+    """This process's resident memory now, in bytes."""
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory so far, in bytes (Linux reports KiB)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024

@@ -8,12 +8,14 @@ It lives in `save_path/.llmc/scratch/resume/` beside the finished blocks' shards
                         activations file's name, the plan, the RNG states, and the results
                         computed before the block loop (`carried`: pretrain perplexities, ...)
     activations-<k>.safetensors   the hidden states entering block k, one tensor per batch
+                        (under torchrun one file per rank, activations-<k>-rank<r>, each
+                        rank's windows; rank 0 alone writes state.json, once all are on disk)
 
 The commit point of a block is the rename of a fsync'ed temporary over state.json, made after
 the activations it names are on disk: a SIGKILL at any instant leaves the previous state or
 the new one. The state is a cache of work, never a reason to fail: one that does not read back
-is reported and the run starts over. One for other weights, data or settings is refused unless
-`save.overwrite`.
+is reported and the run starts over. One for other weights, data, settings or another number
+of ranks is refused unless `save.overwrite`.
 """
 import hashlib
 import json
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 from loguru import logger
 
+from ..distributed import World
 from ..errors import LlmcError
 from ..files import fsync_dir, write_text
 from ..models.safetensors_io import read_tensor, tensor_entries, write_tensors
@@ -103,22 +106,73 @@ class ResumePoint:
 
 
 class ResumeState:
-    def __init__(self, directory, fingerprint: dict, num_blocks: int):
+    def __init__(self, directory, fingerprint: dict, num_blocks: int, world: World = World()):
         self.directory = Path(directory)
+        self.world = world
+        if world.distributed:  # the windows each rank's activations hold depend on it
+            fingerprint = {**fingerprint, "ranks": world.size}
         self.fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back
         self.num_blocks = num_blocks
         self.seconds = 0.0  # time in save(), and the part of it spent in fsync
         self.fsync_seconds = 0.0
 
     def load(self, overwrite: bool) -> Optional[ResumePoint]:
-        """The point an interrupted run reached, or None to start at block 0."""
+        """The point an interrupted run reached, or None to start at block 0. Under torchrun
+        rank 0 reads and judges state.json and every rank reads its own activations; unless
+        all of them can, every rank starts over."""
+        world = self.world
+        state = self._load_state(overwrite) if world.leads else None
+        if not world.distributed:
+            if state is None:
+                return None
+            try:
+                return self._point(state, state["activations"])
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                logger.warning(f"the resume state in {self.directory} is incomplete ({err}); "
+                               "starting over")
+                self.clear()
+                return None
+        state = world.broadcast_object(state)
+        point = None
+        if state is not None:
+            try:
+                point = self._point(state, self._rank_name(int(state["next_block"])))
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                logger.warning(f"rank {world.rank}: the resume state in {self.directory} is "
+                               f"incomplete ({err})")
+        if state is not None and not world.all_true(point is not None):
+            if world.leads:
+                logger.warning("a rank's resume state is incomplete; starting over")
+                self.clear()
+            world.barrier()  # cleared before any rank writes a new state
+            return None
+        return point
+
+    def _rank_name(self, next_block: int) -> str:
+        name = ACTIVATIONS.format(next_block)
+        if self.world.distributed:
+            name = name.replace(".safetensors", f"-rank{self.world.rank}.safetensors")
+        return name
+
+    def _point(self, state: dict, activations: str) -> ResumePoint:
+        hidden = self._read_activations(activations)
+        point = ResumePoint(int(state["next_block"]), hidden, state["plan"], state["carried"],
+                            state["rng"])
+        if self.world.leads:
+            logger.info(f"resuming at block {point.next_block} of {self.num_blocks}: blocks 0 "
+                        f"to {point.next_block - 1} were finished by an interrupted run")
+        return point
+
+    def _load_state(self, overwrite: bool) -> Optional[dict]:
+        """state.json when it reads back and is for this run (else None, or an error when it
+        is another run's and not `overwrite`)."""
         path = self.directory / STATE
         if not path.exists():
             return None
         try:
             state = json.loads(path.read_text())
             stored = state["fingerprint"]
-            next_block = int(state["next_block"])
+            int(state["next_block"])
         except (OSError, ValueError, KeyError, TypeError) as err:
             logger.warning(f"the resume state {path} does not read ({err}); starting over")
             self.clear()
@@ -126,28 +180,25 @@ class ResumeState:
         differs = differing_keys(stored, self.fingerprint)
         if differs:
             if not overwrite:
-                raise LlmcError(
-                    f"save.save_path holds the resume state of an interrupted run with another "
-                    f"{', '.join(differs[:6])}{' ...' if len(differs) > 6 else ''}; rerun it "
-                    "with the same model, calibration, method settings and seed to resume it, "
-                    "or set save.overwrite: True to start over (or choose another "
-                    "save.save_path)")
+                raise LlmcError(self._refusal(stored, differs))
             logger.warning(f"discarding the resume state of an interrupted run with another "
                            f"{', '.join(differs[:6])} (save.overwrite: True)")
             self.clear()
             return None
-        try:
-            hidden = self._read_activations(state["activations"])
-            point = ResumePoint(next_block, hidden, state["plan"], state["carried"],
-                                state["rng"])
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            logger.warning(f"the resume state in {self.directory} is incomplete ({err}); "
-                           "starting over")
-            self.clear()
-            return None
-        logger.info(f"resuming at block {next_block} of {self.num_blocks}: blocks 0 to "
-                    f"{next_block - 1} were finished by an interrupted run")
-        return point
+        return state
+
+    def _refusal(self, stored: dict, differs: List[str]) -> str:
+        if "ranks" in differs:
+            was, now = stored.get("ranks", 1), self.fingerprint.get("ranks", 1)
+            return (f"save.save_path holds the resume state of an interrupted run on {was} "
+                    f"rank(s), and this run has {now}: each rank's saved activations are its "
+                    f"own windows, so rerun it with {was} rank(s) (torchrun --nproc_per_node "
+                    f"{was}, or without torchrun for 1) to resume it, or set save.overwrite: "
+                    "True to start over")
+        return (f"save.save_path holds the resume state of an interrupted run with another "
+                f"{', '.join(differs[:6])}{' ...' if len(differs) > 6 else ''}; rerun it "
+                "with the same model, calibration, method settings and seed to resume it, "
+                "or set save.overwrite: True to start over (or choose another save.save_path)")
 
     def _read_activations(self, name: str) -> List[torch.Tensor]:
         entries = tensor_entries(self.directory / name)
@@ -156,17 +207,21 @@ class ResumeState:
     def save(self, next_block: int, hidden: List[torch.Tensor], plan: dict,
              carried: dict) -> None:
         """Record that every block before `next_block` is finished (see the module doc)."""
-        start, timing = time.perf_counter(), {}
+        start, timing, world = time.perf_counter(), {}, self.world
         self.directory.mkdir(parents=True, exist_ok=True)
-        name = ACTIVATIONS.format(next_block)
+        name = self._rank_name(next_block)
         write_tensors(self.directory / name, ((str(i), h) for i, h in enumerate(hidden)), timing)
-        write_text(self.directory / STATE, json.dumps({
-            "fingerprint": self.fingerprint, "next_block": next_block,
-            "num_blocks": self.num_blocks, "activations": name, "plan": plan,
-            "carried": carried, "rng": rng_states()}), timing)
-        fsync_dir(self.directory, timing)  # the rename over state.json: the commit point
-        for old in self.directory.glob("activations-*.safetensors"):
-            if old.name != name:
+        world.barrier()  # every rank's activations on disk before the state names them
+        if world.leads:
+            write_text(self.directory / STATE, json.dumps({
+                "fingerprint": self.fingerprint, "next_block": next_block,
+                "num_blocks": self.num_blocks, "activations": ACTIVATIONS.format(next_block),
+                "plan": plan, "carried": carried, "rng": rng_states()}), timing)
+            fsync_dir(self.directory, timing)  # the rename over state.json: the commit point
+        world.barrier()  # committed: the activations it no longer names may go
+        suffix = f"-rank{world.rank}.safetensors" if world.distributed else ".safetensors"
+        for old in self.directory.glob(f"activations-*{suffix}"):
+            if old.name != name and (world.distributed or "-rank" not in old.name):
                 old.unlink()
         self.seconds += time.perf_counter() - start
         self.fsync_seconds += timing.get("fsync", 0.0)
