@@ -5,6 +5,10 @@ Every failure ends as one `llmc: error: ...` line on stderr and an exit code:
 LlmcError, or argparse) or the machine (out of memory, disk full, permission); 1 a bug in llmc
 (traceback saved to a file), 130 Ctrl-C (SIGINT), 143 SIGTERM (each with one `llmc: interrupted (SIG...)` line; the
 run's staging directory removed and its lock released, docs/outputs.md).
+
+Under torchrun (docs/scaling.md) rank 0 logs at the chosen level and the other ranks at WARNING,
+without progress bars. A rank that fails publishes its line before it exits; the others, whose
+collectives then fail (or whom torchrun stops with SIGTERM), print that rank's line and code.
 """
 import argparse
 import signal
@@ -13,6 +17,7 @@ import threading
 
 from loguru import logger
 
+from . import distributed
 from .errors import LlmcError
 from .failure import bug_report, environment_failure, thread_failure
 
@@ -51,6 +56,52 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _outcome(err: BaseException, show_traceback: bool):
+    """(line, exit code) for a run that ended with `err`; None for an interruption."""
+    if isinstance(err, LlmcError):
+        return str(err), 2
+    if isinstance(err, (KeyboardInterrupt, Terminated)):
+        return None
+    known = environment_failure(err)  # the user can act on it, as on bad input: exit 2
+    if known:
+        return known, 2
+    return bug_report(err, show_traceback), 1
+
+
+def _report(err: BaseException, show_traceback: bool) -> int:
+    """Print the one line for `err` and return the exit code; under torchrun a rank whose peer
+    failed first reports the peer's line (its own is a consequence), and a rank that failed
+    first publishes its line for the others."""
+    world = distributed.world()
+    if world.distributed and isinstance(err, (distributed.PeerLost, Terminated)):
+        peer = world.peer_failure()
+        if peer is not None:
+            return _fail(*peer)
+    outcome = _outcome(err, show_traceback)
+    if outcome is None:
+        name = "SIGINT" if isinstance(err, KeyboardInterrupt) else "SIGTERM"
+        print(f"llmc: interrupted ({name})", file=sys.stderr)
+        return 128 + (signal.SIGINT if name == "SIGINT" else signal.SIGTERM)
+    line, code = outcome
+    if world.distributed:
+        line = line if line.startswith(f"rank {world.rank}:") else f"rank {world.rank}: {line}"
+        world.publish_failure(" ".join(line.split()), code)
+    return _fail(line, code)
+
+
+def _quiet_follower() -> str:
+    """Under torchrun the ranks other than 0 log warnings only and draw no progress bars (every
+    tqdm bar, transformers' too, whenever tqdm was imported). Returns this rank's log level."""
+    if distributed.env_rank() == 0:
+        return ""
+    from functools import partialmethod
+
+    import tqdm.std
+
+    tqdm.std.tqdm.__init__ = partialmethod(tqdm.std.tqdm.__init__, disable=True)
+    return "WARNING"
+
+
 class Terminated(BaseException):
     """SIGTERM, raised where the run is so that its cleanup runs as for SIGINT (a
     BaseException, like KeyboardInterrupt, so no `except Exception` swallows it)."""
@@ -68,7 +119,13 @@ def main(argv=None) -> int:
     except SystemExit as done:  # argparse printed its usage line and one `llmc: error:` line
         return done.code if isinstance(done.code, int) else (0 if done.code is None else 2)
     logger.remove()
-    logger.add(sys.stderr, level=args.log_level)
+    level = _quiet_follower() or args.log_level
+    if distributed.env_world_size() > 1:
+        logger.add(sys.stderr, level=level,
+                   format=f"rank {distributed.env_rank()} | " + "{time:HH:mm:ss} | {level: <8} | "
+                   "{message}")
+    else:
+        logger.add(sys.stderr, level=level)
     threading.excepthook, previous_hook = thread_failure, threading.excepthook
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
@@ -79,19 +136,12 @@ def main(argv=None) -> int:
         from .pipeline import run
 
         run(cfg)
-    except LlmcError as err:
-        return _fail(str(err), 2)
-    except KeyboardInterrupt:
-        print("llmc: interrupted (SIGINT)", file=sys.stderr)
-        return 128 + signal.SIGINT
-    except Terminated:
-        print("llmc: interrupted (SIGTERM)", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    except Exception as err:  # not the input: the machine, or a bug in llmc
-        known = environment_failure(err)  # the user can act on it, as on bad input: exit 2
-        if known:
-            return _fail(known, 2)
-        return _fail(bug_report(err, args.log_level in ("TRACE", "DEBUG")), 1)
+    except (Exception, KeyboardInterrupt, Terminated) as err:  # not the input: the machine, or a bug
+        if distributed.world().distributed:
+            # torchrun stops the other ranks with SIGTERM once one exits: this rank has said
+            # what failed and exits with its code, not killed halfway through its exit.
+            previous = signal.SIG_IGN
+        return _report(err, args.log_level in ("TRACE", "DEBUG"))
     finally:
         threading.excepthook = previous_hook
         if in_main_thread:  # as it was (pytest runs main in-process)

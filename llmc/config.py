@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 from .config_io import (apply_override, build, field_default, parse_yaml, to_dict,  # noqa: F401
                         yaml_key)
 from .config_yaml import read_config_file
+from .distributed import check_ranks, env_world_size
 from .errors import ConfigError
 from .registry import BUILTIN_MODELS, DATASETS, METHODS, MODELS, PREPROCS, closest
 
@@ -30,6 +31,8 @@ class BaseCfg:
     device: str = "auto"  # auto = cuda if available else cpu; or cpu, cuda, cuda:N
     # where calibration activations wait between blocks: auto, true (CPU), false (device), disk
     offload_activations: Union[bool, str] = "auto"
+    # seconds a rank waits in a collective under torchrun before the run fails (docs/scaling.md)
+    collective_timeout: float = 1800.0
 
 
 @dataclass
@@ -208,6 +211,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"base.device '{cfg.base.device}' must be auto, cpu, cuda or cuda:N")
     if cfg.base.offload_activations not in (True, False, "auto", "disk"):
         raise ConfigError("base.offload_activations must be auto, true, false or disk")
+    if not cfg.base.collective_timeout > 0:
+        raise ConfigError(f"base.collective_timeout must be > 0 seconds, got "
+                          f"{cfg.base.collective_timeout}")
+    check_ranks(cfg.calib, env_world_size())
 
     # Checkpoints whose modeling code is not part of transformers (Baichuan) need permission.
     MODELS.lookup(cfg.model.type, "model.type").check_remote_code_allowed(

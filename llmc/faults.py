@@ -5,6 +5,7 @@ on disk (tests/reliability/test_outputs.py). Inert unless its environment variab
   `LLMC_PAUSE_MARKER` (when set) and sleep until killed, so a test can SIGKILL or SIGTERM the
   process at exactly that instant.
 - `LLMC_FAIL_AT=<point>`: on reaching that point, raise InjectedFault, as a late failure would.
+- `LLMC_FAULT_RANK=<r>`: under torchrun, the two above act on rank r alone.
 
 The points are listed in POINTS (docs/outputs.md says where each one is).
 """
@@ -37,6 +38,9 @@ def pause_point(name: str, index=None) -> None:
     """`index` (a block's) lets a test name one instance of a point: `block:written@3`."""
     assert name in POINTS, name
     names = {name} if index is None else {name, f"{name}@{index}"}
+    rank = os.environ.get("LLMC_FAULT_RANK")
+    if rank is not None and rank != os.environ.get("RANK", "0"):
+        return
     if os.environ.get("LLMC_FAIL_AT") in names:
         raise InjectedFault(f"injected fault at {name} (LLMC_FAIL_AT)")
     if os.environ.get("LLMC_PAUSE_AT") not in names:

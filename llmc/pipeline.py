@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from loguru import logger
 
+from .distributed import World, join
 from .data import calib_batches, eval_tokens, token_ids_sha256, token_stream_sha256
 from .eval import perplexity
 from .models import load_for_run, load_tokenizer, preflight
@@ -17,11 +18,11 @@ from .provenance import InBackground, run_record, utc_now, versions
 from .report import sparsity_report, unit_sparsity
 from .plot import plot_plan
 from .runner import Calibration, prune_blockwise, resolve_device
-from .runner.device import free_memory, release_freed_memory
+from .runner.device import current_rss, free_memory, peak_rss, release_freed_memory
 from .runner.resume import ResumeState, resume_fingerprint
 from .sparse import UnitPlan, build_method
 from .sparse.allocation import plan_from_dict, plan_to_dict
-from .outputs import open_run
+from .outputs import Layout, open_run
 from .save import MODEL_DIR, PLAN_PLOT, save_model, write_results
 
 
@@ -35,14 +36,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def evaluate(handle, eval_sets, cfg, device, position, results):
+def evaluate(handle, eval_sets, cfg, device, position, results, world=World()):
     ev = cfg.eval
     per_block = ev.inference_per_block or not whole_model_fits(handle, device)
     for name, tokens in eval_sets.items():
         start = time.perf_counter()
         ppl, speed = perplexity(handle, tokens, ev.seq_len, device, bs=ev.bs,
                                 max_windows=ev.max_windows, per_block=per_block,
-                                desc=f"{position} {name}")
+                                desc=f"{position} {name}", world=world)
         logger.info(f"ppl {position} {name}: {ppl:.4f} ({speed:.0f} tokens/s)")
         results["ppl"].setdefault(position, {})[name] = ppl
         results["timings"][f"eval_{position}_{name}"] = time.perf_counter() - start
@@ -68,12 +69,30 @@ def whole_model_fits(handle, device) -> bool:
     return False
 
 
+class FollowingRun:
+    """What a rank other than 0 knows of the save path: where the scratch files are. It takes
+    no lock and writes no outputs (rank 0 does, holding the lock while every rank runs)."""
+    run_id = None
+
+    def __init__(self, save_path):
+        self.layout = Layout.of(save_path)
+
+
 def run(cfg) -> dict:
-    """Run `cfg` (a validated Config); returns the results that are also written to disk."""
+    """Run `cfg` (a validated Config); returns the results that are also written to disk.
+    Under torchrun every rank runs it (llmc.distributed); rank 0 alone owns the save path."""
+    device = resolve_device(cfg.base.device)
+    world = join(device, cfg.base.collective_timeout)
+    if not world.leads:
+        world.barrier()  # rank 0 holds the lock and has cleaned the save path's leftovers
+        results = prune_and_record(cfg, FollowingRun(cfg.save.save_path), device, world)
+        world.barrier()  # rank 0 has committed the outputs (or failed: then so does this rank)
+        return results
     # The save path is locked, proven writable and checked before any heavy work; the outputs
     # are staged in out.dir and committed together at the end (llmc.outputs, docs/outputs.md).
     with open_run(cfg.save) as out:
-        results = prune_and_record(cfg, out)
+        world.barrier()
+        results = prune_and_record(cfg, out, device, world)
         out.commit()
         # The finished blocks and the resume state served their purpose once the run is
         # committed (the output holds its own names for the shards). A run held in memory
@@ -85,50 +104,74 @@ def run(cfg) -> dict:
             shutil.rmtree(scratch, ignore_errors=True)
         with contextlib.suppress(OSError):  # only when nothing else is kept there
             out.layout.scratch.rmdir()
+    world.barrier()
     return results
 
 
-def allocate_and_evaluate(cfg, method, handle, batches, eval_sets, device, results, scratch):
+def allocate_and_evaluate(cfg, method, handle, batches, eval_sets, device, results, scratch,
+                          world):
     """The plan, then the pretrain eval. Allocation first: it reads the dense model as the
     pretrain eval does, and its problems (a plan out of range, a cached file for another model)
     should surface before the eval."""
     start = time.perf_counter()
     calibration = Calibration(handle, batches, device, cfg.base.offload_activations,
                               cache_dir=cfg.save.save_path, overwrite=cfg.save.overwrite,
-                              scratch=scratch)
+                              scratch=scratch, world=world)
     plan = method.allocate(cfg.sparse.weight, calibration)
     results["timings"]["allocate"] = time.perf_counter() - start
     if "pretrain" in cfg.eval.eval_pos:
-        evaluate(handle, eval_sets, cfg, device, "pretrain", results)
+        evaluate(handle, eval_sets, cfg, device, "pretrain", results, world)
     return plan
 
 
-def resume_state(cfg, checkpoint, handle, results, device, out):
+def resume_state(cfg, checkpoint, handle, results, device, out, world):
     """A streamed run checkpoints after each block (a model in memory has its finished blocks
     nowhere on disk to resume from)."""
     if not handle.streams:
         return None
     fingerprint = resume_fingerprint(cfg, checkpoint.weights.files, checkpoint.path,
                                      results["inputs"]["calib_tokens_sha256"], device)
-    return ResumeState(out.layout.scratch / RESUME_DIR, fingerprint, handle.num_blocks)
+    return ResumeState(out.layout.scratch / RESUME_DIR, fingerprint, handle.num_blocks, world)
 
 
-def adopt(point, handle, resume):
-    """The interrupted run's finished blocks, or None (start over) when they are not all there."""
+def adopt(point, handle, resume, world):
+    """The interrupted run's finished blocks, or None (start over) when they are not all there
+    (for any rank)."""
     try:
         handle.adopt_finished_blocks(point.next_block)
+        adopted = True
     except (LlmcError, OSError, ValueError, KeyError) as err:
         logger.warning(f"cannot resume: {err}; starting over")
+        adopted = False
+    if world.all_true(adopted):
+        return point
+    if world.leads:
         resume.clear()
-        return None
-    return point
+    world.barrier()
+    return None
 
 
-def prune_and_record(cfg, out) -> dict:
-    """The run itself, writing its outputs into the staging directory `out.dir`."""
+def activations_dir(out, world):
+    """offload "disk"'s directory: one per rank under torchrun."""
+    directory = out.layout.scratch / ACTIVATIONS_DIR
+    return directory / f"rank{world.rank}" if world.distributed else directory
+
+
+def report(handle, plan, results, out):
+    """The achieved sparsity (and a per-layer plan's plot) into `results`."""
+    if isinstance(plan, UnitPlan):  # one target per layer or Linear (OWL, MixGPT)
+        results["plan"]["achieved"] = unit_sparsity(handle, plan.targets)
+        if plot_plan(results["plan"], out.dir / PLAN_PLOT):
+            results["plan_plot"] = PLAN_PLOT
+    results["sparsity"] = sparsity_report(handle)
+    logger.info(f"achieved sparsity over all decoder Linears: {results['sparsity']['overall']:.4f}")
+
+
+def prune_and_record(cfg, out, device, world=World()) -> dict:
+    """The run itself, writing its outputs into the staging directory `out.dir` (rank 0; the
+    other ranks under torchrun compute their share and write nothing)."""
     started = time.perf_counter()
     seed_everything(cfg.base.seed)
-    device = resolve_device(cfg.base.device)
     record = run_record(device)
     method = build_method(cfg.sparse)
     calibrates = method.calibrates(cfg.sparse)
@@ -143,8 +186,12 @@ def prune_and_record(cfg, out) -> dict:
                  if cfg.eval.eval_pos else {})
     checkpoint.check_token_ids([*(("calibration", b) for b in batches), *eval_sets.items()])
     release_freed_memory()  # what tokenizing the corpora left, before the model's parts come
-    handle, loaded = load_for_run(cfg.model, checkpoint.weights.files, out.layout.shards)
-    model_sha256 = InBackground(checkpoint.fingerprint)  # read while the run computes
+    handle, loaded = load_for_run(cfg.model, checkpoint.weights.files, out.layout.shards,
+                                  world if world.distributed else None)
+    loaded["ranks"] = world.size
+    loaded_rss = current_rss()
+    # read while the run computes (by rank 0, which records it)
+    model_sha256 = InBackground(checkpoint.fingerprint) if world.leads else None
 
     results = {"run_id": out.run_id, "config": cfg.to_dict(), "engine": loaded,
                "ppl": {}, "timings": {},
@@ -152,13 +199,13 @@ def prune_and_record(cfg, out) -> dict:
                "inputs": {"calib_tokens_sha256": token_ids_sha256(batches) if batches else None,
                           "eval_tokens_sha256": {name: token_stream_sha256(tokens)
                                                  for name, tokens in eval_sets.items()}}}
-    resume = resume_state(cfg, checkpoint, handle, results, device, out)
+    resume = resume_state(cfg, checkpoint, handle, results, device, out, world)
     point = resume.load(cfg.save.overwrite) if resume else None
     if point is not None:
-        point = adopt(point, handle, resume)
+        point = adopt(point, handle, resume, world)
     if point is None:
         plan = allocate_and_evaluate(cfg, method, handle, batches, eval_sets, device, results,
-                                     out.layout.scratch / ACTIVATIONS_DIR)
+                                     activations_dir(out, world), world)
         carried = {"ppl": results["ppl"], "timings": dict(results["timings"]),
                    "method": method.describe()}
     else:
@@ -180,22 +227,27 @@ def prune_and_record(cfg, out) -> dict:
                              resume_at=point.next_block if point else 0,
                              resumed_hidden=point.hidden if point else None,
                              after_block=checkpoint_block if resume else None,
-                             scratch=out.layout.scratch / ACTIVATIONS_DIR)
+                             scratch=activations_dir(out, world), world=world)
     results["timings"]["prune_total"] = time.perf_counter() - start
+    if handle.streams and world.distributed:
+        world.barrier()  # rank 0 has written every block: the others read them from there on
+        if not world.leads:
+            handle.adopt_finished_blocks(handle.num_blocks)
     results["timings"].update({f"prune_{k}": v for k, v in phases.items()})
     if resume is not None:
         results["timings"]["resume_fsync"] = resume.fsync_seconds
     results["method"] = carried["method"] if point else method.describe()
     results["plan"] = plan.describe()
-    if isinstance(plan, UnitPlan):  # one target per layer or Linear (OWL, MixGPT)
-        results["plan"]["achieved"] = unit_sparsity(handle, plan.targets)
-        if plot_plan(results["plan"], out.dir / PLAN_PLOT):
-            results["plan_plot"] = PLAN_PLOT
-    results["sparsity"] = sparsity_report(handle)
-    logger.info(f"achieved sparsity over all decoder Linears: {results['sparsity']['overall']:.4f}")
+    if world.leads:  # what rank 0 writes (every rank holds the same pruned weights)
+        report(handle, plan, results, out)
 
     if "transformed" in cfg.eval.eval_pos:
-        evaluate(handle, eval_sets, cfg, device, "transformed", results)
+        evaluate(handle, eval_sets, cfg, device, "transformed", results, world)
+    # each rank's memory: its RSS once the model was loaded, and its peak up to here
+    results["run"]["loaded_rss_bytes"] = world.collect(loaded_rss)
+    results["run"]["peak_rss_bytes"] = world.collect(peak_rss())
+    if not world.leads:
+        return results
     if cfg.save.save_trans:
         save_model(handle, tokenizer, out.dir)
         results["saved_model"] = str(out.root / MODEL_DIR)  # where it is read after the commit

@@ -321,4 +321,4 @@ def test_auto_holds_a_model_that_fits_the_free_ram_and_streams_one_that_does_not
     assert code == 0 and "streaming LlamaForCausalLM" in stderr
     results = json.loads((Path(yaml.safe_load(path.read_text())["save"]["save_path"])
                           / "results.json").read_text())
-    assert results["engine"] == {"load": "stream", "why": "model.load: auto"}
+    assert results["engine"] == {"load": "stream", "why": "model.load: auto", "ranks": 1}
