@@ -18,6 +18,11 @@ Ratios, not seconds, are the figures to compare across machines.
 
 runs scripts/bench_memory.py instead: whole runs streamed and in memory, their peak RSS as a
 ratio to the checkpoint and the streamed / in-memory prune time (see its docstring).
+
+    python scripts/bench.py --ranks 2 [...]
+
+runs scripts/bench_ranks.py instead: whole runs as 1 process and as N torchrun ranks, one
+thread each, and their speed-ups, phases, peak RSS per rank and agreement (see its docstring).
 """
 import dataclasses
 import argparse
@@ -76,6 +81,10 @@ def main():
         import bench_memory
 
         return bench_memory.main([a for a in sys.argv[1:] if a != "--out-of-core"])
+    if any(a == "--ranks" or a.startswith("--ranks=") for a in sys.argv[1:]):
+        import bench_ranks  # whole runs, 1 process against N torchrun ranks
+
+        return bench_ranks.main(sys.argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/sparse/wanda.yml")
     parser.add_argument("--set", action="append", default=[], dest="overrides")

@@ -7,7 +7,7 @@ import torch
 from llmc.config import load_config
 from llmc.distributed import World, check_ranks
 from llmc.errors import ConfigError
-from llmc.runner.stats import Hessian, InputNorms, combine_mean
+from llmc.runner.stats import Hessian, InputNorms, combine_means
 
 
 def test_a_rank_holds_every_nth_window():
@@ -29,6 +29,39 @@ def test_linears_go_largest_first_to_the_least_loaded_rank():
     assert World().owners(costs) == [0] * 7
     # ties go to the lowest rank, so every rank computes the same assignment
     assert World(rank=1, size=3).owners([1, 1, 1, 1]) == [0, 1, 2, 0]
+
+
+def test_packed_collectives_give_each_tensor_its_own_result():
+    class Doubling(World):  # a 2-rank all-reduce / broadcast where both ranks hold the same
+        def __init__(self, rank=0):
+            super().__init__(rank=rank, size=2)
+            self.calls = 0
+
+        def sum(self, tensor):
+            self.calls += 1
+            return tensor.mul_(2)
+
+        def broadcast(self, tensor, src):
+            self.calls += 1
+            if self.rank != src:
+                tensor.copy_(self.sent.pop(0))
+            else:
+                self.sent = [tensor.clone()]
+            return tensor
+
+    tensors = [torch.arange(4.0), torch.ones(2, 3), torch.arange(3, dtype=torch.float64)]
+    world = Doubling()
+    world.sum_all(tensors)
+    assert world.calls == 2  # the two float32 tensors packed, the float64 one alone
+    assert torch.equal(tensors[0], torch.arange(4.0) * 2) and torch.equal(tensors[1],
+                                                                         torch.full((2, 3), 2.0))
+    sender, receiver = Doubling(rank=0), Doubling(rank=1)
+    weights = [torch.randn(3, 4).bfloat16(), torch.randn(2, 2).bfloat16()]
+    copies = [torch.zeros_like(w) for w in weights]
+    sender.broadcast_all(weights, 0)
+    receiver.sent = sender.sent
+    receiver.broadcast_all(copies, 0)
+    assert all(torch.equal(w, c) for w, c in zip(weights, copies))
 
 
 def test_one_process_calls_no_collective():
@@ -86,6 +119,6 @@ def test_combined_statistics_are_the_mean_over_all_windows(statistic):
     world = TwoRanks()
     world.others = [torch.tensor([float(theirs.windows)], dtype=torch.float64),
                     theirs.value * theirs.windows]
-    combine_mean(mine, world)
+    combine_means([mine], world)
     assert mine.windows == 5
     torch.testing.assert_close(mine.value, whole.value, rtol=1e-5, atol=1e-6)

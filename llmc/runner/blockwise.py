@@ -118,12 +118,15 @@ def prune_block(handle, block, block_index, method, plan, statistics=None, world
 
 
 def share_pruned(block, owner, world) -> None:
-    """Every rank receives each Linear's pruned weight from the rank that pruned it (as bytes:
-    any dtype travels, bit for bit)."""
-    for name, rank in owner.items():
-        weight = block.get_submodule(name).weight.data
-        world.broadcast(weight.view(-1).view(torch.uint8) if weight.is_contiguous() else weight,
-                        rank)
+    """Every rank receives each Linear's pruned weight from the rank that pruned it."""
+    for rank in range(world.size):
+        weights = [block.get_submodule(name).weight.data for name, o in owner.items()
+                   if o == rank]
+        buffers = [w if w.is_contiguous() else w.contiguous() for w in weights]
+        world.broadcast_all(buffers, rank)
+        for weight, buffer in zip(weights, buffers):
+            if buffer is not weight:
+                weight.copy_(buffer)
 
 
 @torch.no_grad()

@@ -57,16 +57,18 @@ class Hessian:
         self.value += x.matmul(x.t())
 
 
-def combine_mean(accumulator, world) -> None:
+def combine_means(accumulators, world) -> None:
     """The mean over every rank's windows: each rank's sum (its mean times its window count),
-    summed over the ranks, divided by the total count."""
-    count = torch.tensor([float(accumulator.windows)], dtype=torch.float64,
-                         device=accumulator.value.device)
-    total = float(world.sum(count).item())
-    accumulator.value *= accumulator.windows
-    world.sum(accumulator.value)
-    accumulator.value /= total
-    accumulator.windows = int(total)
+    summed over the ranks, divided by the total count (packed into few collectives)."""
+    counts = torch.tensor([float(a.windows) for a in accumulators], dtype=torch.float64,
+                          device=accumulators[0].value.device)
+    world.sum(counts)
+    for accumulator in accumulators:
+        accumulator.value *= accumulator.windows
+    world.sum_all([a.value for a in accumulators])
+    for accumulator, total in zip(accumulators, counts.tolist()):
+        accumulator.value /= total
+        accumulator.windows = int(total)
 
 
 class GroupStatistics:
@@ -106,12 +108,8 @@ class GroupStatistics:
         """Each group's statistics over all ranks' windows (a no-op on one process)."""
         if not world.distributed:
             return
-        seen = set()
-        for accumulators in self.by_linear.values():
-            if id(accumulators) not in seen:
-                seen.add(id(accumulators))
-                for accumulator in accumulators.values():
-                    combine_mean(accumulator, world)
+        unique = {id(acc): acc for accs in self.by_linear.values() for acc in accs.values()}
+        combine_means(list(unique.values()), world)
 
     def release(self, names):
         """Drop the accumulators of the Linears `names` (a group that has been pruned), so a
