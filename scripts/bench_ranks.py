@@ -68,10 +68,49 @@ def agreement(one: Path, many: Path) -> dict:
 
     a, b = weights(one), weights(many)
     names = [n for n in a if ".layers." in n and n.endswith("proj.weight")]
-    same = sum(int(((a[n] == 0) == (b[n] == 0)).sum()) for n in names)
+    differ = sum(int(((a[n] == 0) != (b[n] == 0)).sum()) for n in names)
     total = sum(a[n].numel() for n in names)
     worst = max(float(torch.linalg.norm(a[n] - b[n]) / torch.linalg.norm(a[n])) for n in names)
-    return {"mask_agreement": same / total, "max_relative_difference": worst}
+    return {"mask_differences": differ, "mask_agreement": 1 - differ / total,
+            "max_relative_difference": worst}
+
+
+def near_ties(method: str, overrides, work: Path, ranks: int, rel: float = 1e-5) -> dict:
+    """For Wanda: each mask entry where the N-rank run differs from the 1-process run, checked
+    to be a near-tie, i.e. within `rel` of another score of its row, with the scores
+    |W_ij| * sqrt(norm_j) from input norms gathered by a plain whole-model forward (hooks on
+    every Linear, all windows) on the dense model."""
+    import torch
+
+    from llmc.config import load_config
+    from llmc.data import calib_batches
+    from llmc.models import load_model, load_tokenizer
+    from llmc.runner.stats import InputNorms
+
+    cfg = load_config(str(ROOT / f"configs/sparse/{method}.yml"), [*DEFAULT_SETTINGS, *overrides])
+    batches = calib_batches(cfg.calib, load_tokenizer(cfg.model))
+    model = load_model(cfg.model).model
+    a, b = weights(work / f"{method}-1"), weights(work / f"{method}-{ranks}")
+    names = [n for n in a if ".layers." in n and n.endswith("proj.weight")
+             and bool(((a[n] == 0) != (b[n] == 0)).any())]
+    linears = {n: model.get_submodule(n[:-len(".weight")]) for n in names}
+    norms = {n: InputNorms(m.in_features, "cpu") for n, m in linears.items()}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: norms[n].add(inp[0]))
+             for n, m in linears.items()]
+    with torch.no_grad():
+        for ids in batches:
+            model(input_ids=ids, use_cache=False)
+    for hook in hooks:
+        hook.remove()
+    checked = ties = 0
+    for name, linear in linears.items():
+        score = linear.weight.data.float().abs() * torch.sqrt(norms[name].value)
+        for i, j in torch.nonzero((a[name] == 0) != (b[name] == 0)).tolist():
+            row = score[i]
+            others = torch.cat([row[:j], row[j + 1:]])
+            checked += 1
+            ties += bool(((others - row[j]).abs() <= rel * row[j]).any())
+    return {"differences_checked": checked, "near_ties": ties}
 
 
 def figures(method: str, one: dict, many: dict, ranks: int, work: Path) -> dict:
@@ -93,21 +132,26 @@ def figures(method: str, one: dict, many: dict, ranks: int, work: Path) -> dict:
            "above_loaded_gib_n": [(p - l) / 2**30 for p, l in
                                   zip(many["run"]["peak_rss_bytes"],
                                       many["run"]["loaded_rss_bytes"])],
-           "ppl_relative_difference": max(
-               abs(many["ppl"][pos][name] - ppl) / ppl
-               for pos, sets in one["ppl"].items() for name, ppl in sets.items())}
+           # pretrain: the same dense model evaluated by 1 process and by N ranks
+           "ppl_relative_difference": {
+               f"{pos} {name}": abs(many["ppl"][pos][name] - ppl) / ppl
+               for pos, sets in one["ppl"].items() for name, ppl in sets.items()}}
     if one.get("saved_model") and many.get("saved_model"):
         row.update(agreement(work / f"{method}-1", work / f"{method}-{ranks}"))
     return row
 
 
 def main(argv=None):
+    sys.path.insert(0, str(ROOT))
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--methods", default="wanda,sparsegpt")
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     parser.add_argument("--work", default="/tmp/llmc-bench-ranks")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--near-ties", action="store_true",
+                        help="check that every Wanda mask difference is a near-tie (one more "
+                             "dense forward of the calibration windows)")
     args = parser.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -129,10 +173,18 @@ def main(argv=None):
               f"1 process {r['above_loaded_gib_1'][0]:.3f}, ranks "
               f"{', '.join(f'{v:.3f}' for v in r['above_loaded_gib_n'])} "
               f"(ratio {max(r['above_loaded_gib_n']) / r['above_loaded_gib_1'][0]:.2f})")
+        ppl = ", ".join(f"{k} {v:.1e}" for k, v in r["ppl_relative_difference"].items())
         if "mask_agreement" in r:
-            print(f"  against 1 process: masks {r['mask_agreement'] * 100:.4f}% equal, weights "
-                  f"within {r['max_relative_difference']:.2e} (relative Frobenius), ppl within "
-                  f"{r['ppl_relative_difference']:.1e}")
+            print(f"  against 1 process: {r['mask_differences']} mask entries differ "
+                  f"({r['mask_agreement'] * 100:.5f}% equal), weights within "
+                  f"{r['max_relative_difference']:.2e} (relative Frobenius per Linear); ppl "
+                  f"relative difference: {ppl}")
+        else:
+            print(f"  ppl relative difference: {ppl}")
+        if args.near_ties and method == "wanda":
+            r.update(near_ties(method, args.overrides, work, args.ranks))
+            print(f"  of the {r['differences_checked']} mask differences, {r['near_ties']} are "
+                  "near-ties (two scores of a row within 1e-5 relative)")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
     return 0
