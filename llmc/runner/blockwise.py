@@ -234,9 +234,9 @@ class Calibration:
     with the runner's dense block loop (`measure`) so no method writes its own, the whole-model
     loss Hessian (`loss_hessian`) and a cache of measurements in `cache_dir`.
 
-    Under torchrun (`world`), `measure` splits the windows over the ranks; `windows`, the loss
-    Hessian and `cached` are every rank's same computation on all windows (a whole-model pass
-    is not split), with rank 0's result handed to the others."""
+    Under torchrun (`world`), `measure` splits the windows over the ranks; `windows` and the
+    loss Hessian are every rank's, on all windows (the Hutchinson estimator shares its probes
+    out: llmc.sparse.hutchinson); `cached` computes on every rank and keeps rank 0's result."""
     handle: ModelHandle
     batches: list
     device: torch.device

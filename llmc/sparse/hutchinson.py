@@ -9,6 +9,8 @@ from typing import Callable, Dict, Hashable, List
 import torch
 from tqdm import tqdm
 
+from ..distributed import World
+
 
 def rademacher(shape, generator: torch.Generator) -> torch.Tensor:
     """+-1 with equal odds as int8 (a byte per entry), drawn on the CPU so that a seed gives the
@@ -21,26 +23,45 @@ def _dot(v: torch.Tensor, hv: torch.Tensor) -> float:
 
 
 def hutchinson_traces(hvp: Callable[[List[torch.Tensor]], List[torch.Tensor]],
-                      shapes: Dict[Hashable, torch.Size], max_iter: int, tol: float, seed: int):
+                      shapes: Dict[Hashable, torch.Size], max_iter: int, tol: float, seed: int,
+                      world: World = World()):
     """Estimate Tr(H_ii) for every tensor named by a key of `shapes`. `hvp(vectors)` returns H v for the probe
     `vectors` (one per name, in `shapes` order; int8 on the CPU, for hvp to place and cast).
 
     Stops after `max_iter` probes, or earlier once the vector of running means moves less than
     `tol` relatively in one probe (L1 norms), checked from the second probe on.
-    Returns ({name: trace}, probes used, converged)."""
+    Returns ({name: trace}, probes used, converged).
+
+    Under torchrun (`world`, llmc.distributed) the probes go in rounds of N: every rank draws
+    each probe's vectors in turn from the one seeded generator (probe p is the same v whatever
+    N), computes the product of its own probe of the round, and the ranks' dot products are
+    added in probe order under the same stopping test. The estimate and the probe it stops at
+    are one process's, bit for bit, for at most N - 1 probes of extra work in the last round."""
     generator = torch.Generator().manual_seed(seed)
     names = list(shapes)
     total = torch.zeros(len(names), dtype=torch.float64)
-    previous = None
-    for probe in tqdm(range(1, max_iter + 1), desc="Hutchinson probes"):
-        vectors = [rademacher(shapes[name], generator) for name in names]
-        products = hvp(vectors)
-        total += torch.tensor([_dot(v, hv) for v, hv in zip(vectors, products)],
-                              dtype=torch.float64)
-        mean = total / probe
-        if previous is not None:
-            change = float((mean - previous).abs().sum() / previous.abs().sum().clamp_min(1e-30))
-            if change < tol:
-                return dict(zip(names, mean.tolist())), probe, True
-        previous = mean
+    previous, probe = None, 0
+    with tqdm(total=max_iter, desc="Hutchinson probes") as progress:
+        while probe < max_iter:
+            count = min(world.size, max_iter - probe)
+            mine = None
+            for turn in range(count):
+                vectors = [rademacher(shapes[name], generator) for name in names]
+                if turn == world.rank:
+                    products = hvp(vectors)
+                    mine = torch.tensor([_dot(v, hv) for v, hv in zip(vectors, products)],
+                                        dtype=torch.float64)
+                    del products
+                del vectors
+            for dots in world.collect(mine)[:count]:
+                probe += 1
+                progress.update()
+                total += dots
+                mean = total / probe
+                if previous is not None:
+                    change = float((mean - previous).abs().sum()
+                                   / previous.abs().sum().clamp_min(1e-30))
+                    if change < tol:
+                        return dict(zip(names, mean.tolist())), probe, True
+                previous = mean
     return dict(zip(names, (total / max_iter).tolist())), max_iter, False

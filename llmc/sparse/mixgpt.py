@@ -150,8 +150,10 @@ class MixGPT(SparseGPT):
         def compute():
             start = time.perf_counter()
             with calibration.loss_hessian(sens.n_samples) as (shapes, hvp):
+                # under torchrun the probes are shared out (the estimate is one process's)
                 traces, probes, converged = hutchinson_traces(hvp, shapes, sens.max_iter,
-                                                              sens.tol, sens.seed)
+                                                              sens.tol, sens.seed,
+                                                              calibration.world)
             linears = list(shapes)  # (block index, Linear name), as the runner names them
             if not np.isfinite(list(traces.values())).all():
                 raise LlmcError("the Hessian traces are not finite; try model.torch_dtype: "
