@@ -34,7 +34,8 @@ CASES = {
     "sparsegpt-2of4": {"method": "SparseGPT", "weight": {"sparsity_type": "2:4"}},
     "owl": {"method": "OWL", "owl": {"lambda": 0.08}},
     "owl-2of4": {"method": "OWL", "weight": {"sparsity_type": "4:8"}, "owl": {"lambda": 0.2}},
-    "mixgpt": {"method": "MixGPT", "mixgpt": {"sensitivity": {"max_iter": 2}}},
+    # 3 probes: a round of 2 (one per rank), then one of 1 (rank 0 alone)
+    "mixgpt": {"method": "MixGPT", "mixgpt": {"sensitivity": {"max_iter": 3, "tol": 0}}},
 }
 
 
@@ -181,8 +182,11 @@ def test_sparsegpt_masks_and_weights_agree(runs, case):
         kept = (one[name] != 0) & (two[name] != 0)
         assert relative(one[name] * kept, two[name] * kept) <= 1e-4, name
     assert_same_ppl(one_results, two_results)
-    if case == "mixgpt":  # the sensitivity pass is not split: every rank computes it whole
+    if case == "mixgpt":  # the probes are shared out, the estimate is one process's
         assert one_results["plan"] == two_results["plan"]
+        for key in ("probes", "converged"):
+            assert one_results["method"]["sensitivity"][key] == \
+                two_results["method"]["sensitivity"][key] == (3 if key == "probes" else False)
 
 
 def test_outputs_are_written_once_by_rank_0(runs, setup):
