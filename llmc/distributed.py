@@ -39,6 +39,11 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
+def env_local_world_size() -> int:
+    """How many ranks torchrun started on this machine."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) if env_world_size() > 1 else 1
+
+
 def env_local_rank() -> int:
     """The rank among this machine's processes: the GPU a rank uses (cuda:LOCAL_RANK)."""
     return int(os.environ.get("LOCAL_RANK", "0") or 0)

@@ -18,7 +18,8 @@ from .provenance import InBackground, run_record, utc_now, versions
 from .report import sparsity_report, unit_sparsity
 from .plot import plot_plan
 from .runner import Calibration, prune_blockwise, resolve_device
-from .runner.device import current_rss, free_memory, peak_rss, release_freed_memory
+from .runner.device import (current_rss, free_memory, peak_rss, peak_rss_since_reset,
+                            release_freed_memory, reset_peak_rss)
 from .runner.resume import ResumeState, resume_fingerprint
 from .sparse import UnitPlan, build_method
 from .sparse.allocation import plan_from_dict, plan_to_dict
@@ -190,6 +191,7 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
                                   world if world.distributed else None)
     loaded["ranks"] = world.size
     loaded_rss = current_rss()
+    reset_peak_rss()  # the peak from here on: the run's working memory, not loading's copies
     # read while the run computes (by rank 0, which records it)
     model_sha256 = InBackground(checkpoint.fingerprint) if world.leads else None
 
@@ -246,6 +248,7 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
     # each rank's memory: its RSS once the model was loaded, and its peak up to here
     results["run"]["loaded_rss_bytes"] = world.collect(loaded_rss)
     results["run"]["peak_rss_bytes"] = world.collect(peak_rss())
+    results["run"]["peak_rss_after_load_bytes"] = world.collect(peak_rss_since_reset())
     if not world.leads:
         return results
     if cfg.save.save_trans:

@@ -10,9 +10,12 @@ the --set overrides) it runs `python -m llmc` once as one process and once as
 2-core machine holds 2 ranks of 1 thread), one run at a time. It reports, as 1-process / N-rank
 ratios (speed-ups): the whole process's wall time, the block loop (prune_total) and the
 transformed eval; the block loop's phases per block (forward, prune, the statistics'
-all-reduce, the pruned weights' broadcast); each rank's peak RSS and the part of it above the
-RSS after loading (the activations' share and the working memory); and the largest difference
-between the two runs' saved weights and perplexities (the contract of docs/scaling.md).
+all-reduce, the pruned weights' broadcast); each rank's peak RSS, and its peak after loading
+above its RSS once loaded (the activations' share and the working memory, without loading's
+transient copies); the mask entries that differ between the two runs' saved weights, the
+largest relative difference per Linear, and the perplexities' relative differences (the
+contract of docs/scaling.md); with --near-ties, whether each Wanda mask difference is a
+near-tie.
 """
 import argparse
 import json
@@ -126,11 +129,13 @@ def figures(method: str, one: dict, many: dict, ranks: int, work: Path) -> dict:
            "phases_n": {k: tn[f"prune_{k}"] for k in ("forward", "prune", "combine", "share")},
            "peak_rss_gib_1": [r / 2**30 for r in one["run"]["peak_rss_bytes"]],
            "peak_rss_gib_n": [r / 2**30 for r in many["run"]["peak_rss_bytes"]],
+           # the peak after loading (VmHWM reset then) above the RSS once loaded: the block
+           # loop's activations and working memory, and the eval's
            "above_loaded_gib_1": [(p - l) / 2**30 for p, l in
-                                  zip(one["run"]["peak_rss_bytes"],
+                                  zip(one["run"]["peak_rss_after_load_bytes"],
                                       one["run"]["loaded_rss_bytes"])],
            "above_loaded_gib_n": [(p - l) / 2**30 for p, l in
-                                  zip(many["run"]["peak_rss_bytes"],
+                                  zip(many["run"]["peak_rss_after_load_bytes"],
                                       many["run"]["loaded_rss_bytes"])],
            # pretrain: the same dense model evaluated by 1 process and by N ranks
            "ppl_relative_difference": {

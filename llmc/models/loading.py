@@ -2,11 +2,10 @@
 adapter. The checks that need no weights live in preflight.py (the pipeline runs them first);
 the ones here repeat the cheap ones, for callers that load without a preflight, and catch what
 only loading shows."""
-import os
-
 import torch
 from loguru import logger
 
+from ..distributed import env_local_world_size
 from ..errors import LlmcError
 from ..registry import MODELS
 from .handle import ModelHandle
@@ -165,7 +164,7 @@ def load_for_run(model_cfg, weight_files, shard_dir, world=None):
         # Names transformers maps with its own conversion rules: let it load the model.
         logger.warning(f"loading the whole model into memory: {err.why}")
         return load_model(model_cfg), {"load": "memory", "why": err.why}
-    copies = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) if world is not None else 1
+    copies = env_local_world_size() if world is not None else 1
     fits = handle.weight_bytes * copies <= available_ram() // IN_MEMORY_SHARE
     if world is not None:
         fits = world.broadcast_object(fits)

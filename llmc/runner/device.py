@@ -1,8 +1,10 @@
 """Where things run: the compute device, and moving nested inputs onto it."""
+from typing import Optional
+
 import torch
 from loguru import logger
 
-from ..distributed import env_local_rank, env_world_size
+from ..distributed import env_local_rank, env_local_world_size, env_world_size
 from ..errors import LlmcError
 
 
@@ -13,6 +15,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name in ("auto", "cuda") and env_world_size() > 1:
         name = f"cuda:{env_local_rank()}"
+    elif name.startswith("cuda:") and env_local_world_size() > 1:
+        raise LlmcError(f"base.device is {name}, which puts every torchrun rank of this machine "
+                        "on one GPU; set base.device: auto (or cuda): each rank then uses "
+                        "cuda:LOCAL_RANK")
     if name == "auto":
         return torch.device("cuda")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -81,6 +87,28 @@ def current_rss() -> int:
     import psutil
 
     return psutil.Process().memory_info().rss
+
+
+def reset_peak_rss() -> None:
+    """Start this process's peak-RSS count afresh (Linux: VmHWM), so `peak_rss_since_reset`
+    measures a phase (the block loop and eval) without loading's transient copies."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_since_reset() -> Optional[int]:
+    """The peak RSS since reset_peak_rss (or since the start), in bytes; None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def peak_rss() -> int:

@@ -1,4 +1,6 @@
 """Where activations wait between blocks, and nested moves."""
+import os
+
 import pytest
 import torch
 
@@ -27,6 +29,31 @@ def test_resolve_device(monkeypatch):
     assert resolve_device("cuda:1") == torch.device("cuda:1")
     with pytest.raises(LlmcError, match="cuda:3 but only 2 CUDA GPU.*cuda:0 to cuda:1"):
         resolve_device("cuda:3")
+
+
+def test_under_torchrun_each_rank_takes_its_own_gpu(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(device_module.torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")  # gloo on the CPU
+    monkeypatch.setattr(device_module.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(device_module.torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == resolve_device("cuda") == torch.device("cuda:1")
+    with pytest.raises(LlmcError, match="every torchrun rank of this machine on one GPU"):
+        resolve_device("cuda:0")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # one rank per machine may name its GPU
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="Linux only")
+def test_the_peak_rss_can_be_counted_from_a_point_on():
+    block = torch.ones(64 * 2**20, dtype=torch.uint8)  # 64 MiB touched
+    del block
+    before = device_module.peak_rss_since_reset()
+    device_module.reset_peak_rss()
+    after = device_module.peak_rss_since_reset()
+    assert after < before - 32 * 2**20 and after <= device_module.peak_rss()
 
 
 def test_to_device_walks_nested_values():
