@@ -136,7 +136,7 @@ def main(argv=None) -> int:
         from .pipeline import run
 
         run(cfg)
-    except (Exception, KeyboardInterrupt, Terminated) as err:  # not the input: the machine, or a bug
+    except (Exception, KeyboardInterrupt, Terminated) as err:  # every way a run can end badly
         if distributed.world().distributed:
             # torchrun stops the other ranks with SIGTERM once one exits: this rank has said
             # what failed and exits with its code, not killed halfway through its exit.

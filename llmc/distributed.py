@@ -26,7 +26,7 @@ import torch
 from .errors import ConfigError, LlmcError
 
 FAILURE_KEY = "llmc/failure"
-PEER_MESSAGE_WAIT = 2.0  # seconds a rank waits for a failed peer's message (published before it exits)
+PEER_MESSAGE_WAIT = 2.0  # seconds to wait for a failed peer's line (published before it exits)
 
 
 def env_rank() -> int:

@@ -29,6 +29,7 @@ CASES = {
     "wanda": {"method": "Wanda"},
     "wanda-out": {"method": "Wanda", "sparsity_out": True},
     "wanda-2of4": {"method": "Wanda", "weight": {"sparsity_type": "2:4"}},
+    "wanda-disk": {"method": "Wanda"},  # activations in a file per rank (offload disk)
     "sparsegpt": {"method": "SparseGPT"},
     "sparsegpt-out": {"method": "SparseGPT", "sparsity_out": True},
     "sparsegpt-2of4": {"method": "SparseGPT", "weight": {"sparsity_type": "2:4"}},
@@ -87,11 +88,14 @@ def runs(setup):
     from llmc.cli import main
 
     paired = {}
-    distributed = [setup(f"{name}-2", sparse) for name, sparse in CASES.items()]
+    def base(name):
+        return {"base": {"offload_activations": "disk"}} if name.endswith("-disk") else {}
+
+    distributed = [setup(f"{name}-2", sparse, **base(name)) for name, sparse in CASES.items()]
     done = torchrun(distributed)
     assert done.returncode == 0, done.stderr[-4000:]
     for name, sparse in CASES.items():
-        assert main(["--config", str(setup(f"{name}-1", sparse))]) == 0
+        assert main(["--config", str(setup(f"{name}-1", sparse, **base(name)))]) == 0
         paired[name] = tuple(load_run(setup.root / f"{name}-{n}") for n in (1, 2))
     paired["_stderr"] = done.stderr
     return paired
@@ -161,7 +165,8 @@ def test_magnitude_is_identical(runs):
     assert two_results["engine"]["ranks"] == 2 and one_results["engine"]["ranks"] == 1
 
 
-@pytest.mark.parametrize("case", ["wanda", "wanda-out", "wanda-2of4", "owl", "owl-2of4"])
+@pytest.mark.parametrize("case", ["wanda", "wanda-out", "wanda-2of4", "wanda-disk", "owl",
+                                  "owl-2of4"])
 def test_wanda_and_owl_masks_agree_but_for_near_ties(runs, setup, case):
     (one_results, one), (two_results, two) = runs[case]
     assert_masks_agree_but_near_ties(setup, one, two)
