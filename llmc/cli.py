@@ -137,7 +137,7 @@ def main(argv=None) -> int:
 
         run(cfg)
     except (Exception, KeyboardInterrupt, Terminated) as err:  # every way a run can end badly
-        if distributed.world().distributed:
+        if distributed.env_world_size() > 1:
             # torchrun stops the other ranks with SIGTERM once one exits: this rank has said
             # what failed and exits with its code, not killed halfway through its exit.
             previous = signal.SIG_IGN

@@ -240,3 +240,12 @@ def test_a_streamed_run_resumes_under_the_same_number_of_ranks(setup, cli):
     assert sorted(weights) == sorted(expected)
     assert all(torch.equal(weights[n], expected[n]) for n in weights)
     assert resumed["ppl"] == whole["ppl"]
+
+
+def test_a_bad_config_under_torchrun_is_one_line_per_rank_before_any_work(setup):
+    path = setup("bad", {"method": "Wanda"})
+    done = torchrun(["--config", path, "--set", "calib.bs=2"], module=True, timeout=120)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("llmc:")]
+    assert len(lines) == 2 and all("set calib.bs: 1" in line for line in lines), done.stderr
+    assert done.stderr.count("exitcode  : 2") == 2  # both ranks exit 2, neither killed
+    assert not (setup.root / "bad").exists()
