@@ -12,6 +12,7 @@ The points are listed in POINTS (docs/outputs.md says where each one is).
 import os
 import time
 
+from .distributed import env_rank
 from .errors import LlmcError
 
 POINTS = (
@@ -39,7 +40,7 @@ def pause_point(name: str, index=None) -> None:
     assert name in POINTS, name
     names = {name} if index is None else {name, f"{name}@{index}"}
     rank = os.environ.get("LLMC_FAULT_RANK")
-    if rank is not None and rank != os.environ.get("RANK", "0"):
+    if rank is not None and int(rank) != env_rank():
         return
     if os.environ.get("LLMC_FAIL_AT") in names:
         raise InjectedFault(f"injected fault at {name} (LLMC_FAIL_AT)")

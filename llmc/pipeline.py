@@ -187,8 +187,7 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
                  if cfg.eval.eval_pos else {})
     checkpoint.check_token_ids([*(("calibration", b) for b in batches), *eval_sets.items()])
     release_freed_memory()  # what tokenizing the corpora left, before the model's parts come
-    handle, loaded = load_for_run(cfg.model, checkpoint.weights.files, out.layout.shards,
-                                  world if world.distributed else None)
+    handle, loaded = load_for_run(cfg.model, checkpoint.weights.files, out.layout.shards, world)
     loaded["ranks"] = world.size
     loaded_rss = current_rss()
     reset_peak_rss()  # the peak from here on: the run's working memory, not loading's copies

@@ -5,7 +5,7 @@ only loading shows."""
 import torch
 from loguru import logger
 
-from ..distributed import env_local_world_size
+from ..distributed import World, env_local_world_size
 from ..errors import LlmcError
 from ..registry import MODELS
 from .handle import ModelHandle
@@ -136,7 +136,7 @@ def _checkpoint_dtype(config, weight_files) -> torch.dtype:
 IN_MEMORY_SHARE = 4
 
 
-def load_for_run(model_cfg, weight_files, shard_dir, world=None):
+def load_for_run(model_cfg, weight_files, shard_dir, world=World()):
     """(handle, how): the model as `model.load` asks: streamed from the checkpoint's safetensors
     (finished blocks written to `shard_dir`), or whole in memory; `auto` holds it in memory when
     it fits in 1/IN_MEMORY_SHARE of the free RAM or cannot be streamed, and streams it
@@ -144,7 +144,7 @@ def load_for_run(model_cfg, weight_files, shard_dir, world=None):
 
     Under torchrun (`world`, llmc.distributed) every rank on a machine holds its own copy, so
     `auto` counts one per local rank, and all ranks follow rank 0's choice."""
-    writes = world is None or world.leads
+    writes = world.leads
     safetensors = all(f.name.endswith(".safetensors") for f in weight_files)
     if model_cfg.load == "memory":
         return load_model(model_cfg), {"load": "memory", "why": "model.load: memory"}
@@ -164,10 +164,8 @@ def load_for_run(model_cfg, weight_files, shard_dir, world=None):
         # Names transformers maps with its own conversion rules: let it load the model.
         logger.warning(f"loading the whole model into memory: {err.why}")
         return load_model(model_cfg), {"load": "memory", "why": err.why}
-    copies = env_local_world_size() if world is not None else 1
-    fits = handle.weight_bytes * copies <= available_ram() // IN_MEMORY_SHARE
-    if world is not None:
-        fits = world.broadcast_object(fits)
+    fits = world.broadcast_object(
+        handle.weight_bytes * env_local_world_size() <= available_ram() // IN_MEMORY_SHARE)
     if model_cfg.load == "auto" and fits:
         # Measured: for a model this small, holding it is up to ~10% faster than streaming it
         # (no block written, no checkpoint per block); docs/performance.md.

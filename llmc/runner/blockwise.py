@@ -20,8 +20,7 @@ from ..errors import LlmcError
 from ..faults import pause_point
 from ..models.handle import ModelHandle
 from .activations import ActivationFile
-from .cache import (cached_json, read_cached, weights_fingerprint, windows_fingerprint,
-                    write_cached)
+from .cache import read_cached, weights_fingerprint, windows_fingerprint, write_cached
 from .capture import block_output, capture_block_inputs
 from .device import activation_home
 from .loss_hessian import calibration_windows, loss_hessian
@@ -264,14 +263,10 @@ class Calibration:
                 "windows": windows_fingerprint(self.windows(n_windows))}
 
     def cached(self, filename: str, key: dict, compute):
-        """(value, reused): compute() kept in cache_dir/filename for `key` (see cached_json).
+        """(value, reused): compute() kept in cache_dir/filename for `key` (as cached_json).
         Under torchrun rank 0 alone reads and writes the file; a value it finds there is handed
         to every rank, otherwise every rank computes and rank 0's value is kept by all."""
         world = self.world
-        if not world.distributed:
-            if self.cache_dir is None:
-                return compute(), False
-            return cached_json(Path(self.cache_dir) / filename, key, compute, self.overwrite)
         path = Path(self.cache_dir) / filename if self.cache_dir is not None else None
         found = None
         if world.leads and path is not None:

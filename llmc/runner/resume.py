@@ -121,32 +121,22 @@ class ResumeState:
         rank 0 reads and judges state.json and every rank reads its own activations; unless
         all of them can, every rank starts over."""
         world = self.world
-        state = self._load_state(overwrite) if world.leads else None
-        if not world.distributed:
-            if state is None:
-                return None
-            try:
-                return self._point(state, state["activations"])
-            except (OSError, ValueError, KeyError, TypeError) as err:
-                logger.warning(f"the resume state in {self.directory} is incomplete ({err}); "
-                               "starting over")
-                self.clear()
-                return None
-        state = world.broadcast_object(state)
-        point = None
-        if state is not None:
-            try:
-                point = self._point(state, self._rank_name(int(state["next_block"])))
-            except (OSError, ValueError, KeyError, TypeError) as err:
-                logger.warning(f"rank {world.rank}: the resume state in {self.directory} is "
-                               f"incomplete ({err})")
-        if state is not None and not world.all_true(point is not None):
-            if world.leads:
-                logger.warning("a rank's resume state is incomplete; starting over")
-                self.clear()
-            world.barrier()  # cleared before any rank writes a new state
+        state = world.broadcast_object(self._load_state(overwrite) if world.leads else None)
+        if state is None:
             return None
-        return point
+        try:
+            point = self._point(state)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            rank = f"rank {world.rank}: " if world.distributed else ""
+            logger.warning(f"{rank}the resume state in {self.directory} is incomplete ({err}); "
+                           "starting over")
+            point = None
+        if world.all_true(point is not None):
+            return point
+        if world.leads:
+            self.clear()
+        world.barrier()  # cleared before any rank writes a new state
+        return None
 
     def _rank_name(self, next_block: int) -> str:
         name = ACTIVATIONS.format(next_block)
@@ -154,10 +144,11 @@ class ResumeState:
             name = name.replace(".safetensors", f"-rank{self.world.rank}.safetensors")
         return name
 
-    def _point(self, state: dict, activations: str) -> ResumePoint:
-        hidden = self._read_activations(activations)
-        point = ResumePoint(int(state["next_block"]), hidden, state["plan"], state["carried"],
-                            state["rng"])
+    def _point(self, state: dict) -> ResumePoint:
+        """The point `state` names, with this rank's activations entering its next block."""
+        next_block = int(state["next_block"])
+        hidden = self._read_activations(self._rank_name(next_block))
+        point = ResumePoint(next_block, hidden, state["plan"], state["carried"], state["rng"])
         if self.world.leads:
             logger.info(f"resuming at block {point.next_block} of {self.num_blocks}: blocks 0 "
                         f"to {point.next_block - 1} were finished by an interrupted run")
