@@ -14,16 +14,22 @@ A failure on one rank is published in the process group's store before the rank 
 whose collective then fails (its peer's sockets closed) or that torchrun stops with SIGTERM
 reports that message instead of its own secondary one (llmc.cli). Collectives wait at most
 `base.collective_timeout` seconds.
+
+torch is imported where a collective needs it, not with the module: the command line reads the
+rank (to set up logging) before anything heavy is imported.
 """
+from __future__ import annotations
+
 import os
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import List, Optional, Sequence, Tuple
-
-import torch
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 from .errors import ConfigError, LlmcError
+
+if TYPE_CHECKING:
+    import torch
 
 FAILURE_KEY = "llmc/failure"
 PEER_MESSAGE_WAIT = 2.0  # seconds to wait for a failed peer's line (published before it exits)
@@ -125,6 +131,8 @@ class World:
         """All-reduce each of `tensors` in place, small ones packed together (one collective
         per BUCKET_BYTES instead of one per tensor: on a CPU a collective costs milliseconds
         whatever its size)."""
+        import torch
+
         for bucket in _buckets(tensors):
             if len(bucket) == 1:
                 self.sum(bucket[0])
@@ -136,6 +144,8 @@ class World:
     def broadcast_all(self, tensors: List[torch.Tensor], src: int) -> None:
         """Broadcast each of `tensors` (contiguous, the same shapes and dtypes on every rank)
         from rank `src` in place, as bytes (any dtype, bit for bit), packed as sum_all packs."""
+        import torch
+
         raw = [t.view(-1).view(torch.uint8) for t in tensors]
         for bucket in _buckets(raw):
             if len(bucket) == 1:
@@ -185,10 +195,13 @@ class World:
         """Whether `flag` holds on every rank."""
         if not self.distributed:
             return flag
+        import torch
+
         count = torch.tensor([0 if flag else 1], dtype=torch.int64, device=self._device())
         return int(self.sum(count).item()) == 0
 
     def _device(self) -> torch.device:
+        import torch
         import torch.distributed as dist
 
         return (torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl"
@@ -259,12 +272,13 @@ def join(device: torch.device, timeout: float) -> World:
         return _WORLD
     import atexit
 
+    import torch
     import torch.distributed as dist
     from torch.distributed import distributed_c10d
 
+    if device.type == "cuda":  # NCCL's collectives run on the current device
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
         try:
             dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
@@ -277,8 +291,6 @@ def join(device: torch.device, timeout: float) -> World:
     _WORLD = World(rank=dist.get_rank(), size=dist.get_world_size(),
                    local_rank=env_local_rank(), timeout=timeout,
                    store=distributed_c10d._get_default_store())
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
     return _WORLD
 
 
