@@ -1,8 +1,14 @@
 """A model adapter is a table: where the blocks live, which modules run before and after them,
 and which Linears of a block share one input (its input groups, in forward order). It knows no
-method."""
+method.
+
+Groups may differ between blocks: a group is used in a block that has its Linears (a MoE
+model's dense layers have an MLP, its other layers experts), and a `*` in a name stands for
+each expert of the ModuleList at the path before it (`mlp.experts.*.gate_proj`: one group per
+expert). Fused 3-D expert weights are presented as such a list while a handle holds the model
+(`experts`, llmc.models.experts)."""
 from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch.nn as nn
 from loguru import logger
@@ -34,6 +40,16 @@ class Adapter:
     # Where one table covers variants with and without such a limit (Baichuan: rotary 7B, ALiBi
     # 13B): the module, relative to a block, that only the limited variants have.
     position_limit_module: Optional[str] = None
+    # Paths (relative to a block) of fused experts modules (3-D gate_up_proj / down_proj), each
+    # presented as one ExpertMLP of Linears per expert while a handle holds the model.
+    experts: Tuple[str, ...] = ()
+    # Linears (relative to a block) deliberately left dense: routers and gates that choose
+    # between experts (Qwen2-MoE's shared_expert_gate), whose few rows pruning would distort.
+    dense: Tuple[str, ...] = ()
+    # What the model does to the last post-block module's output before its loss, where it
+    # is more than that module (Gemma 2: final-logit soft-capping): (config, logits) -> logits.
+    # The streamed eval applies it; None: the logits are the last module's output.
+    logits: Optional[Callable] = None
 
     def get_blocks(self, model) -> nn.ModuleList:
         return model.get_submodule(self.blocks)
@@ -91,11 +107,31 @@ class Adapter:
             setattr(config, key, value)
 
     def linear_names(self):
+        """The table's Linear names (a `*` unexpanded); a block's own: `linear_names_of`."""
         return [name for group in self.groups for name in group]
 
+    def groups_of(self, block: nn.Module) -> Tuple[Tuple[str, ...], ...]:
+        """The input groups `block` has: `*` expanded over its experts, groups whose Linears it
+        lacks left out. A group it has only part of is an LlmcError (not this architecture)."""
+        found = []
+        for group in self.groups:
+            expanded = _expand(block, group)
+            for names in expanded:
+                present = [_is_linear(block, name) for name in names]
+                if all(present):
+                    found.append(names)
+                elif any(present):
+                    raise LlmcError(f"model.type {self.name}: a block has only some of the "
+                                    f"Linears {list(names)}; this checkpoint is not a "
+                                    f"{self.name} model (set model.type to its architecture)")
+        return tuple(found)
+
+    def linear_names_of(self, block: nn.Module) -> List[str]:
+        return [name for group in self.groups_of(block) for name in group]
+
     def check(self, model):
-        """Every Linear in every block must be in exactly one input group, so none escapes pruning."""
-        listed = set(self.linear_names())
+        """Every Linear in every block must be in exactly one input group (or deliberately
+        dense), so none escapes pruning."""
         try:
             blocks = self.get_blocks(model)
         except AttributeError:
@@ -108,8 +144,32 @@ class Adapter:
                             "(num_hidden_layers is 0 in its config.json); nothing to prune")
         for index, block in enumerate(blocks):
             present = {n for n, m in block.named_modules() if isinstance(m, nn.Linear)}
-            if present != listed:
+            listed = self.linear_names_of(block)
+            present -= set(self.dense)
+            if present != set(listed) or not listed:
                 raise LlmcError(
                     f"model.type {self.name}: block {index} has Linears {sorted(present)} but the "
                     f"adapter lists {sorted(listed)}; this checkpoint is not a {self.name} "
                     "model (set model.type to its architecture)")
+
+
+def _is_linear(block, name) -> bool:
+    try:
+        return isinstance(block.get_submodule(name), nn.Linear)
+    except AttributeError:
+        return False
+
+
+def _expand(block, group) -> List[Tuple[str, ...]]:
+    """`group` once, or once per expert where its names hold `*` (none where the block has no
+    list at the path before it)."""
+    if not any("*" in name for name in group):
+        return [group]
+    prefix = group[0].split("*")[0].rstrip(".")
+    try:
+        experts = block.get_submodule(prefix)
+    except AttributeError:
+        return []
+    if not isinstance(experts, nn.ModuleList):
+        return []
+    return [tuple(name.replace("*", str(e)) for name in group) for e in range(len(experts))]

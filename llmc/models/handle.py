@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from ..errors import LlmcError
 from .adapter import Adapter
+from .experts import expert_modules, fuse_experts, unfuse_experts
 
 
 @dataclass(eq=False)  # compared and hashed by identity, like the modules it holds
@@ -29,6 +30,14 @@ class ModelHandle:
     adapter: Adapter
     # Names of the parts (blocks, pre-/post-block modules) whose weights were found finite.
     _finite: Set[str] = field(default_factory=set, init=False, repr=False)
+    _groups: Dict[int, Tuple[Tuple[str, ...], ...]] = field(default_factory=dict, init=False,
+                                                            repr=False)
+
+    def __post_init__(self):
+        # Fused experts as one Linear per expert matrix for as long as the handle holds the
+        # model (llmc.models.experts); save_pretrained writes them fused again.
+        if self.adapter.experts:
+            unfuse_experts(self._blocks(), self.adapter.experts)
 
     # Whether the weights stay on disk between uses (llmc.models.stream), not in `model`.
     streams = False
@@ -48,7 +57,13 @@ class ModelHandle:
 
     @property
     def num_blocks(self) -> int:
-        return len(self.adapter.get_blocks(self.model))
+        return len(self._blocks())
+
+    def _blocks(self):
+        try:
+            return self.adapter.get_blocks(self.model)
+        except AttributeError:
+            return []  # not this architecture: check() says so
 
     def block(self, index: int) -> nn.Module:
         """Decoder block `index` where it lives (the CPU); `block_on` to compute with it."""
@@ -58,19 +73,25 @@ class ModelHandle:
         """Block `index`'s module name in the model, e.g. "model.layers.3"."""
         return f"{self.adapter.blocks}.{index}"
 
-    @property
-    def groups(self) -> Tuple[Tuple[str, ...], ...]:
-        """The input groups: names (relative to a block) of Linears that read one tensor."""
-        return self.adapter.groups
+    def groups_of(self, index: int) -> Tuple[Tuple[str, ...], ...]:
+        """Block `index`'s input groups: names (relative to it) of Linears that read one
+        tensor, in forward order (blocks of a MoE model differ: Adapter.groups_of)."""
+        if index not in self._groups:
+            self._groups[index] = self.adapter.groups_of(self.block(index))
+        return self._groups[index]
 
-    def linear_names(self) -> List[str]:
-        """Every Linear of a block, relative to it, group by group in forward order."""
-        return self.adapter.linear_names()
+    def linear_names(self, index: int) -> List[str]:
+        """Every Linear of block `index`, relative to it, group by group in forward order."""
+        return [name for group in self.groups_of(index) for name in group]
+
+    def experts_of(self, block: nn.Module):
+        """(path, UnfusedExperts) of `block` (block `index` of this model)."""
+        return expert_modules(block, self.adapter.experts)
 
     def block_linears(self, index: int) -> Dict[str, nn.Linear]:
-        """{name: Linear} of block `index`, in `linear_names()` order."""
+        """{name: Linear} of block `index`, in `linear_names(index)` order."""
         block = self.block(index)
-        return {name: block.get_submodule(name) for name in self.linear_names()}
+        return {name: block.get_submodule(name) for name in self.linear_names(index)}
 
     def block_weights(self) -> Dict[Tuple[int, str], nn.Parameter]:
         """{(block index, Linear name): weight} for every block Linear, block by block."""
@@ -83,7 +104,7 @@ class ModelHandle:
         while its weights are read (so a streamed model holds one block at a time)."""
         for index in range(self.num_blocks):
             with self.block_on(index, "cpu") as block:
-                for name in self.linear_names():
+                for name in self.linear_names(index):
                     yield (index, name), block.get_submodule(name).weight
 
     def check(self) -> None:
@@ -139,7 +160,11 @@ class ModelHandle:
     def save_pretrained(self, path) -> None:
         """The model as a Hugging Face directory at `path` (which exists)."""
         self.model.to("cpu")
-        self.model.save_pretrained(path, safe_serialization=True)
+        fuse_experts(self._blocks(), self.adapter.experts)  # transformers' own layout
+        try:
+            self.model.save_pretrained(path, safe_serialization=True)
+        finally:
+            unfuse_experts(self._blocks(), self.adapter.experts)
 
     def _check_finite(self, named_parts) -> None:
         """NaN/inf in the weights of a part not yet checked is an LlmcError naming the

@@ -22,6 +22,7 @@ from ..errors import ConfigError, LlmcError
 from ..registry import MODELS
 from .adapter import Adapter
 from .builtin import resolve_model_path
+from .experts import unfuse_experts
 from .fingerprint import fingerprint_files
 from .weight_files import WeightFiles, check_weight_files, find_weight_files
 
@@ -145,13 +146,15 @@ def build_skeleton(model_cfg, config):
                         f"from its config.json ({reason(err)})") from None
 
 
-def check_shapes(model_cfg, adapter: Adapter, skeleton, tensors: Dict[str, tuple]) -> None:
-    """The safetensors headers against the skeleton: a tensor of the same name must have the
-    same shape, and where the checkpoint names the blocks as the model does, every block
-    Linear's weight must be there (else transformers would start it from random values)."""
+def check_shapes(model_cfg, adapter: Adapter, skeleton, tensors: Dict[str, tuple],
+                 expected: Dict[str, tuple]) -> None:
+    """The safetensors headers against the skeleton's tensor shapes (`expected`, taken before
+    its experts were unfused): a tensor of the same name must have the same shape, and where
+    the checkpoint names the blocks as the model does, every block Linear's weight must be
+    there (else transformers would start it from random values; experts, stored fused or
+    under names transformers converts, are left to loading)."""
     if not tensors:
         return  # a .bin checkpoint: its tensors are only known by loading it
-    expected = {name: tuple(p.shape) for name, p in skeleton.state_dict().items()}
     for name, (_, shape) in tensors.items():
         if name in expected and expected[name] != shape:
             raise LlmcError(f"model.path '{model_cfg.path}': the weight {name} has shape "
@@ -159,21 +162,25 @@ def check_shapes(model_cfg, adapter: Adapter, skeleton, tensors: Dict[str, tuple
                             "config.json does not belong to these weights")
     if not any(name.startswith(adapter.blocks + ".") for name in tensors):
         return  # stored under other names, which transformers maps on loading
-    for index in range(len(adapter.get_blocks(skeleton))):
-        for linear in adapter.linear_names():
+    for index, block in enumerate(adapter.get_blocks(skeleton)):
+        for linear in adapter.linear_names_of(block):
             name = f"{adapter.blocks}.{index}.{linear}.weight"
-            if name not in tensors:
+            if name not in tensors and not _in_experts(adapter, linear):
                 raise LlmcError(f"model.path '{model_cfg.path}': the weights have no {name}, "
                                 f"which config.json ({len(adapter.get_blocks(skeleton))} "
                                 "blocks) needs; the weights are incomplete or config.json "
                                 "belongs to another model")
 
 
+def _in_experts(adapter: Adapter, linear: str) -> bool:
+    return any(linear.startswith(path + ".") for path in adapter.experts)
+
+
 def block_linear_widths(adapter: Adapter, skeleton) -> Dict[str, int]:
-    """{full Linear name: in_features} of every block Linear."""
+    """{full Linear name: in_features} of every block Linear (each expert's, unfused)."""
     return {f"{adapter.blocks}.{index}.{name}": block.get_submodule(name).in_features
             for index, block in enumerate(adapter.get_blocks(skeleton))
-            for name in adapter.linear_names()}
+            for name in adapter.linear_names_of(block)}
 
 
 def check_n_m(n_m: Optional[Tuple[int, int]], widths: Dict[str, int]) -> None:
@@ -266,6 +273,12 @@ def preflight(cfg, calibrates: bool) -> Checkpoint:
     try:
         config = load_hf_config(model_cfg, adapter, path)
         skeleton = build_skeleton(model_cfg, config)
+        shapes = {name: tuple(p.shape) for name, p in skeleton.state_dict().items()}
+        if adapter.experts:
+            try:
+                unfuse_experts(adapter.get_blocks(skeleton), adapter.experts)
+            except AttributeError:
+                pass  # no blocks where the table says: adapter.check names the problem
         adapter.check(skeleton)
     except LlmcError as err:
         if listed or isinstance(err, ConfigError):
@@ -275,7 +288,7 @@ def preflight(cfg, calibrates: bool) -> Checkpoint:
     if not listed:
         logger.warning(f"model_type '{model_type}' is not one {adapter.name} lists, but its "
                        "modules fit the table; going on with it")
-    check_shapes(model_cfg, adapter, skeleton, tensors)
+    check_shapes(model_cfg, adapter, skeleton, tensors, shapes)
     check_n_m(cfg.sparse.weight.n_m, block_linear_widths(adapter, skeleton))
     check_seq_lens(adapter, config, skeleton, seq_lens_in_use(cfg, calibrates))
     vocab_size = embedding_rows(skeleton, config)

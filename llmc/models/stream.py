@@ -25,6 +25,7 @@ import torch.nn as nn
 from loguru import logger
 
 from ..errors import LlmcError
+from .experts import is_fused_experts
 from .handle import ModelHandle
 from .safetensors_io import TensorEntry, read_tensor, tensor_entries, write_tensors
 
@@ -35,9 +36,7 @@ class NotStreamable(LlmcError):
     """The checkpoint's tensor names are not the model's (up to the base model's prefix)."""
 
     def __init__(self, why: str):
-        super().__init__(f"model.load is stream, but {why}: transformers converts such names "
-                         "on loading, which a streamed model cannot; set model.load: auto or "
-                         "memory")
+        super().__init__(f"model.load is stream, but {why}; set model.load: auto or memory")
         self.why = why
 
 
@@ -77,11 +76,25 @@ def _stamp(tensor: torch.Tensor) -> tuple:
     return tensor.data_ptr(), tensor._version
 
 
+def _submodule(block, path):
+    try:
+        return block.get_submodule(path)
+    except AttributeError:
+        return None
+
+
 class StreamedHandle(ModelHandle):
     """A ModelHandle over a meta-device skeleton whose tensors are read from disk per part."""
     streams = True
 
     def __init__(self, model, adapter, weight_files, shard_dir: Path, writes: bool = True):
+        fused = [f"{adapter.blocks}.{index}.{path}" for index, block in
+                 enumerate(adapter.get_blocks(model)) for path in adapter.experts
+                 if is_fused_experts(_submodule(block, path))]
+        if fused:
+            raise NotStreamable(f"its experts ({fused[0]}, ...) are fused 3-D tensors, which "
+                                "llmc holds as one Linear per expert (llmc.models.experts) "
+                                "only in memory")
         super().__init__(model, adapter)
         self.shard_dir = Path(shard_dir)
         # Under torchrun rank 0 alone writes the finished blocks; the other ranks read them
@@ -113,7 +126,8 @@ class StreamedHandle(ModelHandle):
                 source = slots[first_of[id(tensor)]].source
             if source is None and (is_parameter or tensor.is_meta):
                 raise NotStreamable(f"the checkpoint has no tensor named {key} (nor without "
-                                    f"or with the '{prefix}.' prefix)")
+                                    f"or with the '{prefix}.' prefix): transformers converts "
+                                    "such names on loading, which a streamed model cannot")
             first_of.setdefault(id(tensor), key)
             slots[key] = _Slot(module, leaf, is_parameter, tensor, source)
         return slots

@@ -28,16 +28,18 @@ from .stats import GroupStatistics
 
 
 @torch.no_grad()
-def run_block(block, inputs, device, replace: bool) -> torch.Tensor:
-    """Forward every batch of `inputs` through `block`; with `replace`, each batch's output takes
+def run_block(block, index, inputs, device, replace: bool) -> torch.Tensor:
+    """Forward every batch of `inputs` through `block` (block `index`, called with the
+    arguments the model passes it); with `replace`, each batch's output takes
     the place of its input (so activations are held once, not twice). Returns whether every
     output was finite, as a bool tensor on `device` (read without a sync per batch)."""
     finite = torch.ones((), dtype=torch.bool, device=device)
-    for index, (hidden, (args, kwargs)) in enumerate(zip(inputs.hidden, inputs.calls)):
+    for batch, hidden in enumerate(inputs.hidden):
+        args, kwargs = inputs.call(batch, index)
         out = block_output(block(hidden.to(device), *args, **kwargs))
         finite &= torch.isfinite(out).all()
         if replace:
-            inputs.replace(index, out)
+            inputs.replace(batch, out)
     return finite
 
 
@@ -64,7 +66,7 @@ def forward_all_blocks(handle, inputs, device):
     time; afterwards they hold the last block's outputs."""
     for index in tqdm(range(handle.num_blocks), desc="forward per block"):
         with handle.block_on(index, device) as block:
-            run_block(block, inputs, device, replace=True)
+            run_block(block, index, inputs, device, replace=True)
     return inputs
 
 
@@ -94,12 +96,13 @@ def prune_block(handle, block, block_index, method, plan, statistics=None, world
     it owns (shared by the method's cost) and each owner's results are broadcast, so every rank
     holds the pruned block (share_pruned); on one process it prunes them all. Returns each
     Linear's owner."""
-    names = [name for group in handle.groups for name in group]
+    groups = handle.groups_of(block_index)
+    names = [name for group in groups for name in group]
     owner = dict.fromkeys(names, 0)
     if world.distributed:
         costs = [method.cost(*block.get_submodule(name).weight.shape) for name in names]
         owner = dict(zip(names, world.owners(costs)))
-    for group in handle.groups:
+    for group in groups:
         mine = [name for name in group if owner[name] == world.rank]
         if mine:
             linears = {name: block.get_submodule(name) for name in mine}
@@ -170,8 +173,10 @@ def prune_blockwise(handle, method, plan, batches, device, sparsity_out=False,
                 start, combine = time.perf_counter(), 0.0
                 statistics = None
                 if inputs is not None:
-                    statistics = GroupStatistics(block, handle.groups, method.needs, device)
-                    finite = run_block(block, inputs, device, replace=not sparsity_out)
+                    statistics = GroupStatistics(block, handle.groups_of(index), method.needs,
+                                                 device)
+                    finite = run_block(block, index, inputs, device,
+                                       replace=not sparsity_out)
                     statistics.remove_hooks()
                     gathered = time.perf_counter()
                     statistics.combine(world)
@@ -187,7 +192,7 @@ def prune_blockwise(handle, method, plan, batches, device, sparsity_out=False,
                     check_block_outputs(handle, index, finite)
                     if sparsity_out:
                         check_block_outputs(handle, index,
-                                            run_block(block, inputs, device, replace=True))
+                                            run_block(block, index, inputs, device, replace=True))
                 timings["forward"] += (middle - start - combine) + (time.perf_counter() - end)
                 timings["combine"] += combine
                 timings["prune"] += pruned - middle
@@ -217,8 +222,8 @@ def measure_blockwise(handle, needs, batches, device, measure, offload="auto",
         measured = []
         for index in tqdm(range(handle.num_blocks), desc="measuring blocks"):
             with handle.block_on(index, device) as block:
-                statistics = GroupStatistics(block, handle.groups, needs, device)
-                finite = run_block(block, inputs, device, replace=True)  # feeds the next block
+                statistics = GroupStatistics(block, handle.groups_of(index), needs, device)
+                finite = run_block(block, index, inputs, device, replace=True)  # feeds the next block
                 statistics.remove_hooks()
                 statistics.combine(world)
                 check_block_outputs(handle, index, finite)

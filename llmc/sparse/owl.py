@@ -112,9 +112,8 @@ class OWL(Sparsifier):
 
     def allocate(self, weight_cfg, calibration):
         owl = self.settings.owl
-        names = calibration.handle.linear_names()
-
         def measure(index, block, statistics):
+            names = calibration.handle.linear_names(index)
             scores = {name: wanda_score(block.get_submodule(name).weight.data,
                                         statistics.for_linear(name)["input_norms"]).flatten().cpu()
                       for name in names}

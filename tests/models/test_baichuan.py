@@ -72,7 +72,7 @@ def test_one_table_covers_every_variant(variant, head, block_kwargs):
     assert ("self_attn.W_pack",) in adapter.groups
     assert [type(m).__name__ for m in adapter.post_block_modules(model)] == ["RMSNorm", head]
     _, kwargs = capture_block_inputs(ModelHandle(model, adapter), [torch.randint(0, 300, (1, 7))],
-                                     CPU, CPU).calls[0]
+                                     CPU, CPU).call(0, 0)
     tensors = {name for name, value in kwargs.items() if isinstance(value, torch.Tensor)}
     assert tensors == block_kwargs
 

@@ -20,7 +20,7 @@ def test_captured_alibi_replays_block_0_exactly():
     model = arch_model("bloom")
     ids = torch.randint(0, 300, (2, 9), generator=torch.Generator().manual_seed(0))
     inputs = capture_block_inputs(ModelHandle(model, BLOOM), [ids], CPU, CPU)
-    args, kwargs = inputs.calls[0]
+    args, kwargs = inputs.call(0, 0)
     assert kwargs["alibi"].shape == (2 * 4, 1, 9)  # (batch x heads, 1, keys)
 
     seen = []

@@ -24,8 +24,8 @@ def test_reads_the_model_through_the_adapter():
     assert handle.num_blocks == 2
     assert handle.block(1) is model.model.layers[1]
     assert handle.block_path(1) == "model.layers.1"
-    assert handle.groups == adapter.groups
-    assert handle.linear_names() == adapter.linear_names()
+    assert handle.groups_of(1) == adapter.groups  # a dense model: every block the table's
+    assert handle.linear_names(1) == adapter.linear_names()
     linears = handle.block_linears(1)
     assert list(linears) == adapter.linear_names()
     assert linears["mlp.down_proj"] is model.model.layers[1].mlp.down_proj
@@ -35,7 +35,7 @@ def test_reads_the_model_through_the_adapter():
 def test_block_weights_are_every_block_linear_in_block_order():
     handle = _handle("opt", "OPT")
     weights = handle.block_weights()
-    assert list(weights) == [(i, n) for i in range(2) for n in handle.linear_names()]
+    assert list(weights) == [(i, n) for i in range(2) for n in handle.linear_names(i)]
     assert weights[(1, "fc2")] is handle.model.model.decoder.layers[1].fc2.weight
 
 
@@ -92,8 +92,8 @@ def test_variant_adapters_make_variant_handles():
     adapter = MODELS["Llama"]
     singletons = dataclasses.replace(adapter, groups=tuple((n,) for n in adapter.linear_names()))
     handle = ModelHandle(tiny_model("llama"), singletons)
-    assert handle.groups == tuple((n,) for n in adapter.linear_names())
-    assert handle.linear_names() == adapter.linear_names()
+    assert handle.groups_of(0) == tuple((n,) for n in adapter.linear_names())
+    assert handle.linear_names(0) == adapter.linear_names()
 
 
 def test_the_finite_check_sees_every_chunk():

@@ -118,9 +118,10 @@ def test_capture_records_every_kwarg_and_shares_equal_ones():
     inputs = capture_block_inputs(ModelHandle(model, MODELS["Llama"]), token_batches(3, 12, 1),
                                   CPU, CPU)
     assert len(inputs) == 3
-    args, kwargs = inputs.calls[0]
+    args, kwargs = inputs.call(0, 0)
     assert "position_embeddings" in kwargs  # rotary cos/sin computed by the model, passed on
-    assert inputs.calls[1] is inputs.calls[0]  # same-length windows share one argument set
+    assert inputs.call(1, 0) is inputs.call(0, 0)  # same-length windows share one argument set
+    assert inputs.call(0, 1) is inputs.call(0, 0)  # every Llama block gets the same arguments
     expected = model.model.embed_tokens(token_batches(3, 12, 1)[2])
     assert torch.equal(inputs.hidden[2], expected)  # an embedding lookup: exact
 
