@@ -36,7 +36,7 @@ class BaseCfg:
 
 @dataclass
 class ModelCfg:
-    type: str = "Llama"
+    type: str = "auto"  # auto: the table for config.json's model_type, or one discovered
     path: Optional[str] = None
     torch_dtype: str = "auto"
     trust_remote_code: bool = False  # run the checkpoint's own modeling code (Baichuan needs it)
@@ -54,6 +54,8 @@ class CalibCfg:
     seq_len: int = 512
     preproc: str = "pileval_smooth"
     seed: int = 42
+    # MoE: an expert routed fewer calibration tokens is measured on all tokens (docs/models.md)
+    min_expert_tokens: int = 64
 
 
 @dataclass

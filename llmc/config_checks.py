@@ -36,9 +36,11 @@ def validate(cfg: Config) -> Config:
                           f"{cfg.base.collective_timeout}")
     check_ranks(cfg.calib, env_world_size())
 
-    # Checkpoints whose modeling code is not part of transformers (Baichuan) need permission.
-    MODELS.lookup(cfg.model.type, "model.type").check_remote_code_allowed(
-        cfg.model.trust_remote_code)
+    # Checkpoints whose modeling code is not part of transformers (Baichuan) need permission
+    # (model.type auto: checked against config.json's auto_map by the preflight).
+    if cfg.model.type != "auto":
+        MODELS.lookup(cfg.model.type, "model.type").check_remote_code_allowed(
+            cfg.model.trust_remote_code)
     if cfg.model.load not in MODEL_LOADS:
         raise ConfigError(f"model.load '{cfg.model.load}' must be one of "
                           f"{', '.join(MODEL_LOADS)}{closest(cfg.model.load, MODEL_LOADS)}")
@@ -69,6 +71,9 @@ def _validate_calib(cfg):
     check_seed(calib.seed, "calib.seed")
     if calib.n_samples < 1:
         raise ConfigError(f"calib.n_samples must be >= 1, got {calib.n_samples}")
+    if calib.min_expert_tokens < 0:
+        raise ConfigError(f"calib.min_expert_tokens must be >= 0 (0: experts are measured on "
+                          f"their routed tokens only), got {calib.min_expert_tokens}")
     if calib.seq_len < 1:
         raise ConfigError(f"calib.seq_len must be >= 1, got {calib.seq_len}")
     if calib.bs == 0 or calib.bs < -1:

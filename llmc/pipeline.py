@@ -117,7 +117,8 @@ def allocate_and_evaluate(cfg, method, handle, batches, eval_sets, device, resul
     start = time.perf_counter()
     calibration = Calibration(handle, batches, device, cfg.base.offload_activations,
                               cache_dir=cfg.save.save_path, overwrite=cfg.save.overwrite,
-                              scratch=scratch, world=world)
+                              scratch=scratch, world=world,
+                              min_expert_tokens=cfg.calib.min_expert_tokens)
     plan = method.allocate(cfg.sparse.weight, calibration)
     results["timings"]["allocate"] = time.perf_counter() - start
     if "pretrain" in cfg.eval.eval_pos:
@@ -195,6 +196,7 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
     model_sha256 = InBackground(checkpoint.fingerprint) if world.leads else None
 
     results = {"run_id": out.run_id, "config": cfg.to_dict(), "engine": loaded,
+               "adapter": handle.adapter.describe(),
                "ppl": {}, "timings": {},
                "versions": versions(), "run": record,
                "inputs": {"calib_tokens_sha256": token_ids_sha256(batches) if batches else None,
@@ -222,14 +224,24 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
         resume.save(next_block, hidden, plan_record, carried)
 
     start = time.perf_counter()
+    under_served = []
     phases = prune_blockwise(handle, method, plan, batches, device,
                              sparsity_out=cfg.sparse.sparsity_out,
                              offload=cfg.base.offload_activations,
                              resume_at=point.next_block if point else 0,
                              resumed_hidden=point.hidden if point else None,
                              after_block=checkpoint_block if resume else None,
-                             scratch=activations_dir(out, world), world=world)
+                             scratch=activations_dir(out, world), world=world,
+                             min_expert_tokens=cfg.calib.min_expert_tokens,
+                             under_served=under_served)
     results["timings"]["prune_total"] = time.perf_counter() - start
+    if handle.adapter.experts:
+        results["experts"] = {"min_expert_tokens": cfg.calib.min_expert_tokens,
+                              "under_served": under_served}
+        if under_served:
+            logger.warning(f"{len(under_served)} expert(s) got fewer than "
+                           f"{cfg.calib.min_expert_tokens} calibration tokens and were measured "
+                           "on all tokens (results.json experts.under_served)")
     if handle.streams and world.distributed:
         world.barrier()  # rank 0 has written every block: the others read them from there on
         if not world.leads:

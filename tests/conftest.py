@@ -90,6 +90,13 @@ BAICHUAN_SIZE = MappingProxyType(dict(
     vocab_size=VOCAB, hidden_size=32, num_attention_heads=4, intermediate_size=64,
     model_max_length=256))
 
+GEMMA_SIZE = MappingProxyType(dict(LLAMA_SIZE, head_dim=8))
+PHI3_SIZE = MappingProxyType(dict(LLAMA_SIZE, pad_token_id=0, bos_token_id=1, eos_token_id=2))
+# Experts: 4 per MoE layer, 2 per token; the first layer dense where the family has such layers.
+MOE_SIZE = MappingProxyType(dict(LLAMA_SIZE, head_dim=8, num_experts_per_tok=2,
+                                 moe_intermediate_size=16))
+SLIDING = 8  # the sliding window of the tiny sliding-window variants: tests use longer windows
+
 # The first variant of each adapter is its representative (ONE_PER_ADAPTER).
 TINY_ARCHS = {
     "llama": TinyArch("Llama", "llama", LLAMA_SIZE),
@@ -107,6 +114,31 @@ TINY_ARCHS = {
                               dict(position_encoding="alibi", norm_head=True), remote=True),
     "baichuan_7b": TinyArch("Baichuan", "baichuan", BAICHUAN_SIZE,
                             dict(position_encoding="rotary", norm_head=False), remote=True),
+    "mistral_sliding": TinyArch("Mistral", "mistral", LLAMA_SIZE, dict(sliding_window=SLIDING)),
+    # layer 0 global, the others sliding-window (max_window_layers)
+    "qwen3": TinyArch("Qwen3", "qwen3", GEMMA_SIZE, dict(use_sliding_window=True,
+                                                         sliding_window=SLIDING,
+                                                         max_window_layers=1)),
+    # sliding and global layers alternate; a small soft cap, so that leaving it out shows
+    "gemma2": TinyArch("Gemma2", "gemma2", GEMMA_SIZE, dict(sliding_window=SLIDING,
+                                                            final_logit_softcapping=2.0)),
+    "gemma3": TinyArch("Gemma3", "gemma3_text", GEMMA_SIZE,
+                       dict(sliding_window=SLIDING, sliding_window_pattern=2,
+                            final_logit_softcapping=2.0)),
+    "phi3": TinyArch("Phi3", "phi3", PHI3_SIZE, dict(sliding_window=SLIDING)),
+    "mixtral": TinyArch("Mixtral", "mixtral", LLAMA_SIZE,
+                        dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=16)),
+    "qwen2_moe": TinyArch("Qwen2Moe", "qwen2_moe", MOE_SIZE,
+                          dict(num_experts=4, shared_expert_intermediate_size=32,
+                               mlp_only_layers=[0])),
+    "qwen3_moe": TinyArch("Qwen3Moe", "qwen3_moe", MOE_SIZE,
+                          dict(num_experts=4, mlp_only_layers=[0])),
+    # multi-head latent attention (q through q_a/q_b), a shared expert, layer 0 dense
+    "deepseek_v3": TinyArch("DeepseekV3", "deepseek_v3", MOE_SIZE,
+                            dict(n_routed_experts=4, n_shared_experts=1, first_k_dense_replace=1,
+                                 q_lora_rank=16, kv_lora_rank=8, qk_rope_head_dim=4, head_dim=4,
+                                 num_key_value_heads=4,
+                                 qk_nope_head_dim=4, v_head_dim=8, n_group=1, topk_group=1)),
 }
 # model_type an adapter lists -> why no variant above builds it (none today).
 UNTESTED_MODEL_TYPES = {}

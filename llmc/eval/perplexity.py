@@ -65,5 +65,5 @@ def _streamed_nlls(handle, batches, device):
             hidden = hidden.to(device)
             for module in final:
                 hidden = module(hidden)
-            nlls.append(window_nll(hidden, ids.to(device)))
+            nlls.append(window_nll(handle.final_logits(hidden), ids.to(device)))
     return nlls

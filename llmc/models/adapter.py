@@ -51,6 +51,13 @@ class Adapter:
     # The streamed eval applies it; None: the logits are the last module's output.
     logits: Optional[Callable] = None
 
+    def describe(self) -> dict:
+        """The table, for results.json (a discovered one is recorded with every run)."""
+        return {"name": self.name, "blocks": self.blocks, "pre_blocks": list(self.pre_blocks),
+                "post_blocks": list(self.post_blocks),
+                "groups": [list(group) for group in self.groups],
+                "experts": list(self.experts), "dense": list(self.dense)}
+
     def get_blocks(self, model) -> nn.ModuleList:
         return model.get_submodule(self.blocks)
 
@@ -111,19 +118,14 @@ class Adapter:
         return [name for group in self.groups for name in group]
 
     def groups_of(self, block: nn.Module) -> Tuple[Tuple[str, ...], ...]:
-        """The input groups `block` has: `*` expanded over its experts, groups whose Linears it
-        lacks left out. A group it has only part of is an LlmcError (not this architecture)."""
+        """The input groups `block` has: `*` expanded over its experts, groups it lacks any
+        Linear of left out (check() then finds the Linears no group covers)."""
         found = []
         for group in self.groups:
             expanded = _expand(block, group)
             for names in expanded:
-                present = [_is_linear(block, name) for name in names]
-                if all(present):
+                if all(_is_linear(block, name) for name in names):
                     found.append(names)
-                elif any(present):
-                    raise LlmcError(f"model.type {self.name}: a block has only some of the "
-                                    f"Linears {list(names)}; this checkpoint is not a "
-                                    f"{self.name} model (set model.type to its architecture)")
         return tuple(found)
 
     def linear_names_of(self, block: nn.Module) -> List[str]:
@@ -146,7 +148,7 @@ class Adapter:
             present = {n for n, m in block.named_modules() if isinstance(m, nn.Linear)}
             listed = self.linear_names_of(block)
             present -= set(self.dense)
-            if present != set(listed) or not listed:
+            if present != set(listed) or len(set(listed)) != len(listed) or not listed:
                 raise LlmcError(
                     f"model.type {self.name}: block {index} has Linears {sorted(present)} but the "
                     f"adapter lists {sorted(listed)}; this checkpoint is not a {self.name} "

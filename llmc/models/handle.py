@@ -111,6 +111,13 @@ class ModelHandle:
         """Every Linear of every block is in exactly one input group (see Adapter.check)."""
         self.adapter.check(self.model)
 
+    def final_logits(self, output: torch.Tensor) -> torch.Tensor:
+        """The logits the model computes from its last post-block module's `output` (the same
+        tensor, unless the adapter's `logits` hook says more: Gemma's soft-capping)."""
+        if self.adapter.logits is None:
+            return output
+        return self.adapter.logits(self.model.config, output)
+
     @contextmanager
     def block_on(self, index: int, device) -> Iterator[nn.Module]:
         """Block `index` on `device` for the duration; back on the CPU afterwards."""

@@ -11,8 +11,9 @@ from ..registry import MODELS
 from .handle import ModelHandle
 from .safetensors_io import tensor_entries
 from .stream import NotStreamable, StreamedHandle
-from .preflight import (adapter_for, check_tokenizer_files, checkpoint_dir, load_hf_config,
-                        read_config_json, reason, unsupported)
+from .preflight import (adapter_and_config, check_remote_code, check_tokenizer_files,
+                        checkpoint_dir, read_config_json, reason, registered_adapter,
+                        unsupported)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -21,9 +22,17 @@ def load_tokenizer(model_cfg):
     from transformers import AutoTokenizer
 
     # A checkpoint with its own modeling code may ship its own tokenizer code too (Baichuan).
-    MODELS.lookup(model_cfg.type, "model.type").check_remote_code_allowed(
-        model_cfg.trust_remote_code)
     path = checkpoint_dir(model_cfg)
+    if model_cfg.type == "auto":
+        config_json = read_config_json(model_cfg, path)
+        adapter = registered_adapter(config_json["model_type"])
+        if adapter is None:
+            check_remote_code(model_cfg, config_json)
+        else:
+            adapter.check_remote_code_allowed(model_cfg.trust_remote_code)
+    else:
+        MODELS.lookup(model_cfg.type, "model.type").check_remote_code_allowed(
+            model_cfg.trust_remote_code)
     check_tokenizer_files(model_cfg, path)
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True,
@@ -38,12 +47,13 @@ def _adapter_and_config(model_cfg):
     path = checkpoint_dir(model_cfg)
     # Architecture and permission are settled from config.json alone, before any checkpoint
     # code could run (AutoConfig already imports it for remote-code models).
-    model_type = read_config_json(model_cfg, path)["model_type"]
-    adapter, listed = adapter_for(model_cfg, model_type)
+    config_json = read_config_json(model_cfg, path)
+    model_type = config_json["model_type"]
+    adapter, listed, config = adapter_and_config(model_cfg, path, config_json)
     if not listed:
         logger.warning(f"model_type '{model_type}' is not one {adapter.name} lists; "
                        "trying its table anyway")
-    return path, model_type, adapter, listed, load_hf_config(model_cfg, adapter, path)
+    return path, model_type, adapter, listed, config
 
 
 def load_model(model_cfg) -> ModelHandle:

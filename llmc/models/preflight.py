@@ -83,6 +83,52 @@ def supported_model_types() -> List[str]:
     return sorted({t for adapter in MODELS.values() for t in adapter.model_types})
 
 
+def registered_adapter(model_type: str) -> Optional[Adapter]:
+    """The table made for `model_type` (the one listing it first: Mistral before Llama, which
+    also takes mistral checkpoints), else one listing it, else None."""
+    listing = [a for a in MODELS.values() if model_type in a.model_types]
+    listing.sort(key=lambda a: a.model_types.index(model_type))
+    return listing[0] if listing else None
+
+
+# Tables discovered for model.type auto, by (checkpoint directory, model_type): discovery runs
+# once per run although the preflight and loading both ask.
+_DISCOVERED: Dict[Tuple[str, str], Adapter] = {}
+
+
+def adapter_and_config(model_cfg, path: Path, config_json: dict):
+    """(adapter, whether it was made for this model_type, the transformers config with the
+    adapter's overrides). model.type auto: the table registered for config.json's model_type,
+    else one discovered from the model itself (llmc.models.discover)."""
+    model_type = config_json["model_type"]
+    if model_cfg.type != "auto":
+        adapter, listed = adapter_for(model_cfg, model_type)
+        return adapter, listed, load_hf_config(model_cfg, adapter, path)
+    adapter = registered_adapter(model_type)
+    if adapter is not None:
+        return adapter, True, load_hf_config(model_cfg, adapter, path)
+    check_remote_code(model_cfg, config_json)
+    config = load_hf_config(model_cfg, None, path)
+    key = (str(path.resolve()), model_type)
+    if key not in _DISCOVERED:
+        from .discover import discover
+
+        _DISCOVERED[key] = discover(config, model_cfg.trust_remote_code)
+    return _DISCOVERED[key], True, config
+
+
+def check_remote_code(model_cfg, config_json: dict) -> None:
+    """model.type auto: a checkpoint whose config.json maps its classes to its own code
+    (auto_map) runs that code, which the user must allow."""
+    if model_cfg.trust_remote_code or "AutoModelForCausalLM" not in (
+            config_json.get("auto_map") or {}):
+        return
+    raise ConfigError(f"model.path '{model_cfg.path}': its modeling code ships with the "
+                      "checkpoint (config.json auto_map) and is not part of transformers, so "
+                      "llmc must be allowed to run it; set model.trust_remote_code: True (only "
+                      "for checkpoints you trust)")
+
+
 def adapter_for(model_cfg, model_type: str) -> Tuple[Adapter, bool]:
     """(model.type's adapter, whether it lists `model_type`). A model_type another adapter
     lists is an error naming that adapter."""
@@ -116,14 +162,16 @@ def load_hf_config(model_cfg, adapter: Adapter, path: Path):
     checkpoint's code for remote-code models: only after the permission check."""
     from transformers import AutoConfig
 
-    adapter.check_remote_code_allowed(model_cfg.trust_remote_code)
+    if adapter is not None:  # None: model.type auto, allowed by check_remote_code
+        adapter.check_remote_code_allowed(model_cfg.trust_remote_code)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code,
                                             local_files_only=True)
     except Exception as err:  # transformers raises OSError, ValueError, KeyError, TypeError...
         raise LlmcError(f"model.path '{model_cfg.path}' is not a loadable Hugging Face model "
                         f"directory: its config does not load ({reason(err)})") from None
-    adapter.apply_config_overrides(config)
+    if adapter is not None:
+        adapter.apply_config_overrides(config)
     return config
 
 
@@ -263,15 +311,19 @@ def preflight(cfg, calibrates: bool) -> Checkpoint:
     path = checkpoint_dir(model_cfg)
     config_json = read_config_json(model_cfg, path)
     model_type = config_json["model_type"]
-    adapter, listed = adapter_for(model_cfg, model_type)
+    if model_cfg.type != "auto":
+        adapter_for(model_cfg, model_type)  # another adapter's model_type: before the files
+    elif registered_adapter(model_type) is None:
+        check_remote_code(model_cfg, config_json)
     explicit = config_json.get("transformers_weights")  # transformers reads this file instead
     weights = find_weight_files(path, model_cfg.path,
                                 explicit if isinstance(explicit, str) else None)
     tensors = check_weight_files(weights, model_cfg.path)
     check_tokenizer_files(model_cfg, path)
 
+    listed = model_cfg.type == "auto" or model_type in MODELS.lookup(model_cfg.type).model_types
     try:
-        config = load_hf_config(model_cfg, adapter, path)
+        adapter, listed, config = adapter_and_config(model_cfg, path, config_json)
         skeleton = build_skeleton(model_cfg, config)
         shapes = {name: tuple(p.shape) for name, p in skeleton.state_dict().items()}
         if adapter.experts:
@@ -283,7 +335,7 @@ def preflight(cfg, calibrates: bool) -> Checkpoint:
     except LlmcError as err:
         if listed or isinstance(err, ConfigError):
             raise
-        logger.debug(f"model.type {adapter.name} does not fit {model_type}: {err}")
+        logger.debug(f"model.type {model_cfg.type} does not fit {model_type}: {err}")
         raise unsupported(model_cfg, model_type) from None
     if not listed:
         logger.warning(f"model_type '{model_type}' is not one {adapter.name} lists, but its "

@@ -21,26 +21,10 @@ from ..faults import pause_point
 from ..models.handle import ModelHandle
 from .activations import ActivationFile
 from .cache import read_cached, weights_fingerprint, windows_fingerprint, write_cached
-from .capture import block_output, capture_block_inputs
+from .capture import capture_block_inputs
 from .device import activation_home
+from .gather import gather_statistics, run_block
 from .loss_hessian import calibration_windows, loss_hessian
-from .stats import GroupStatistics
-
-
-@torch.no_grad()
-def run_block(block, index, inputs, device, replace: bool) -> torch.Tensor:
-    """Forward every batch of `inputs` through `block` (block `index`, called with the
-    arguments the model passes it); with `replace`, each batch's output takes
-    the place of its input (so activations are held once, not twice). Returns whether every
-    output was finite, as a bool tensor on `device` (read without a sync per batch)."""
-    finite = torch.ones((), dtype=torch.bool, device=device)
-    for batch, hidden in enumerate(inputs.hidden):
-        args, kwargs = inputs.call(batch, index)
-        out = block_output(block(hidden.to(device), *args, **kwargs))
-        finite &= torch.isfinite(out).all()
-        if replace:
-            inputs.replace(batch, out)
-    return finite
 
 
 def check_block_outputs(handle, index, finite: torch.Tensor) -> None:
@@ -134,7 +118,8 @@ def share_pruned(block, owner, world) -> None:
 @torch.no_grad()
 def prune_blockwise(handle, method, plan, batches, device, sparsity_out=False,
                     offload="auto", resume_at=0, resumed_hidden=None, after_block=None,
-                    scratch=None, world=World()) -> dict:
+                    scratch=None, world=World(), min_expert_tokens=0,
+                    under_served=None) -> dict:
     """Prune every decoder block of `handle`'s model (kept on CPU) in place. Returns timings in
     seconds.
 
@@ -150,7 +135,10 @@ def prune_blockwise(handle, method, plan, batches, device, sparsity_out=False,
 
     `world` (llmc.distributed): under torchrun this rank forwards its share of `batches` (the
     whole list on every rank), the statistics are combined over the ranks, and the Linears are
-    pruned by their owners; `resumed_hidden` and `after_block`'s activations are this rank's."""
+    pruned by their owners; `resumed_hidden` and `after_block`'s activations are this rank's.
+
+    MoE experts routed fewer than `min_expert_tokens` calibration tokens are measured on all
+    of them and listed in `under_served` (llmc.runner.gather)."""
     batches = world.share(batches)
     timings = {"capture": 0.0, "forward": 0.0, "combine": 0.0, "prune": 0.0, "share": 0.0,
                "write": 0.0, "checkpoint": 0.0}
@@ -173,14 +161,10 @@ def prune_blockwise(handle, method, plan, batches, device, sparsity_out=False,
                 start, combine = time.perf_counter(), 0.0
                 statistics = None
                 if inputs is not None:
-                    statistics = GroupStatistics(block, handle.groups_of(index), method.needs,
-                                                 device)
-                    finite = run_block(block, index, inputs, device,
-                                       replace=not sparsity_out)
-                    statistics.remove_hooks()
-                    gathered = time.perf_counter()
-                    statistics.combine(world)
-                    combine = time.perf_counter() - gathered
+                    statistics, finite, combine = gather_statistics(
+                        handle, index, block, inputs, method.needs, device,
+                        replace=not sparsity_out, world=world,
+                        min_expert_tokens=min_expert_tokens, under_served=under_served)
                 middle = time.perf_counter()
                 owner = prune_block(handle, block, index, method, plan, statistics, world)
                 del statistics
@@ -211,7 +195,7 @@ def prune_blockwise(handle, method, plan, batches, device, sparsity_out=False,
 
 @torch.no_grad()
 def measure_blockwise(handle, needs, batches, device, measure, offload="auto",
-                      scratch=None, world=World()) -> list:
+                      scratch=None, world=World(), min_expert_tokens=0) -> list:
     """Stream the calibration windows through the dense model, one block at a time, gathering
     the statistics `needs` per input group; prune nothing. Returns
     [measure(block_index, block, statistics) for every block], e.g. OWL's outlier ratios (under
@@ -222,10 +206,9 @@ def measure_blockwise(handle, needs, batches, device, measure, offload="auto",
         measured = []
         for index in tqdm(range(handle.num_blocks), desc="measuring blocks"):
             with handle.block_on(index, device) as block:
-                statistics = GroupStatistics(block, handle.groups_of(index), needs, device)
-                finite = run_block(block, index, inputs, device, replace=True)  # feeds the next block
-                statistics.remove_hooks()
-                statistics.combine(world)
+                statistics, finite, _ = gather_statistics(  # replace: feeds the next block
+                    handle, index, block, inputs, needs, device, replace=True, world=world,
+                    min_expert_tokens=min_expert_tokens)
                 check_block_outputs(handle, index, finite)
                 measured.append(measure(index, block, statistics))
                 del statistics
@@ -249,10 +232,11 @@ class Calibration:
     overwrite: bool = False  # whether a cached file for another key may be replaced
     scratch: Optional[Path] = None  # where offload "disk" keeps the activations
     world: World = field(default_factory=World)
+    min_expert_tokens: int = 0  # llmc.runner.gather
 
     def measure(self, needs, measure) -> list:
         return measure_blockwise(self.handle, needs, self.batches, self.device, measure,
-                                 self.offload, self.scratch, self.world)
+                                 self.offload, self.scratch, self.world, self.min_expert_tokens)
 
     def windows(self, n_windows: int) -> list:
         return calibration_windows(self.batches, n_windows)

@@ -77,12 +77,27 @@ class GroupStatistics:
     def __init__(self, block: nn.Module, groups, needs, device):
         self.by_linear = {}
         self._handles = []
+        self._block, self._needs, self._device = block, needs, device
+        self._hook_groups(groups)
+
+    def _hook_groups(self, groups):
+        """Fresh accumulators for `groups`, fed by a hook on each one's first Linear."""
         for group in groups:
-            first = block.get_submodule(group[0])
-            accumulators = {need: STATISTICS[need](first.in_features, device) for need in needs}
+            first = self._block.get_submodule(group[0])
+            accumulators = {need: STATISTICS[need](first.in_features, self._device)
+                            for need in self._needs}
             for name in group:
                 self.by_linear[name] = accumulators
             self._handles.append(first.register_forward_hook(self._hook(accumulators)))
+
+    def regather(self, groups, feed) -> None:
+        """The statistics of `groups` again, from scratch, from what `feed()` sends through
+        their Linears (an expert measured on all tokens: llmc.runner.gather)."""
+        self._hook_groups(groups)
+        try:
+            feed()
+        finally:
+            self._unhook()
 
     @staticmethod
     def _hook(accumulators):
@@ -92,12 +107,20 @@ class GroupStatistics:
 
         return gather
 
-    def remove_hooks(self):
-        """Stop gathering; a group whose first Linear never saw an input is an error (its
-        statistics would be silently empty, e.g. a Linear the model calls as F.linear slices)."""
+    def _unhook(self):
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+    def remove_hooks(self, check=True):
+        """Stop gathering; with `check`, a group whose first Linear never saw an input is an
+        error (its statistics would be silently empty, e.g. a Linear the model calls as F.linear
+        slices): see `check_reached`."""
+        self._unhook()
+        if check:
+            self.check_reached()
+
+    def check_reached(self):
         for name, accumulators in self.by_linear.items():
             if any(acc.windows == 0 for acc in accumulators.values()):
                 raise LlmcError(f"no calibration input reached {name} through its forward hook; "

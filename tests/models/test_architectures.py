@@ -14,6 +14,7 @@ from conftest import (ARCHS, CPU, arch_adapter, arch_model, save_model_dir, tiny
 from llmc.config import ModelCfg, SparseCfg
 from llmc.eval.perplexity import perplexity
 from llmc.models import ModelHandle, load_model
+from llmc.models.experts import fuse_experts
 from llmc.registry import METHODS
 from llmc.runner import prune_blockwise
 from llmc.save import save_model
@@ -96,10 +97,10 @@ def test_pruned_model_round_trips_and_only_block_weights_change(arch, tmp_path, 
     cfg = SparseCfg()
     cfg.weight.sparsity_type = "2:4"
     prune_blockwise(handle, METHODS["Wanda"](cfg), UniformPlan(cfg.weight),
-                    token_batches(4, 12, 1), CPU)
+                    token_batches(4, 12, 1), CPU, min_expert_tokens=64)  # as calib's default
 
-    pruned = {f"{adapter.blocks}.{i}.{name}.weight" for i in range(len(adapter.get_blocks(model)))
-              for name in adapter.linear_names()}
+    pruned = {f"{adapter.blocks}.{i}.{name}.weight" for i in range(handle.num_blocks)
+              for name in handle.linear_names(i)}  # each expert's own Linears (MoE)
     for name, parameter in model.named_parameters():
         if name in pruned:  # 2:4 everywhere; the kept weights are the original ones
             zeros = (parameter == 0).reshape(parameter.shape[0], -1, 4).sum(-1)
@@ -108,11 +109,16 @@ def test_pruned_model_round_trips_and_only_block_weights_change(arch, tmp_path, 
         else:  # biases, norms, embeddings, positions, projections, lm_head
             assert torch.equal(parameter, before[name]), name
 
-    saved = save_model(model, tiny_tokenizer, tmp_path / "out")
+    saved = save_model(handle, tiny_tokenizer, tmp_path / "out")  # experts fused again
     reloaded = AutoModelForCausalLM.from_pretrained(saved, trust_remote_code=remote).eval()
     ids = torch.randint(0, 300, (2, 10))
+    fuse_experts(adapter.get_blocks(model), adapter.experts)  # transformers' own experts forward
     with torch.no_grad():  # bitwise: the same weights through the same kernels, in one process
         assert torch.equal(model(input_ids=ids).logits, reloaded(input_ids=ids).logits)
+    assert sorted(reloaded.state_dict()) == sorted(dense.state_dict())
+    fused = {f"{adapter.blocks}.{i}.{path}.{matrix}" for i in range(handle.num_blocks)
+             for path in adapter.experts for matrix in ("gate_up_proj", "down_proj")}
     for name, parameter in reloaded.named_parameters():
-        if name in pruned:
-            assert ((parameter == 0).reshape(parameter.shape[0], -1, 4).sum(-1) == 2).all(), name
+        if name in pruned or name in fused:  # 2:4 along the inputs (a fused expert's last axis)
+            zeros = (parameter == 0).reshape(*parameter.shape[:-1], -1, 4).sum(-1)
+            assert (zeros == 2).all(), name

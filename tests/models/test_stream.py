@@ -13,7 +13,8 @@ import torch
 import yaml
 from safetensors import safe_open
 
-from conftest import ONE_PER_ADAPTER, TINY_ARCHS, arch_model, random_text, save_model_dir
+from conftest import (ONE_PER_ADAPTER, TINY_ARCHS, arch_adapter, arch_model, error_line,
+                      random_text, save_model_dir)
 from llmc.registry import METHODS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -80,7 +81,12 @@ def assert_same_weights(memory, stream):
         assert torch.equal(memory[name], stream[name]), name
 
 
-@pytest.mark.parametrize("arch", ONE_PER_ADAPTER)
+# Fused MoE experts are held in memory only (llmc.models.experts): test_moe_is_held_in_memory.
+STREAMABLE = [arch for arch in ONE_PER_ADAPTER if not arch_adapter(arch).experts]
+MOE = [arch for arch in ONE_PER_ADAPTER if arch_adapter(arch).experts]
+
+
+@pytest.mark.parametrize("arch", STREAMABLE)
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_streamed_run_equals_in_memory_run(cli, stream_config, arch, method):
     sparse = {"mixgpt": {"sensitivity": {"max_iter": 2}}} \
@@ -99,7 +105,26 @@ def test_streamed_run_equals_in_memory_run(cli, stream_config, arch, method):
 
 # Every other variant (the representatives above cover each adapter with every method), with
 # both propagation modes and both eval positions, per block and whole.
-VARIANTS = [arch for arch in TINY_ARCHS if arch not in ONE_PER_ADAPTER]
+VARIANTS = [arch for arch in TINY_ARCHS if arch not in ONE_PER_ADAPTER
+            and not arch_adapter(arch).experts]
+
+
+@pytest.mark.parametrize("arch", MOE[:1])
+def test_moe_is_held_in_memory(cli, stream_config, arch):
+    """model.load: stream on fused experts is one clear error before any work; auto holds the
+    model in memory and says why."""
+    code, stderr = cli("--config", stream_config(arch, "Wanda", "stream", name="stream"))
+    assert code == 2
+    assert "experts (model.layers.0.mlp.experts, ...) are fused 3-D tensors" in \
+        error_line(stderr)
+    assert "set model.load: auto or memory" in error_line(stderr)
+    path = stream_config(arch, "Wanda", "auto", name="auto")
+    code, stderr = cli("--config", path)
+    assert code == 0, stderr
+    results = json.loads((Path(yaml.safe_load(path.read_text())["save"]["save_path"])
+                          / "results.json").read_text())
+    assert results["engine"]["load"] == "memory"
+    assert "fused 3-D tensors" in results["engine"]["why"]
 
 
 @pytest.mark.parametrize("arch", VARIANTS)

@@ -110,7 +110,7 @@ BROKEN = {
     "config_without_model_type": (lambda d: edit_json(d / "config.json", model_type=None),
                                   ["config.json has no model_type"], True),
     "gpt2_as_llama": (to_gpt2, ["gpt2 checkpoint", "no llmc adapter supports",
-                                "supported model types: baichuan, bloom, llama"], True),
+                                "supported model types: baichuan, bloom, deepseek_v3"], True),
     "unknown_model_type": (lambda d: edit_json(d / "config.json", model_type="zebra"),
                            ["zebra checkpoint", "supported model types"], True),
     "quantized_checkpoint": (lambda d: edit_json(d / "config.json", quantization_config={

@@ -10,6 +10,7 @@ from conftest import ARCHS, CPU, arch_adapter, arch_model, tiny_model, token_bat
 from plain_pruning import plain_sparsegpt, plain_wanda
 from llmc.config import SparseCfg, sparse_config
 from llmc.models import ModelHandle
+from llmc.models.experts import unfuse_experts
 from llmc.registry import METHODS, MODELS
 from llmc.runner.blockwise import prune_blockwise
 from llmc.runner.capture import block_output, capture_block_inputs
@@ -26,7 +27,7 @@ LLAMA = MODELS["Llama"]
 
 def _block_linears(model, adapter, index):
     block = adapter.get_blocks(model)[index]
-    return [block.get_submodule(name) for name in adapter.linear_names()]
+    return [block.get_submodule(name) for name in adapter.linear_names_of(block)]
 
 
 def _plain(method, model, linears, batches, cfg):
@@ -47,6 +48,7 @@ def test_blockwise_equals_plain(arch, method, sparsity_out, sparsity_type):
     outputs of the already-pruned blocks before it), unstructured and 2:4."""
     model = arch_model(arch, layers=LAYERS)
     adapter = arch_adapter(arch)
+    unfuse_experts(adapter.get_blocks(model), adapter.experts)  # MoE: the plain copies too
     batches = token_batches(4, 12, 1)
     with torch.no_grad():  # Baichuan2's NormHead normalises itself on its first forward
         model(input_ids=batches[0])
@@ -71,7 +73,9 @@ def test_blockwise_equals_plain(arch, method, sparsity_out, sparsity_type):
         assert torch.equal(pruned[name], expected), name
     block_weights = set()
     for index in range(LAYERS):
-        for name, linear in zip(adapter.linear_names(), _block_linears(model, adapter, index)):
+        block = adapter.get_blocks(model)[index]
+        for name, linear in zip(adapter.linear_names_of(block),
+                                _block_linears(model, adapter, index)):
             block_weights.add(f"{adapter.blocks}.{index}.{name}.weight")
             zeros = linear.weight == 0
             if n_m:  # N:M in every group of 4 inputs
