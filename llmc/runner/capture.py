@@ -36,6 +36,12 @@ def _same(a, b):
         return False
 
 
+def _identical(a, b) -> bool:
+    """Two (args, kwargs) made of the same objects."""
+    return (len(a[0]) == len(b[0]) and all(x is y for x, y in zip(a[0], b[0]))
+            and a[1].keys() == b[1].keys() and all(a[1][k] is b[1][k] for k in a[1]))
+
+
 class BlockInputs:
     """Per batch: the hidden states entering the current block, and per block the call's other
     arguments (`call(batch, block)`). Identical argument sets (the blocks of one layer type,
@@ -81,7 +87,15 @@ class BlockInputs:
     def add(self, hidden, block_calls, device):
         """One batch: block 0's hidden states and each block's (args, kwargs) as recorded."""
         self.hidden.append(self._placed(len(self.hidden), hidden))
-        self.calls.append([self._shared(call, device) for call in block_calls])
+        shared, previous = [], None
+        for call in block_calls:
+            # The model hands most blocks the very objects it handed the one before: no compare.
+            if previous is not None and _identical(previous, call):
+                shared.append(shared[-1])
+            else:
+                shared.append(self._shared(call, device))
+            previous = call
+        self.calls.append(shared)
         del self._distinct[:-8]  # only the recent ones are compared (equal windows are adjacent)
 
     def __len__(self):

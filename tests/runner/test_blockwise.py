@@ -130,6 +130,21 @@ def test_capture_records_every_kwarg_and_shares_equal_ones():
     assert torch.equal(inputs.hidden[2], expected)  # an embedding lookup: exact
 
 
+def test_capture_gives_each_block_its_own_arguments():
+    """Gemma 2 alternates sliding-window and global layers: blocks 0 and 2 get one mask, block
+    1 another, each as the model hands it (stored once per kind)."""
+    model = arch_model("gemma2", layers=3)
+    batches = token_batches(2, 12, 1)  # longer than the sliding window (conftest.SLIDING)
+    inputs = capture_block_inputs(ModelHandle(model, arch_adapter("gemma2")), batches, CPU, CPU)
+    assert inputs.call(0, 2) is inputs.call(0, 0) and inputs.call(1, 0) is inputs.call(0, 0)
+    sliding, full = inputs.call(0, 0)[1]["attention_mask"], inputs.call(0, 1)[1]["attention_mask"]
+    assert not torch.equal(sliding, full)
+    # the global mask is causal; the sliding one also hides keys 8 or more tokens back
+    allowed = lambda mask: mask[0, 0] == 0  # noqa: E731  (additive masks: 0 = attend)
+    assert allowed(full)[11, 0] and not allowed(sliding)[11, 0]
+    assert allowed(sliding)[11, 4] and allowed(full)[11, 4]
+
+
 def test_block_output_accepts_tensor_or_tuple():
     tensor = torch.ones(2)
     assert block_output(tensor) is tensor
