@@ -108,7 +108,13 @@ def adapter_and_config(model_cfg, path: Path, config_json: dict):
     if adapter is not None:
         return adapter, True, load_hf_config(model_cfg, adapter, path)
     check_remote_code(model_cfg, config_json)
-    config = load_hf_config(model_cfg, None, path)
+    try:
+        config = load_hf_config(model_cfg, None, path)
+    except LlmcError as err:
+        raise LlmcError(f"model.path '{model_cfg.path}' is a {model_type} checkpoint: no llmc "
+                        "table lists it, and its config does not load to discover one "
+                        f"({getattr(err, 'cause', err)}); supported model types: "
+                        f"{', '.join(supported_model_types())} (see docs/models.md)") from None
     key = (str(path.resolve()), model_type)
     if key not in _DISCOVERED:
         from .discover import discover
@@ -168,8 +174,10 @@ def load_hf_config(model_cfg, adapter: Adapter, path: Path):
         config = AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code,
                                             local_files_only=True)
     except Exception as err:  # transformers raises OSError, ValueError, KeyError, TypeError...
-        raise LlmcError(f"model.path '{model_cfg.path}' is not a loadable Hugging Face model "
-                        f"directory: its config does not load ({reason(err)})") from None
+        failure = LlmcError(f"model.path '{model_cfg.path}' is not a loadable Hugging Face "
+                            f"model directory: its config does not load ({reason(err)})")
+        failure.cause = reason(err)
+        raise failure from None
     if adapter is not None:
         adapter.apply_config_overrides(config)
     return config

@@ -2,10 +2,12 @@
 a discovered one, which on every tiny variant equals the hand-written table (blocks, the
 modules before and after them, the input groups and dense Linears each block has)."""
 import json
+from pathlib import Path
 
 import pytest
 
-from conftest import ARCHS, CPU, arch_adapter, arch_config, arch_model, tiny_arch, token_batches
+from conftest import (ARCHS, CPU, arch_adapter, arch_config, arch_model, error_line, tiny_arch,
+                      token_batches)
 from llmc.config import ModelCfg, SparseCfg
 from llmc.errors import LlmcError
 from llmc.models import load_model
@@ -128,3 +130,19 @@ def test_a_moe_checkpoint_runs_end_to_end_through_auto(cli, run_config, tiny_mod
         assert ((fused == 0).sum(-1) == fused.shape[-1] // 2).all()
     gate = saved.model.layers[1].mlp.shared_expert_gate.weight
     assert bool((gate != 0).all())  # dense
+
+
+def test_an_unknown_model_type_transformers_cannot_build_is_one_clear_error(cli, run_config):
+    import yaml
+
+    raw = yaml.safe_load(run_config.read_text())
+    del raw["model"]["type"]
+    config = json.loads((Path(raw["model"]["path"]) / "config.json").read_text())
+    config["model_type"] = "zebra"
+    (Path(raw["model"]["path"]) / "config.json").write_text(json.dumps(config))
+    run_config.write_text(yaml.safe_dump(raw))
+    code, stderr = cli("--config", run_config)
+    assert code == 2
+    line = error_line(stderr)
+    assert "is a zebra checkpoint: no llmc table lists it" in line
+    assert "supported model types: baichuan, bloom, deepseek_v3" in line
