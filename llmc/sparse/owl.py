@@ -79,7 +79,7 @@ class OWL(Sparsifier):
     @dataclass
     class Settings(Sparsifier.Settings):
         base: str = setting("Wanda", "the method that prunes each layer to its OWL sparsity: "
-                            "`Wanda`, `SparseGPT`, `Magnitude`; its own settings apply too")
+                            "`Wanda`, `SparseGPT`, `Magnitude`, `RIA`; its own settings apply too")
         owl: OwlCfg = setting(factory=OwlCfg, doc="outlier-weighted layer-wise sparsity")
 
         def check(self, weight_cfg):
