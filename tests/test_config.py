@@ -139,7 +139,7 @@ def test_sparsegpt_keys_are_checked(raw, overrides, message):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["sparse.base=OWL"], "sparse.base 'OWL' must be one of Magnitude, SparseGPT, Wanda"),
+    (["sparse.base=OWL"], "sparse.base 'OWL' must be one of Magnitude, RIA, SparseGPT, Wanda"),
     (["sparse.owl.granularity=block"], "granularity 'block' must be one of layer, linear"),
     (["sparse.owl.M=0"], "M must be > 0"),
     (["sparse.base=Magnitude", "sparse.wbits=4"],
