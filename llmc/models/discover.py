@@ -172,7 +172,7 @@ def _groups(blocks, seen, expert_paths):
         for name, tensor in called:
             linear = block.get_submodule(name)
             if experts and linear.out_features in (1, len(experts[0])) and \
-                    not _starred(name, expert_paths) != name:
+                    _starred(name, expert_paths) == name:
                 dense.append(name)  # a gate: a score per expert, or one
                 continue
             for held, names in by_input:

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import LlmcError
+from .adapter import Adapter
 
 
 def is_fused_experts(module: nn.Module) -> bool:
@@ -79,8 +80,7 @@ class UnfusedExperts(nn.ModuleList):
         if self.kept_inputs is not None:
             self.kept_inputs.append(hidden_states.detach().to("cpu"))
         final = torch.zeros_like(hidden_states)
-        with torch.no_grad():
-            by_expert = top_k_index.t()  # [top_k, tokens]: positions in (k, token) order
+        by_expert = top_k_index.t()  # [top_k, tokens]: positions in (k, token) order
         for index, expert in enumerate(self):
             top_k_pos, token_idx = torch.where(by_expert == index)
             if token_idx.numel() == 0:
@@ -103,26 +103,15 @@ class UnfusedExperts(nn.ModuleList):
 
 def expert_modules(block: nn.Module, paths) -> List[tuple]:
     """(path, UnfusedExperts) of `block` at the adapter's expert `paths`."""
-    found = []
-    for path in paths:
-        try:
-            module = block.get_submodule(path)
-        except AttributeError:
-            continue
-        if isinstance(module, UnfusedExperts):
-            found.append((path, module))
-    return found
+    return [(path, module) for path, module in Adapter.present(block, paths)
+            if isinstance(module, UnfusedExperts)]
 
 
 def unfuse_experts(blocks, paths) -> None:
     """Every fused experts module at `paths` (relative to a block) of `blocks`, replaced by its
     UnfusedExperts. A block without one there (a dense layer of a MoE model) is left alone."""
     for index, block in enumerate(blocks):
-        for path in paths:
-            try:
-                module = block.get_submodule(path)
-            except AttributeError:
-                continue
+        for path, module in Adapter.present(block, paths):
             if is_fused_experts(module):
                 block.set_submodule(path, UnfusedExperts(module, f"block {index} {path}"))
 

@@ -57,13 +57,15 @@ class ModelHandle:
 
     @property
     def num_blocks(self) -> int:
-        return len(self._blocks())
+        return len(self.adapter.get_blocks(self.model))
 
     def _blocks(self):
+        """The blocks, or none where the table's path is not in the model (a handle is built
+        before check() names that problem)."""
         try:
             return self.adapter.get_blocks(self.model)
         except AttributeError:
-            return []  # not this architecture: check() says so
+            return []
 
     def block(self, index: int) -> nn.Module:
         """Decoder block `index` where it lives (the CPU); `block_on` to compute with it."""

@@ -76,21 +76,15 @@ def _stamp(tensor: torch.Tensor) -> tuple:
     return tensor.data_ptr(), tensor._version
 
 
-def _submodule(block, path):
-    try:
-        return block.get_submodule(path)
-    except AttributeError:
-        return None
-
-
 class StreamedHandle(ModelHandle):
     """A ModelHandle over a meta-device skeleton whose tensors are read from disk per part."""
     streams = True
 
     def __init__(self, model, adapter, weight_files, shard_dir: Path, writes: bool = True):
         fused = [f"{adapter.blocks}.{index}.{path}" for index, block in
-                 enumerate(adapter.get_blocks(model)) for path in adapter.experts
-                 if is_fused_experts(_submodule(block, path))]
+                 enumerate(adapter.get_blocks(model))
+                 for path, module in adapter.present(block, adapter.experts)
+                 if is_fused_experts(module)]
         if fused:
             raise NotStreamable(f"its experts ({fused[0]}, ...) are fused 3-D tensors, which "
                                 "llmc holds as one Linear per expert (llmc.models.experts) "

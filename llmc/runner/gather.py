@@ -17,6 +17,7 @@ from .capture import block_output
 from .stats import GroupStatistics
 
 
+@torch.no_grad()
 def run_block(block, index, inputs, device, replace: bool) -> torch.Tensor:
     """Forward every batch of `inputs` through `block` (block `index`, called with the
     arguments the model passes it); with `replace`, each batch's output takes the place of its
