@@ -12,8 +12,7 @@ from .handle import ModelHandle
 from .safetensors_io import tensor_entries
 from .stream import NotStreamable, StreamedHandle
 from .preflight import (adapter_and_config, check_remote_code, check_tokenizer_files,
-                        checkpoint_dir, read_config_json, reason, registered_adapter,
-                        unsupported)
+                        checkpoint_dir, read_config_json, reason, unsupported)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -24,12 +23,7 @@ def load_tokenizer(model_cfg):
     # A checkpoint with its own modeling code may ship its own tokenizer code too (Baichuan).
     path = checkpoint_dir(model_cfg)
     if model_cfg.type == "auto":
-        config_json = read_config_json(model_cfg, path)
-        adapter = registered_adapter(config_json["model_type"])
-        if adapter is None:
-            check_remote_code(model_cfg, config_json)
-        else:
-            adapter.check_remote_code_allowed(model_cfg.trust_remote_code)
+        check_remote_code(model_cfg, read_config_json(model_cfg, path))
     else:
         MODELS.lookup(model_cfg.type, "model.type").check_remote_code_allowed(
             model_cfg.trust_remote_code)

@@ -124,8 +124,13 @@ def adapter_and_config(model_cfg, path: Path, config_json: dict):
 
 
 def check_remote_code(model_cfg, config_json: dict) -> None:
-    """model.type auto: a checkpoint whose config.json maps its classes to its own code
-    (auto_map) runs that code, which the user must allow."""
+    """model.type auto: the permission to run the checkpoint's own code. The table registered
+    for its model_type says whether it has such code (Baichuan); for any other model_type,
+    config.json's auto_map does."""
+    adapter = registered_adapter(config_json["model_type"])
+    if adapter is not None:
+        adapter.check_remote_code_allowed(model_cfg.trust_remote_code)
+        return
     if model_cfg.trust_remote_code or "AutoModelForCausalLM" not in (
             config_json.get("auto_map") or {}):
         return
@@ -321,7 +326,7 @@ def preflight(cfg, calibrates: bool) -> Checkpoint:
     model_type = config_json["model_type"]
     if model_cfg.type != "auto":
         adapter_for(model_cfg, model_type)  # another adapter's model_type: before the files
-    elif registered_adapter(model_type) is None:
+    else:
         check_remote_code(model_cfg, config_json)
     explicit = config_json.get("transformers_weights")  # transformers reads this file instead
     weights = find_weight_files(path, model_cfg.path,

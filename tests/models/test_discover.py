@@ -146,3 +146,19 @@ def test_an_unknown_model_type_transformers_cannot_build_is_one_clear_error(cli,
     line = error_line(stderr)
     assert "is a zebra checkpoint: no llmc table lists it" in line
     assert "supported model types: baichuan, bloom, deepseek_v3" in line
+
+
+def test_auto_asks_permission_for_a_checkpoints_own_code(cli, run_config, tmp_path,
+                                                         tiny_tokenizer):
+    """Baichuan (its table says it ships code) under model.type auto without
+    trust_remote_code: one error naming the key, before its code runs."""
+    import yaml
+    from conftest import save_model_dir
+
+    path = save_model_dir(arch_model("baichuan2_7b"), tiny_tokenizer, tmp_path / "baichuan")
+    raw = yaml.safe_load(run_config.read_text())
+    raw["model"] = {"path": path}
+    run_config.write_text(yaml.safe_dump(raw))
+    code, stderr = cli("--config", run_config)
+    assert code == 2
+    assert "set model.trust_remote_code: True" in error_line(stderr)
