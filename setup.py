@@ -10,6 +10,7 @@ setup(
     packages=find_packages(include=["llmc", "llmc.*"]),
     python_requires=">=3.10",
     install_requires=requirements,
-    extras_require={"test": ["pytest>=7", "matplotlib"], "plot": ["matplotlib"]},
+    extras_require={"test": ["pytest>=7", "matplotlib", "scipy"], "plot": ["matplotlib"],
+                    "ria": ["scipy"]},  # ria: RIA's linear-sum-assignment permutation (lsa)
     entry_points={"console_scripts": ["llmc=llmc.cli:main"]},
 )

@@ -16,7 +16,7 @@ from .config_io import (apply_override, build, field_default, parse_yaml, to_dic
                         yaml_key)
 from .config_yaml import read_config_file
 from .errors import ConfigError
-from .registry import DATASETS, METHODS
+from .registry import DATASETS, METHODS, STEPS
 
 EVAL_POSITIONS = ("pretrain", "transformed")
 SEED_LIMIT = 2 ** 32  # numpy.random.seed takes [0, 2^32)
@@ -103,20 +103,22 @@ class WeightCfg:
 
 
 def method_keys() -> Dict[str, object]:
-    """{YAML key: type hint} of every key a registered method declares under `sparse:` (its
-    Settings dataclass, next to its maths): the rest of the sparse schema."""
+    """{YAML key: type hint} of every key a registered method or step declares under `sparse:`
+    (its Settings dataclass, next to its maths): the rest of the sparse schema."""
     return {key: hint for key, (hint, _, _) in declared_settings().items()}
 
 
 def declared_settings() -> Dict[str, Tuple[object, object, Tuple[str, ...]]]:
-    """{YAML key: (type hint, field, names of the methods whose Settings have it)}. A key two
-    methods declare must mean the same: same type and default (e.g. MixGPT's Settings extend
-    SparseGPT's, so both have blocksize)."""
+    """{YAML key: (type hint, field, names of the methods whose Settings have it)}, steps named
+    as `refine: dsnot`. A key two of them declare must mean the same: same type and default (e.g.
+    MixGPT's Settings extend SparseGPT's, so both have blocksize)."""
     import typing
 
     found = {}
-    for name in sorted(METHODS):
-        settings = METHODS[name].Settings
+    declarers = [(name, METHODS[name]) for name in sorted(METHODS)]
+    declarers += [(f"{STEPS[name].KIND}: {name}", STEPS[name]) for name in sorted(STEPS)]
+    for name, declarer in declarers:
+        settings = declarer.Settings
         hints = typing.get_type_hints(settings)
         for f in dataclasses.fields(settings):
             key = yaml_key(f)
@@ -136,6 +138,8 @@ class SparseCfg:
     method: str = "Wanda"
     weight: WeightCfg = field(default_factory=WeightCfg)
     sparsity_out: bool = False  # True: next block sees the pruned block's outputs
+    refine: Optional[str] = None  # a mask refinement after the method's score (dsnot)
+    update: Optional[str] = None  # a weight update under the mask (admm, admm_gradual)
     # The keys methods declare (sparse.blocksize, sparse.owl, ...), written flat under `sparse:`
     # as llmc users always have: {YAML key: typed value} for those the config sets. A method
     # reads its own through settings_for(); defaults live in its Settings.
@@ -148,9 +152,10 @@ class SparseCfg:
                                       if yaml_key(f) in self.settings})
 
     def parts(self):
-        """The method classes whose settings this run uses: the method, and what it composes
-        (OWL: its base)."""
-        return METHODS.lookup(self.method, "sparse.method").parts(self)
+        """The classes whose settings this run uses: the method, what it composes (OWL: its
+        base), and its steps (refine, update)."""
+        from .sparse.steps import step_classes
+        return METHODS.lookup(self.method, "sparse.method").parts(self) + step_classes(self)
 
     def in_effect(self) -> Dict[str, Any]:
         """{YAML key: value} of every setting the run uses, defaults included."""
@@ -163,8 +168,9 @@ class SparseCfg:
 
     def as_yaml(self) -> dict:
         """As written in YAML: the common keys and the settings in effect (not other methods')."""
+        steps = {kind: getattr(self, kind) for kind in ("refine", "update") if getattr(self, kind)}
         return {"method": self.method, "weight": to_dict(self.weight),
-                "sparsity_out": self.sparsity_out,
+                "sparsity_out": self.sparsity_out, **steps,
                 **{key: to_dict(value) for key, value in self.in_effect().items()}}
 
 

@@ -9,6 +9,7 @@ from .config import (DTYPES, EVAL_POSITIONS, MODEL_LOADS, SEED_LIMIT, Config, Sp
 from .distributed import check_ranks, env_world_size
 from .errors import ConfigError
 from .registry import BUILTIN_MODELS, DATASETS, METHODS, MODELS, PREPROCS, closest
+from .sparse.steps import check_steps
 
 
 def _check_path(path, key, what):
@@ -153,6 +154,12 @@ def _validate_eval(cfg):
 
 def _validate_sparse(cfg):
     validate_sparse(cfg.sparse)
+    if METHODS[cfg.sparse.method].records_column_orders(cfg.sparse):
+        # the orders are kept with the model in memory (llmc.models.handle.column_orders)
+        if cfg.model.load == "stream" or env_world_size() > 1:
+            raise ConfigError("sparse.ria.reallocation records each Linear's column order, "
+                              "which is kept for a model held in memory on one process; set "
+                              "model.load: auto or memory and run without torchrun")
 
 
 def validate_sparse(sp: SparseCfg) -> SparseCfg:
@@ -174,6 +181,7 @@ def validate_sparse(sp: SparseCfg) -> SparseCfg:
                               "(N of every M consecutive weights are zeroed), e.g. '2:4'")
         sp.weight.sparsity_type = f"{n}:{m}"
     method.check_config(sp)
+    check_steps(sp, method)
     _refuse_settings_not_in_effect(sp)
     return sp
 
@@ -185,11 +193,15 @@ def _refuse_settings_not_in_effect(sp: SparseCfg) -> None:
     effect, and a run's config should say nothing it did not do."""
     used = sp.in_effect()
     declared = declared_settings()
-    parts = [part.__name__ for part in sp.parts()]
+    parts = [part.__name__ for part in METHODS[sp.method].parts(sp)]
     chosen = sp.method if parts == [sp.method] else f"{sp.method} (over {', '.join(parts[1:])})"
+    steps = [f"{kind}: {getattr(sp, kind)}" for kind in ("refine", "update") if getattr(sp, kind)]
+    chosen = " + ".join([chosen] + steps)
     for key in sp.settings:
         users = declared[key][2]
         if key not in used:
+            # a method is chosen by sparse.method, a step by its kind (users "update: admm")
+            ways = [f"sparse.{user.replace(': ', ' to ')}" if ":" in user
+                    else f"sparse.method to {user}" for user in users]
             raise ConfigError(f"sparse.{key} is a setting of {' and '.join(users)}; {chosen} "
-                              f"does not use it: remove it, or set sparse.method to "
-                              f"{' or '.join(users)}")
+                              f"does not use it: remove it, or set {' or '.join(ways)}")

@@ -1,5 +1,6 @@
 """One run, start to end: data → pretrain eval → blockwise pruning → transformed eval → save."""
 import contextlib
+import dataclasses
 import math
 import random
 import shutil
@@ -24,7 +25,8 @@ from .runner.resume import ResumeState, resume_fingerprint
 from .sparse import UnitPlan, build_method
 from .sparse.allocation import plan_from_dict, plan_to_dict
 from .outputs import Layout, open_run
-from .save import MODEL_DIR, PLAN_PLOT, save_model, write_results
+from .save import (COLUMN_ORDERS, MODEL_DIR, PLAN_PLOT, save_column_orders, save_model,
+                   write_results)
 
 
 RESUME_DIR = "resume"  # in save_path/.llmc/scratch/, beside the shards (docs/outputs.md)
@@ -188,7 +190,12 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
                  if cfg.eval.eval_pos else {})
     checkpoint.check_token_ids([*(("calibration", b) for b in batches), *eval_sets.items()])
     release_freed_memory()  # what tokenizing the corpora left, before the model's parts come
-    handle, loaded = load_for_run(cfg.model, checkpoint.weights.files, out.layout.shards, world)
+    model_cfg, why = cfg.model, None
+    if method.records_column_orders(cfg.sparse) and cfg.model.load == "auto":
+        why = "sparse.ria.reallocation keeps each Linear's column order with a model in memory"
+        model_cfg = dataclasses.replace(cfg.model, load="memory")
+    handle, loaded = load_for_run(model_cfg, checkpoint.weights.files, out.layout.shards, world)
+    loaded["why"] = why or loaded["why"]
     loaded["ranks"] = world.size
     loaded_rss = current_rss()
     reset_peak_rss()  # the peak from here on: the run's working memory, not loading's copies
@@ -253,6 +260,10 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
     results["plan"] = plan.describe()
     if world.leads:  # what rank 0 writes (every rank holds the same pruned weights)
         report(handle, plan, results, out)
+        if handle.column_orders:
+            save_column_orders(handle.column_orders, out.dir)
+            results["column_orders"] = {"file": COLUMN_ORDERS,
+                                        "linears": len(handle.column_orders)}
 
     if "transformed" in cfg.eval.eval_pos:
         evaluate(handle, eval_sets, cfg, device, "transformed", results, world)

@@ -68,6 +68,7 @@ class Registry(Mapping):
 
 
 METHODS = Registry("method", "llmc.sparse")
+STEPS = Registry("step", "llmc.sparse")  # sparse.refine / sparse.update (llmc.sparse.steps)
 MODELS = Registry("model type", "llmc.models")
 DATASETS = Registry("dataset", "llmc.data")
 PREPROCS = Registry("preproc", "llmc.data")

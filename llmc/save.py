@@ -14,6 +14,8 @@ MODEL_DIR = "transformed_model"
 RESULTS = "results.json"
 CONFIG = "config.yml"
 PLAN_PLOT = "plan.png"  # written for per-unit plans (OWL, MixGPT) when matplotlib is installed
+# {Linear path: int64 column order} where a mask is N:M in a permuted order (RIA reallocation)
+COLUMN_ORDERS = "column_orders.safetensors"
 
 
 def save_model(handle, tokenizer, directory) -> Path:
@@ -26,6 +28,16 @@ def save_model(handle, tokenizer, directory) -> Path:
     give_plain_modes(path)  # safetensors writes its file 0600
     logger.info(f"saved the transformed model to {path}")
     pause_point("save:model-written")
+    return path
+
+
+def save_column_orders(column_orders, directory) -> Path:
+    """The column orders beside the model: W[:, order] of each listed Linear is N:M."""
+    from .models.safetensors_io import write_tensors
+    path = Path(directory).expanduser() / COLUMN_ORDERS
+    write_tensors(path, sorted(column_orders.items()))
+    logger.info(f"saved {len(column_orders)} column orders to {path} (each listed Linear's "
+                "weight is N:M in its columns taken in that order)")
     return path
 
 

@@ -10,6 +10,7 @@ inputs, replaying each block with them, input groups sharing one accumulator, sp
 import torch
 
 from llmc.registry import METHODS
+from llmc.registry import STATISTICS
 from llmc.runner.stats import Hessian, InputNorms
 from llmc.sparse import UniformPlan
 from llmc.sparse.masks import n_m_mask, row_lowest_mask
@@ -49,3 +50,32 @@ def plain_sparsegpt(model, linears, batches, cfg):
     target = UniformPlan(cfg.weight).target(0, "")
     for linear in linears:
         method.prune(linear, {"hessian": hessians[id(linear)].value}, target)
+
+
+def plain_stepped(model, linears, batches, method):
+    """A method followed by its steps (`method` built from a SparseCfg with refine / update): each
+    Linear its own accumulators of every statistic the composition needs, then, Linear by Linear,
+    the method's score, the refined (or the method's) mask and the updated (or masked) weights,
+    with the library's step maths (tested against plain re-computations in tests/sparse)."""
+    accumulators = {id(m): {need: STATISTICS[need](m.in_features, "cpu") for need in method.needs}
+                    for m in linears}
+
+    def gather(module, inputs, output):
+        for accumulator in accumulators[id(module)].values():
+            accumulator.add(inputs[0])
+
+    _forward_all(model, linears, batches, gather)
+    target = UniformPlan(method.cfg.weight).target(0, "")
+    for linear in linears:
+        stats = {need: acc.value for need, acc in accumulators[id(linear)].items()}
+        score = method.method.score(linear, stats)
+        if method.refine:
+            mask = method.refine.refine(linear.weight.data, score, stats, target, "self_attn")
+        else:
+            mask = method.method.select(score, target)
+        if method.update:
+            system = method.update.prepare(stats)
+            linear.weight.data.copy_(method.update.update(linear.weight.data, mask, system,
+                                                          target, ""))
+        else:
+            linear.weight.data[mask] = 0

@@ -22,6 +22,12 @@ from .adapter import Adapter
 from .experts import expert_modules, fuse_experts, unfuse_experts
 
 
+# The attribute a method sets on a Linear whose mask is N:M only in a permuted column order
+# (RIA's reallocation): that order (order[position] = original column). The runner moves it
+# into the handle's column_orders, and the run saves them beside the model.
+COLUMN_ORDER = "llmc_column_order"
+
+
 @dataclass(eq=False)  # compared and hashed by identity, like the modules it holds
 class ModelHandle:
     """`model` (kept on the CPU between uses) with the `adapter` table that says where its
@@ -32,6 +38,9 @@ class ModelHandle:
     _finite: Set[str] = field(default_factory=set, init=False, repr=False)
     _groups: Dict[int, Tuple[Tuple[str, ...], ...]] = field(default_factory=dict, init=False,
                                                             repr=False)
+    # {Linear path: column order} where a mask is N:M in a permuted order (RIA's reallocation):
+    # filled by the runner, saved beside the model.
+    column_orders: Dict[str, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self):
         # Fused experts as one Linear per expert matrix for as long as the handle holds the

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..save import CONFIG, MODEL_DIR, PLAN_PLOT, RESULTS
+from ..save import COLUMN_ORDERS, CONFIG, MODEL_DIR, PLAN_PLOT, RESULTS
 
-OUTPUT_NAMES = (RESULTS, CONFIG, PLAN_PLOT, MODEL_DIR)  # what a run commits, at these names
+# what a run commits, at these names
+OUTPUT_NAMES = (RESULTS, CONFIG, PLAN_PLOT, COLUMN_ORDERS, MODEL_DIR)
 STATE_DIR = ".llmc"
 LEGACY_PREFIX = "legacy-"  # run directories holding outputs moved from the pre-.llmc layout
 NEW_CURRENT_PREFIX = "current.new-"  # the fresh `current` link made beside the old one

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ..distributed import World
 from ..errors import LlmcError
 from ..faults import pause_point
-from ..models.handle import ModelHandle
+from ..models.handle import COLUMN_ORDER, ModelHandle
 from .activations import ActivationFile
 from .cache import read_cached, weights_fingerprint, windows_fingerprint, write_cached
 from .capture import capture_block_inputs
@@ -98,6 +98,10 @@ def prune_block(handle, block, block_index, method, plan, statistics=None, world
                 raise LlmcError(f"block {block_index} ({handle.block_path(block_index)}): "
                                 f"{err}") from None
             del stats
+            for name, linear in linears.items():  # a mask N:M in a permuted order records it
+                order = linear.__dict__.pop(COLUMN_ORDER, None)
+                if order is not None:
+                    handle.column_orders[f"{handle.block_path(block_index)}.{name}"] = order
         if statistics:
             statistics.release(group)
     return owner
@@ -152,7 +156,7 @@ def prune_blockwise(handle, method, plan, batches, device, sparsity_out=False,
             if resumed_hidden is not None:
                 inputs.restore(resumed_hidden)
             timings["capture"] = time.perf_counter() - start
-            logger.info(f"pruning {handle.num_blocks} blocks with {type(method).__name__} over "
+            logger.info(f"pruning {handle.num_blocks} blocks with {method.label()} over "
                         f"{len(inputs)} calibration batches on {device} (activations on {home})")
 
         for index in tqdm(range(resume_at, handle.num_blocks), desc="pruning blocks",

@@ -36,6 +36,50 @@ class InputNorms:
         self.value += torch.norm(x, p=2, dim=1) ** 2 / self.windows
 
 
+@STATISTICS.register("input_sums")
+class InputSums:
+    """Per input column j: the mean over windows of sum_t X_jt (the sum over a window's tokens),
+    DSnoT's expected-input term. Kept as its reference's running mean, like InputNorms."""
+
+    def __init__(self, columns: int, device):
+        self.value = torch.zeros(columns, dtype=torch.float32, device=device)
+        self.windows = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        if x.dim() == 2:
+            x = x.unsqueeze(0)
+        batch = x.shape[0]
+        x = x.reshape(-1, x.shape[-1]).t().float()
+        self.value *= self.windows / (self.windows + batch)
+        self.windows += batch
+        self.value += torch.sum(x, dim=1) / self.windows
+
+
+@STATISTICS.register("input_variances")
+class InputVariances:
+    """Per input column j: the variance of X_j over each batch's tokens (population variance),
+    averaged over batches weighted by their token counts, as DSnoT's reference pools it (with one
+    window per batch, the mean of the windows' variances)."""
+
+    def __init__(self, columns: int, device):
+        self.value = torch.zeros(columns, dtype=torch.float32, device=device)
+        self.windows = 0
+        self.tokens = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        if x.dim() == 2:
+            x = x.unsqueeze(0)
+        self.windows += x.shape[0]
+        x = x.reshape(-1, x.shape[-1]).t().float()
+        variance = torch.var(x, dim=1, unbiased=False)
+        tokens = x.shape[1]
+        if self.tokens == 0:
+            self.value = variance
+        else:
+            self.value = (self.value * self.tokens + variance * tokens) / (self.tokens + tokens)
+        self.tokens += tokens
+
+
 @STATISTICS.register("hessian")
 class Hessian:
     """H = (2/N) sum over the N windows of X X^T (X: a window's inputs, columns x tokens), the
@@ -57,17 +101,40 @@ class Hessian:
         self.value += x.matmul(x.t())
 
 
+@STATISTICS.register("input_gram")
+class InputGram:
+    """X^T X summed over every calibration token (X: tokens x columns), as the ADMM update's
+    reference sums it, batch by batch: with one window per batch its values are the reference's
+    bit for bit (a Hessian's 2/N running rescale would round differently, and the gradual
+    update's masks amplify such differences)."""
+    SUMMED = True
+
+    def __init__(self, columns: int, device):
+        self.value = torch.zeros(columns, columns, dtype=torch.float32, device=device)
+        self.windows = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        if x.dim() == 2:
+            x = x.unsqueeze(0)
+        self.windows += x.shape[0]
+        x = x.reshape(-1, x.shape[-1]).float()
+        self.value += x.t().matmul(x)
+
+
 def combine_means(accumulators, world) -> None:
     """The mean over every rank's windows: each rank's sum (its mean times its window count),
-    summed over the ranks, divided by the total count (packed into few collectives)."""
+    summed over the ranks, divided by the total count (packed into few collectives). An
+    accumulator that keeps a sum (`SUMMED`) is summed over the ranks."""
     counts = torch.tensor([float(a.windows) for a in accumulators], dtype=torch.float64,
                           device=accumulators[0].value.device)
     world.sum(counts)
-    for accumulator in accumulators:
+    means = [a for a in accumulators if not getattr(a, "SUMMED", False)]
+    for accumulator in means:
         accumulator.value *= accumulator.windows
     world.sum_all([a.value for a in accumulators])
     for accumulator, total in zip(accumulators, counts.tolist()):
-        accumulator.value /= total
+        if accumulator in means:
+            accumulator.value /= total
         accumulator.windows = int(total)
 
 

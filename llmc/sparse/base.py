@@ -18,7 +18,10 @@ class Sparsifier:
       ConfigError. The config schema and docs/config.md are assembled from these declarations.
     - `needs`: names in STATISTICS (llmc.runner.stats), gathered once per input group over all
       calibration windows; checked when the method is built (`build_method`).
-    - `prune` on a single Linear (or `prune_group` when the Linears of a group share work).
+    - `prune` on a single Linear (or `prune_group` when the Linears of a group share work);
+      a method that chooses its mask from a per-weight score gives `score` and `select`
+      instead, and then composes with the steps `sparse.refine` / `sparse.update`
+      (llmc.sparse.steps): `SCORED` and `UPDATES` say which it is.
     """
 
     @dataclass
@@ -27,6 +30,8 @@ class Sparsifier:
             """Raise one ConfigError for a bad value, before any heavy work."""
 
     needs: Tuple[str, ...] = ()
+    SCORED = False  # it gives `score` (a mask refinement can start from it)
+    UPDATES = False  # its own prune changes the kept weights (a weight update cannot follow)
 
     def __init__(self, sparse_cfg):
         self.cfg = sparse_cfg  # the common keys (weight, sparsity_out)
@@ -47,13 +52,31 @@ class Sparsifier:
             sparse_cfg.settings_for(part).check(sparse_cfg.weight)
 
     @classmethod
+    def scored(cls, sparse_cfg) -> bool:
+        """Whether a run of it gives `score` (a composed method: its base's)."""
+        return cls.SCORED
+
+    @classmethod
+    def updates(cls, sparse_cfg) -> bool:
+        """Whether its pruning updates the kept weights itself (a composed method: its base's)."""
+        return cls.UPDATES
+
+    @classmethod
+    def records_column_orders(cls, sparse_cfg) -> bool:
+        """Whether its masks are N:M in a permuted column order it records (COLUMN_ORDER); such
+        a run is held in memory on one process."""
+        return False
+
+    @classmethod
     def check_calibration(cls, sparse_cfg, calib_cfg) -> None:
         """Checks of the method's settings against calib (e.g. windows it needs)."""
 
     @classmethod
     def calibrates(cls, sparse_cfg) -> bool:
-        """Whether a run needs calibration data (Magnitude alone does not)."""
-        return bool(cls.needs)
+        """Whether a run needs calibration data (Magnitude alone does not; with a step that
+        needs statistics, such as `update: admm`, it does)."""
+        from .steps import step_classes  # steps compose methods: imported when asked
+        return bool(cls.needs) or any(step.needs for step in step_classes(sparse_cfg))
 
     def allocate(self, weight_cfg, calibration):
         """The plan of per-Linear targets. Uniform here; OWL / MixGPT measure the dense model
@@ -72,8 +95,26 @@ class Sparsifier:
         return float(rows) * columns
 
     def prune(self, linear: nn.Linear, stats: Dict[str, torch.Tensor], target: Target) -> None:
-        """Zero (and, for reconstruction methods, update) `linear.weight` in place."""
+        """Zero (and, for reconstruction methods, update) `linear.weight` in place: here the
+        mask `select` chooses from `score`."""
+        apply_mask(linear, self.choose(linear, self.score(linear, stats), target))
+
+    def score(self, linear: nn.Linear, stats: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """A float32 score per weight, higher = more important (SCORED methods)."""
         raise NotImplementedError
+
+    def select(self, score: torch.Tensor, target: Target) -> torch.Tensor:
+        """The method's mask (True = prune) from its `score`."""
+        raise NotImplementedError
+
+    def choose(self, linear: nn.Linear, score: torch.Tensor, target: Target) -> torch.Tensor:
+        """`linear`'s mask from `score`: `select`'s, unless the method picks it in a permuted
+        column order, which it then records on the Linear (COLUMN_ORDER)."""
+        return self.select(score, target)
+
+    def label(self) -> str:
+        """The method's name in logs."""
+        return type(self).__name__
 
     def describe(self) -> dict:
         """What results.json records about the method beyond the config."""
@@ -81,9 +122,12 @@ class Sparsifier:
 
 
 def build_method(sparse_cfg) -> Sparsifier:
-    """The configured method, its statistics checked against the known ones (a method's needs
+    """The configured method (followed by its steps, llmc.sparse.steps), its statistics checked against the known ones (a method's needs
     may depend on its settings, as OWL's on its base), before any heavy work."""
     method = METHODS.lookup(sparse_cfg.method, "sparse.method")(sparse_cfg)
+    if sparse_cfg.refine or sparse_cfg.update:
+        from .steps import Stepped
+        method = Stepped(method, sparse_cfg)
     unknown = [need for need in method.needs if need not in STATISTICS]
     if unknown:
         raise ConfigError(f"sparse.method {sparse_cfg.method} needs the statistic "

@@ -1,18 +1,19 @@
 """Magnitude pruning (the Wanda repo's baseline): score |W|, one threshold per Linear,
 or N:M per row. Needs no calibration data."""
 from ..registry import METHODS
-from .base import Sparsifier, apply_mask
+from .base import Sparsifier
 from .masks import layer_threshold_mask, n_m_mask
 
 
 @METHODS.register("Magnitude")
 class Magnitude(Sparsifier):
     needs = ()
+    SCORED = True
 
-    def prune(self, linear, stats, target):
-        score = linear.weight.data.float().abs()
+    def score(self, linear, stats):
+        return linear.weight.data.float().abs()
+
+    def select(self, score, target):
         if target.n_m:
-            mask = n_m_mask(score, *target.n_m)
-        else:
-            mask = layer_threshold_mask(score, target.sparsity)
-        apply_mask(linear, mask)
+            return n_m_mask(score, *target.n_m)
+        return layer_threshold_mask(score, target.sparsity)

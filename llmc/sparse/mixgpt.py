@@ -132,6 +132,8 @@ class MixGPT(SparseGPT):
                 raise ConfigError(f"sparse.mixgpt.sensitivity.seed must be an integer in "
                                   f"[0, 2^32), got {sens.seed}")
 
+    SCORED = False  # its saliency is the OBS pass's own; no one-shot score is defined
+
     def __init__(self, sparse_cfg):
         super().__init__(sparse_cfg)
         self.sensitivity_record = None

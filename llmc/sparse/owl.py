@@ -107,6 +107,18 @@ class OWL(Sparsifier):
         return (cls,) + ((METHODS[base],) if base in _uniform_plan_methods() else ())
 
     @classmethod
+    def scored(cls, sparse_cfg) -> bool:
+        return cls._base_class(sparse_cfg).scored(sparse_cfg)
+
+    @classmethod
+    def updates(cls, sparse_cfg) -> bool:
+        return cls._base_class(sparse_cfg).updates(sparse_cfg)
+
+    @classmethod
+    def _base_class(cls, sparse_cfg):
+        return METHODS[sparse_cfg.settings_for(cls).base]
+
+    @classmethod
     def calibrates(cls, sparse_cfg) -> bool:
         return True  # pass 1 needs activations, whatever the base method
 
@@ -146,6 +158,19 @@ class OWL(Sparsifier):
 
     def prune_group(self, linears, stats, targets):
         self.base.prune_group(linears, stats, targets)
+
+    def score(self, linear, stats):
+        return self.base.score(linear, stats)
+
+    def select(self, score, target):
+        return self.base.select(score, target)
+
+    def choose(self, linear, score, target):
+        return self.base.choose(linear, score, target)
+
+    @classmethod
+    def records_column_orders(cls, sparse_cfg) -> bool:
+        return cls._base_class(sparse_cfg).records_column_orders(sparse_cfg)
 
     def cost(self, rows, columns):
         return self.base.cost(rows, columns)

@@ -129,6 +129,8 @@ class SparseGPT(Sparsifier):
                                   "group of M columns straddles two blocks")
 
     needs = ("hessian",)
+    SCORED = True  # the one-shot saliency below, for a mask refinement (sparse.refine)
+    UPDATES = True
 
     def cost(self, rows, columns):
         """The OBS pass: every column updates the rows x (later columns) rest."""
@@ -165,6 +167,15 @@ class SparseGPT(Sparsifier):
 
     def prune(self, linear, stats, target):
         self.prune_group({"linear": linear}, stats, {"linear": target})
+
+    def score(self, linear, stats):
+        """SparseGPT's saliency w^2 / U_jj^2 of the dense weights over the whole row at once, with
+        dead inputs' weights counted as zero: the score DSnoT's reference starts from when its
+        initial method is SparseGPT (it never runs the OBS update)."""
+        upper, dead, _ = inverse_hessian_factor(stats["hessian"], self.settings.percdamp)
+        weight = linear.weight.data.to(torch.float32, copy=True)
+        weight[:, dead] = 0
+        return obs_saliency(weight, torch.diag(upper).reshape(1, -1), None)
 
     def describe(self) -> dict:
         settings = self.settings

@@ -7,7 +7,7 @@ import torch
 from ..config_io import setting
 from ..errors import ConfigError
 from ..registry import METHODS
-from .base import Sparsifier, apply_mask
+from .base import Sparsifier
 from .masks import n_m_mask, row_lowest_mask
 
 
@@ -58,13 +58,14 @@ class Wanda(Sparsifier):
                                   "remove it or set sparsity_type: unstructured")
 
     needs = ("input_norms",)
+    SCORED = True
 
-    def prune(self, linear, stats, target):
-        score = wanda_score(linear.weight.data, stats["input_norms"])
+    def score(self, linear, stats):
+        return wanda_score(linear.weight.data, stats["input_norms"])
+
+    def select(self, score, target):
         if target.n_m:
-            mask = n_m_mask(score, *target.n_m)
-        elif self.settings.use_variant:
-            mask, _ = variant_mask(score, target.sparsity)
-        else:
-            mask = row_lowest_mask(score, target.sparsity)
-        apply_mask(linear, mask)
+            return n_m_mask(score, *target.n_m)
+        if self.settings.use_variant:
+            return variant_mask(score, target.sparsity)[0]
+        return row_lowest_mask(score, target.sparsity)

@@ -13,9 +13,10 @@ from conftest import CPU, ONE_PER_ADAPTER, arch_adapter, arch_model, token_batch
 from llmc.config import SparseCfg
 from llmc.eval.perplexity import perplexity
 from llmc.models import ModelHandle
-from llmc.registry import METHODS
+from llmc.config import sparse_config
+from llmc.registry import METHODS, STEPS
 from llmc.runner import Calibration, prune_blockwise
-from llmc.sparse import UniformPlan
+from llmc.sparse import UniformPlan, build_method
 
 # One thread for speed alone (see conftest.one_torch_thread); no result depends on it.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -83,3 +84,35 @@ def test_method_allocation_runs_on_every_architecture(method_name, arch):
     # mean over the layers the configured sparsity.
     means = [sum(block) / len(block) for block in per_block]
     assert sum(means) / len(means) == pytest.approx(SPARSITY, abs=1e-6)
+
+
+@pytest.mark.parametrize("arch", ONE_PER_ADAPTER)
+@pytest.mark.parametrize("step", sorted(STEPS))
+def test_each_step_after_wanda_prunes_every_block_linear_to_target(step, arch):
+    """Every registered step (refine or update) after Wanda: every block Linear at its target
+    (per row, as Wanda's mask, unless the step chooses its own), nothing else changed, finite
+    perplexity."""
+    model = arch_model(arch, seed=3)
+    handle = ModelHandle(model, arch_adapter(arch))
+    kind = STEPS[step].KIND
+    cfg = sparse_config(method="Wanda", weight={"sparsity": SPARSITY}, **{kind: step})
+    before = {name: p.clone() for name, p in model.named_parameters()}
+    prune_blockwise(handle, build_method(cfg), UniformPlan(cfg.weight), token_batches(4, 16, 2),
+                    CPU)
+    pruned = set()
+    for index, block in enumerate(handle.adapter.get_blocks(model)):
+        for name in handle.linear_names(index):
+            weight = block.get_submodule(name).weight
+            pruned.add(f"{handle.adapter.blocks}.{index}.{name}.weight")
+            zeros = weight == 0
+            assert torch.isfinite(weight).all(), name
+            if STEPS[step].USES_MASK:
+                assert (zeros.sum(1) == int(weight.shape[1] * SPARSITY)).all(), name
+            else:
+                assert abs(int(zeros.sum()) - weight.numel() * SPARSITY) <= SLACK, name
+    for name, parameter in model.named_parameters():
+        if name not in pruned:
+            assert torch.equal(parameter, before[name]), name
+    tokens = torch.randint(0, 300, (1, 50), generator=torch.Generator().manual_seed(5))
+    ppl, _ = perplexity(handle, tokens, 16, CPU)
+    assert math.isfinite(ppl) and ppl > 1

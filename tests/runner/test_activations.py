@@ -14,7 +14,7 @@ from llmc.runner import prune_blockwise
 from llmc.runner.activations import ActivationFile
 from llmc.runner.blockwise import calibration_home
 from llmc.runner.capture import capture_block_inputs
-from llmc.sparse import UniformPlan
+from llmc.sparse import Sparsifier, UniformPlan
 from llmc.config import SparseCfg
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -59,7 +59,7 @@ def test_batches_are_views_into_one_file(tmp_path):
 
 
 def test_an_error_in_the_loop_leaves_no_file(tmp_path):
-    class Failing:
+    class Failing(Sparsifier):
         needs = ("input_norms",)
 
         def prune_group(self, linears, stats, targets):
@@ -68,7 +68,7 @@ def test_an_error_in_the_loop_leaves_no_file(tmp_path):
     handle = ModelHandle(tiny_model("llama"), arch_adapter("llama"))
     cfg = SparseCfg(method="Wanda")
     with pytest.raises(LlmcError, match="boom"):
-        prune_blockwise(handle, Failing(), UniformPlan(cfg.weight), token_batches(2, 8, 1), CPU,
+        prune_blockwise(handle, Failing(cfg), UniformPlan(cfg.weight), token_batches(2, 8, 1), CPU,
                         offload="disk", scratch=tmp_path)
     assert list(tmp_path.iterdir()) == []
 

@@ -7,14 +7,14 @@ import torch
 import torch.nn as nn
 
 from conftest import ARCHS, CPU, arch_adapter, arch_model, tiny_model, token_batches
-from plain_pruning import plain_sparsegpt, plain_wanda
+from plain_pruning import plain_sparsegpt, plain_stepped, plain_wanda
 from llmc.config import SparseCfg, sparse_config
 from llmc.models import ModelHandle
 from llmc.models.experts import unfuse_experts
 from llmc.registry import METHODS, MODELS
 from llmc.runner.blockwise import prune_blockwise
 from llmc.runner.capture import block_output, capture_block_inputs
-from llmc.sparse import UniformPlan
+from llmc.sparse import UniformPlan, build_method
 
 # One thread for speed alone (see conftest.one_torch_thread); no result depends on it.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -36,6 +36,35 @@ def _plain(method, model, linears, batches, cfg):
         plain_wanda(model, linears, batches, SPARSITY, cfg.weight.n_m)
     else:
         plain_sparsegpt(model, linears, batches, cfg)
+
+
+STEPPED = [{"refine": "dsnot"}, {"update": "admm"}, {"refine": "dsnot", "update": "admm"}]
+
+
+@pytest.mark.parametrize("sparsity_type", ["unstructured", "2:4"])
+@pytest.mark.parametrize("steps", STEPPED, ids=lambda s: "+".join(s.values()))
+@pytest.mark.parametrize("arch", ["llama", "opt", "qwen2_moe"])
+def test_blockwise_steps_equal_plain(arch, steps, sparsity_type):
+    """Wanda followed by DSnoT and/or ADMM: the runner's statistics per input group (the union of
+    what the method and steps need) and its once-per-group ADMM system give, bit for bit, what
+    each Linear's own whole-model statistics give."""
+    model = arch_model(arch, layers=2)
+    adapter = arch_adapter(arch)
+    unfuse_experts(adapter.get_blocks(model), adapter.experts)
+    batches = token_batches(4, 12, 1)
+    cfg = sparse_config(method="Wanda", **steps, weight={"sparsity_type": sparsity_type},
+                        **({"dsnot": {"skip_layer": "no_skip"}} if "refine" in steps else {}))
+    plain, wanda = copy.deepcopy(model), copy.deepcopy(model)
+    everything = [m for i in range(2) for m in _block_linears(plain, adapter, i)]
+    plain_stepped(plain, everything, batches, build_method(cfg))
+    prune_blockwise(ModelHandle(model, adapter), build_method(cfg), UniformPlan(cfg.weight),
+                    batches, CPU)
+    pruned = dict(model.named_parameters())
+    for name, expected in plain.named_parameters():
+        assert torch.equal(pruned[name], expected), name
+    plain_wanda(wanda, [m for i in range(2) for m in _block_linears(wanda, adapter, i)],
+                batches, SPARSITY, cfg.weight.n_m)  # the steps changed something
+    assert any(not torch.equal(a, b) for a, b in zip(plain.parameters(), wanda.parameters()))
 
 
 @pytest.mark.parametrize("sparsity_type", ["unstructured", "2:4"])

@@ -2,7 +2,8 @@
 import torch
 import torch.nn as nn
 
-from llmc.runner.stats import GroupStatistics, Hessian, InputNorms
+from llmc.runner.stats import (GroupStatistics, Hessian, InputGram, InputNorms, InputSums,
+                               InputVariances, combine_means)
 
 
 def test_input_norms_is_mean_over_windows_of_squared_column_norms():
@@ -17,6 +18,69 @@ def test_input_norms_is_mean_over_windows_of_squared_column_norms():
     # running mean stay within ~30 roundings; 64 eps leaves room and still catches any slip.
     assert torch.allclose(acc.value.double(), expected, rtol=64 * torch.finfo(torch.float32).eps,
                           atol=0)
+
+
+def test_input_sums_is_mean_over_windows_of_column_sums():
+    torch.manual_seed(2)
+    windows = [torch.randn(1, 7, 5) for _ in range(6)]
+    acc = InputSums(5, "cpu")
+    for batch in (windows[0:1], windows[1:3], windows[3:6]):
+        acc.add(torch.cat(batch))
+    expected = torch.stack([w[0].double().sum(0) for w in windows]).mean(0)
+    assert acc.windows == 6
+    # sums of 7 terms of either sign: the bound scales with the sum of magnitudes
+    bound = 64 * torch.finfo(torch.float32).eps * torch.stack(
+        [w[0].double().abs().sum(0) for w in windows]).mean(0)
+    assert ((acc.value.double() - expected).abs() <= bound).all()
+
+
+def test_input_variances_pool_each_batchs_token_variance_by_token_count():
+    """One window per batch (the reference's calls): the mean of the windows' population
+    variances; a batch of several windows is one population of all its tokens."""
+    torch.manual_seed(3)
+    windows = [torch.randn(1, 8, 5) * (i + 1) + i for i in range(4)]
+    acc = InputVariances(5, "cpu")
+    for window in windows:
+        acc.add(window)
+    expected = torch.stack([w[0].double().var(0, unbiased=False) for w in windows]).mean(0)
+    assert acc.windows == 4
+    assert torch.allclose(acc.value.double(), expected, rtol=1e-6, atol=0)
+    pooled = InputVariances(5, "cpu")
+    pooled.add(torch.cat(windows[:2]))
+    pooled.add(torch.cat(windows[2:]))
+    halves = [torch.cat([w[0] for w in part]).double().var(0, unbiased=False)
+              for part in (windows[:2], windows[2:])]
+    assert torch.allclose(pooled.value.double(), (halves[0] + halves[1]) / 2, rtol=1e-6, atol=0)
+
+
+def test_input_gram_is_x_transpose_x_summed_over_every_token():
+    torch.manual_seed(4)
+    windows = [torch.randn(1, 9, 6) for _ in range(5)]
+    acc = InputGram(6, "cpu")
+    for batch in (windows[0:2], windows[2:3], windows[3:5]):
+        acc.add(torch.cat(batch))
+    x = torch.cat([w[0].double() for w in windows])
+    bound = 45 * torch.finfo(torch.float32).eps * (x.abs().t() @ x.abs())
+    assert acc.windows == 5
+    assert ((acc.value.double() - x.t() @ x).abs() <= bound).all()
+
+
+def test_ranks_combine_means_as_means_and_sums_as_sums():
+    class Sum:  # a two-rank world on one process: each "rank" holds the same values
+        def sum(self, t):
+            t *= 2
+
+        def sum_all(self, tensors):
+            for t in tensors:
+                t *= 2
+
+    norms, gram = InputNorms(2, "cpu"), InputGram(2, "cpu")
+    for acc in (norms, gram):
+        acc.add(torch.tensor([[[1.0, 2.0], [3.0, 4.0]]]))
+    before = norms.value.clone(), gram.value.clone()
+    combine_means([norms, gram], Sum())
+    assert torch.equal(norms.value, before[0]) and torch.equal(gram.value, 2 * before[1])
+    assert norms.windows == gram.windows == 2
 
 
 class _Block(nn.Module):

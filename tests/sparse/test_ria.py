@@ -1,9 +1,15 @@
-"""RIA's score and masks against hand-checked values and the paper's formula."""
+"""RIA's score and masks against hand-checked values and the paper's formula; its channel
+permutation against hand-checked orders and brute force."""
+import itertools
+
+import pytest
 import torch
 
 from llmc.config import sparse_config
 from llmc.registry import METHODS
 from llmc.sparse import UniformPlan
+from llmc.errors import ConfigError
+from llmc.sparse.permutation import assignment_round, permuted_n_m_mask, reallocation_order
 from llmc.sparse.ria import ria_score
 
 
@@ -55,3 +61,86 @@ def test_n_m_against_the_formula():
             cols = slice(4 * group, 4 * group + 4)
             lowest = set(torch.topk(score[row, cols], 2, largest=False)[1].tolist())
             assert {i for i in range(4) if mask[row, cols][i]} == lowest
+
+
+def test_channel_reallocation_deals_columns_by_total_score_in_a_snake():
+    """Column totals 8..1: ranked ascending 7, 6, ..., 0; the k-th quarter fills position k of
+    both groups, the 2nd and 4th quarters reversed."""
+    score = torch.tensor([[8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0]])
+    assert reallocation_order(score, 4).tolist() == [7, 4, 3, 0, 6, 5, 2, 1]
+
+
+def _kept_total(score, order, n, m):
+    permuted = score[:, order].reshape(score.shape[0], -1, m)
+    return float(permuted.sort(dim=-1)[0][..., n:].sum())
+
+
+def test_each_assignment_round_is_the_best_reassignment_of_its_position():
+    """Against brute force over every assignment of the position's columns to the groups."""
+    torch.manual_seed(0)
+    score = torch.rand(5, 12)
+    start = reallocation_order(score, 4)
+    for position in range(4):
+        chosen = assignment_round(score, start, 2, 4, position)
+        best = 0.0
+        slots = [g * 4 + position for g in range(3)]
+        for perm in itertools.permutations(range(3)):
+            trial = start.clone()
+            trial[slots] = start[[slots[p] for p in perm]]
+            best = max(best, _kept_total(score, trial, 2, 4))
+        assert _kept_total(score, chosen, 2, 4) == pytest.approx(best, rel=1e-6)
+        assert sorted(chosen.tolist()) == list(range(12))
+
+
+@pytest.mark.parametrize("lsa", [False, True])
+def test_a_permuted_mask_is_n_m_in_its_order_and_keeps_at_least_the_direct_score(lsa):
+    torch.manual_seed(1)
+    score = torch.rand(16, 32) ** 3
+    mask, order = permuted_n_m_mask(score, 2, 4, lsa)
+    assert (mask[:, order].reshape(16, -1, 4).sum(-1) == 2).all()
+    assert (mask.sum(1) == 16).all()
+    permuted_kept = float(score[~mask].sum())
+    assert permuted_kept == pytest.approx(_kept_total(score, order, 2, 4), rel=1e-5)
+    if lsa:  # each round can only raise the total over the heuristic's
+        heuristic = _kept_total(score, reallocation_order(score, 4), 2, 4)
+        assert permuted_kept >= heuristic * (1 - 1e-6)
+
+
+def test_reallocation_settings_are_checked():
+    with pytest.raises(ConfigError, match="apply to N:M sparsity only"):
+        sparse_config(method="RIA", ria={"reallocation": True})
+    with pytest.raises(ConfigError, match="set reallocation: True too"):
+        sparse_config(method="RIA", ria={"lsa": True}, weight={"sparsity_type": "2:4"})
+    with pytest.raises(ConfigError, match="remove sparse.ria.reallocation"):
+        sparse_config(method="RIA", refine="dsnot", ria={"reallocation": True},
+                      weight={"sparsity_type": "2:4"})
+
+
+def test_a_run_with_reallocation_saves_each_linears_column_order(run_config, tmp_path):
+    """End to end: column_orders.safetensors beside the model names every block Linear; in its
+    order each saved weight is 2:4; the run was held in memory; results.json points at it."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from llmc.cli import main
+
+    assert main(["--config", str(run_config), "--set", "sparse={method: RIA, ria: {reallocation: "
+                 "True, lsa: True}}", "--set", "sparse.weight.sparsity_type=2:4",
+                 "--set", "eval.eval_pos=[transformed]"]) == 0
+    save = tmp_path / "save"
+    results = json.loads((save / "results.json").read_text())
+    assert results["column_orders"] == {"file": "column_orders.safetensors", "linears": 14}
+    assert "reallocation" in results["engine"]["why"]
+    orders = load_file(str(save / "column_orders.safetensors"))
+    weights = load_file(str(save / "transformed_model" / "model.safetensors"))
+    assert len(orders) == 14
+    for name, order in orders.items():
+        weight = weights[f"{name}.weight"]
+        assert sorted(order.tolist()) == list(range(weight.shape[1]))
+        zeros = (weight[:, order] == 0).reshape(weight.shape[0], -1, 4).sum(-1)
+        assert (zeros == 2).all(), name
+    with pytest.raises(ConfigError, match="held in memory on one process"):
+        from llmc.config import load_config
+        load_config(str(run_config), ["sparse={method: RIA, ria: {reallocation: True}}",
+                                      "sparse.weight.sparsity_type=2:4", "model.load=stream"])
