@@ -42,7 +42,7 @@ from llmc.config import load_config as load  # noqa: E402
 from llmc.data import calib_batches, eval_tokens  # noqa: E402
 from llmc.eval.perplexity import eval_windows, perplexity  # noqa: E402
 from llmc.models import ModelHandle, load_model, load_tokenizer  # noqa: E402
-from llmc.registry import METHODS  # noqa: E402
+from llmc.sparse import build_method  # noqa: E402
 from llmc.runner import Calibration, prune_blockwise, resolve_device  # noqa: E402
 from llmc.runner.blockwise import calibration_home, forward_all_blocks  # noqa: E402
 from llmc.runner.capture import capture_block_inputs  # noqa: E402
@@ -101,7 +101,7 @@ def main():
     tokenizer = load_tokenizer(cfg.model)
     batches = calib_batches(cfg.calib, tokenizer)
     handle = load_model(cfg.model)
-    method = METHODS[cfg.sparse.method](cfg.sparse)
+    method = build_method(cfg.sparse)
     figures = {"config": args.config, "method": cfg.sparse.method, "device": str(device),
                "calib_tokens": sum(b.numel() for b in batches)}
 

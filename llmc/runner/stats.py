@@ -16,11 +16,10 @@ from ..errors import LlmcError
 from ..registry import STATISTICS
 
 
-@STATISTICS.register("input_norms")
-class InputNorms:
-    """Per input column j: the mean over windows of ||X_j||^2 (norm over a window's tokens).
-
-    Kept as the reference's running mean (rescale, then add), so values match it bit for bit."""
+class _RunningColumnMean:
+    """Per input column, the mean over windows of one quantity of a window's tokens
+    (`of_tokens`, on columns x tokens), kept as the references keep it: rescale, then add, so
+    values match theirs bit for bit."""
 
     def __init__(self, columns: int, device):
         self.value = torch.zeros(columns, dtype=torch.float32, device=device)
@@ -33,26 +32,26 @@ class InputNorms:
         x = x.reshape(-1, x.shape[-1]).t().float()
         self.value *= self.windows / (self.windows + batch)
         self.windows += batch
-        self.value += torch.norm(x, p=2, dim=1) ** 2 / self.windows
+        self.value += self.of_tokens(x) / self.windows
+
+
+@STATISTICS.register("input_norms")
+class InputNorms(_RunningColumnMean):
+    """Per input column j: the mean over windows of ||X_j||^2 (norm over a window's tokens)."""
+
+    @staticmethod
+    def of_tokens(x):
+        return torch.norm(x, p=2, dim=1) ** 2
 
 
 @STATISTICS.register("input_sums")
-class InputSums:
+class InputSums(_RunningColumnMean):
     """Per input column j: the mean over windows of sum_t X_jt (the sum over a window's tokens),
-    DSnoT's expected-input term. Kept as its reference's running mean, like InputNorms."""
+    DSnoT's expected-input term."""
 
-    def __init__(self, columns: int, device):
-        self.value = torch.zeros(columns, dtype=torch.float32, device=device)
-        self.windows = 0
-
-    def add(self, x: torch.Tensor) -> None:
-        if x.dim() == 2:
-            x = x.unsqueeze(0)
-        batch = x.shape[0]
-        x = x.reshape(-1, x.shape[-1]).t().float()
-        self.value *= self.windows / (self.windows + batch)
-        self.windows += batch
-        self.value += torch.sum(x, dim=1) / self.windows
+    @staticmethod
+    def of_tokens(x):
+        return torch.sum(x, dim=1)
 
 
 @STATISTICS.register("input_variances")

@@ -122,8 +122,9 @@ class Sparsifier:
 
 
 def build_method(sparse_cfg) -> Sparsifier:
-    """The configured method (followed by its steps, llmc.sparse.steps), its statistics checked against the known ones (a method's needs
-    may depend on its settings, as OWL's on its base), before any heavy work."""
+    """The configured method (followed by its steps: llmc.sparse.steps), its statistics checked
+    against the known ones (a method's needs may depend on its settings, as OWL's on its base),
+    before any heavy work."""
     method = METHODS.lookup(sparse_cfg.method, "sparse.method")(sparse_cfg)
     if sparse_cfg.refine or sparse_cfg.update:
         from .steps import Stepped

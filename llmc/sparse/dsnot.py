@@ -33,8 +33,8 @@ SKIP_LAYERS = ("mlp", "self_attn", "no_skip")
 @dataclass
 class DsnotCfg:
     max_cycle_time: int = setting(50, "most swaps per row (the reference's --max_cycle_time)")
-    update_threshold: float = setting(0.1, "a row stops once |its reconstruction error| is at "
-                                      "most this (--update_threshold)")
+    update_threshold: float = setting(0.1, "a row stops once its reconstruction error's size "
+                                      "is at most this (--update_threshold)")
     pow_of_var_regrowing: float = setting(1.0, "the regrowth score divides by the input's "
                                           "variance to this power; 0 = not at all "
                                           "(--pow_of_var_regrowing)")
@@ -192,9 +192,9 @@ class DSnoT(Step):
         if skipped(name, cfg) or not mask.any() or mask.all():
             return mask
         effect = weight.float() * stats["input_sums"].reshape(1, -1)
-        regrow_key = effect
-        if cfg.pow_of_var_regrowing:
-            regrow_key = effect / stats["input_variances"].reshape(1, -1) ** cfg.pow_of_var_regrowing
+        regrow_key, power = effect, cfg.pow_of_var_regrowing
+        if power:  # stable inputs first
+            regrow_key = effect / stats["input_variances"].reshape(1, -1) ** power
         if target.n_m:
             return refine_n_m(mask, effect, regrow_key, score.clone(), target.n_m[1], cfg)
         return refine_unstructured(mask, effect, regrow_key,

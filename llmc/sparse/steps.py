@@ -37,6 +37,10 @@ class Step:
     def check_with(cls, sparse_cfg, method_cls) -> None:
         """Refuse a composition this step cannot honour (one ConfigError)."""
 
+    def cost(self, rows, columns) -> float:
+        """The relative work on one rows x columns weight (see Sparsifier.cost)."""
+        return 0.0
+
     def describe(self) -> dict:
         return {"name": self.NAME}
 
@@ -105,7 +109,9 @@ class Stepped(Sparsifier):
         return self.method.allocate(weight_cfg, calibration)
 
     def cost(self, rows, columns):
-        return self.method.cost(rows, columns)
+        """The method's work plus the update's (ADMM's iterations), for torchrun's sharing."""
+        extra = self.update.cost(rows, columns) if self.update else 0.0
+        return self.method.cost(rows, columns) + extra
 
     def prune_group(self, linears, stats, targets):
         prepared = self.update.prepare(stats) if self.update else None  # once per input group
