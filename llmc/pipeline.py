@@ -16,7 +16,7 @@ from .eval import perplexity
 from .models import load_for_run, load_tokenizer, preflight
 from .errors import LlmcError
 from .provenance import InBackground, run_record, utc_now, versions
-from .report import sparsity_report, unit_sparsity
+from .report import run_summary, sparsity_report, unit_sparsity
 from .plot import plot_plan
 from .runner import Calibration, prune_blockwise, resolve_device
 from .runner.device import (current_rss, free_memory, peak_rss, peak_rss_since_reset,
@@ -108,6 +108,7 @@ def run(cfg) -> dict:
         with contextlib.suppress(OSError):  # only when nothing else is kept there
             out.layout.scratch.rmdir()
     world.barrier()
+    logger.info(f"done: {run_summary(results, out.root)}")
     return results
 
 

@@ -23,3 +23,28 @@ def unit_sparsity(handle, units) -> list:
         achieved.append(sum(zeros[k] for k in keys) / sum(sizes[k] for k in keys))
     return achieved
 
+
+
+def run_summary(results: dict, root) -> str:
+    """The run on one screen, for its last log line: what was pruned how, perplexity before and
+    after per dataset, the sparsity reached, the time, and where the outputs are."""
+    config, method = results["config"], results["method"]
+    weight = config["sparse"]["weight"]
+    kind = weight["sparsity_type"]
+    target = f"{weight['sparsity']:g} unstructured" if kind == "unstructured" else kind
+    steps = [method[k]["name"] for k in ("refine", "update") if k in method]
+    base = method.get("base", {}).get("name")
+    name = method["name"] + (f" over {base}" if base else "")
+    lines = [f"{' + '.join([name] + steps)} at {target} on {config['model']['path']}"]
+    ppl = results.get("ppl", {})
+    for dataset in sorted({d for position in ppl.values() for d in position}):
+        before = ppl.get("pretrain", {}).get(dataset)
+        after = ppl.get("transformed", {}).get(dataset)
+        shown = " -> ".join(f"{v:.3f}" if v is not None else "n/a" for v in (before, after))
+        lines.append(f"  ppl {dataset} (dense -> pruned): {shown}")
+    timings = results.get("timings", {})
+    lines.append(f"  sparsity over decoder Linears: {results['sparsity']['overall']:.4f}; "
+                 f"prune {timings.get('prune_total', 0):.1f} s, total "
+                 f"{timings.get('total', 0):.1f} s")
+    lines.append(f"  outputs: {root}")
+    return "\n".join(lines)

@@ -41,6 +41,23 @@ def test_run_end_to_end(run_config, tmp_path):
     assert results["saved_model"] == str(tmp_path / "save" / "transformed_model")
 
 
+def test_the_last_log_lines_summarise_the_run(run_config, tmp_path, capsys):
+    assert main(["--config", str(run_config), "--set", "sparse.refine=dsnot"]) == 0
+    results = json.loads((tmp_path / "save" / "results.json").read_text())
+    stderr = capsys.readouterr().err
+    summary = stderr[stderr.rindex("done: "):].splitlines()
+    assert summary[0].endswith(f"done: Wanda + dsnot at 0.5 unstructured on "
+                               f"{results['config']['model']['path']}")
+    ppl = results["ppl"]
+    assert summary[1] == (f"  ppl wikitext2 (dense -> pruned): "
+                          f"{ppl['pretrain']['wikitext2']:.3f} -> "
+                          f"{ppl['transformed']['wikitext2']:.3f}")
+    assert summary[2].startswith(f"  sparsity over decoder Linears: "
+                                 f"{results['sparsity']['overall']:.4f}; prune ")
+    assert summary[3] == f"  outputs: {tmp_path / 'save'}"
+    assert len(summary) == 4  # the last thing the run logs
+
+
 def test_set_overrides_reach_the_run(run_config, tmp_path):
     assert main(["--config", str(run_config), "--set", "sparse.method=Magnitude",
                  "--set", "sparse.weight.sparsity_type=2:4", "--set", "eval.eval_pos=[]"]) == 0
