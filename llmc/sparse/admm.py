@@ -114,7 +114,9 @@ def _largest_of_each_group(magnitude, n, m):
     ascending sort (so ties fall as its do); a trailing partial group by n_m_mask."""
     rows, columns = magnitude.shape
     full = columns - columns % m
-    keep = ~n_m_mask(magnitude, n, m)
+    keep = torch.zeros_like(magnitude, dtype=torch.bool)
+    if full < columns:
+        keep[:, full:] = ~n_m_mask(magnitude[:, full:], n, m)
     if full:
         order = torch.sort(magnitude[:, :full].reshape(-1, m), dim=1)[1]
         groups = torch.zeros(order.shape, dtype=torch.bool, device=magnitude.device)

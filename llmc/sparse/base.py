@@ -103,6 +103,12 @@ class Sparsifier:
         """A float32 score per weight, higher = more important (SCORED methods)."""
         raise NotImplementedError
 
+    def group_scores(self, linears: Dict[str, nn.Linear], stats: Dict[str, torch.Tensor]):
+        """(name, score) of each Linear of one input group, one at a time (a method whose score
+        shares work across the group overrides it, as `prune_group` to `prune`)."""
+        for name, linear in linears.items():
+            yield name, self.score(linear, stats)
+
     def select(self, score: torch.Tensor, target: Target) -> torch.Tensor:
         """The method's mask (True = prune) from its `score`."""
         raise NotImplementedError

@@ -177,11 +177,12 @@ class DSnoT(Step):
 
     @classmethod
     def check_with(cls, sparse_cfg, method_cls):
-        ria = sparse_cfg.in_effect().get("ria")
+        in_effect = sparse_cfg.in_effect()
+        ria = in_effect.get("ria")
         if ria is not None and ria.reallocation:
             raise ConfigError("sparse.refine: dsnot starts from the score's own column order; "
                               "remove sparse.ria.reallocation (and lsa)")
-        if sparse_cfg.in_effect().get("use_variant"):
+        if in_effect.get("use_variant"):
             raise ConfigError("sparse.refine: dsnot starts from a fixed count per row, not "
                               "Wanda's variant; remove sparse.use_variant")
 

@@ -162,6 +162,9 @@ class OWL(Sparsifier):
     def score(self, linear, stats):
         return self.base.score(linear, stats)
 
+    def group_scores(self, linears, stats):
+        return self.base.group_scores(linears, stats)
+
     def select(self, score, target):
         return self.base.select(score, target)
 

@@ -169,13 +169,19 @@ class SparseGPT(Sparsifier):
         self.prune_group({"linear": linear}, stats, {"linear": target})
 
     def score(self, linear, stats):
+        return next(self.group_scores({"linear": linear}, stats))[1]
+
+    def group_scores(self, linears, stats):
         """SparseGPT's saliency w^2 / U_jj^2 of the dense weights over the whole row at once, with
         dead inputs' weights counted as zero: the score DSnoT's reference starts from when its
-        initial method is SparseGPT (it never runs the OBS update)."""
+        initial method is SparseGPT (it never runs the OBS update). U is factored once for the
+        group."""
         upper, dead, _ = inverse_hessian_factor(stats["hessian"], self.settings.percdamp)
-        weight = linear.weight.data.to(torch.float32, copy=True)
-        weight[:, dead] = 0
-        return obs_saliency(weight, torch.diag(upper).reshape(1, -1), None)
+        u_diag = torch.diag(upper).reshape(1, -1)
+        for name, linear in linears.items():
+            weight = linear.weight.data.to(torch.float32, copy=True)
+            weight[:, dead] = 0
+            yield name, obs_saliency(weight, u_diag, None)
 
     def describe(self) -> dict:
         settings = self.settings

@@ -103,7 +103,7 @@ class Stepped(Sparsifier):
         return self.method.calibrates(sparse_cfg)
 
     def records_column_orders(self, sparse_cfg) -> bool:
-        return self.method.records_column_orders(sparse_cfg) and not self.refine
+        return self.method.records_column_orders(sparse_cfg)
 
     def allocate(self, weight_cfg, calibration):
         return self.method.allocate(weight_cfg, calibration)
@@ -115,21 +115,26 @@ class Stepped(Sparsifier):
 
     def prune_group(self, linears, stats, targets):
         prepared = self.update.prepare(stats) if self.update else None  # once per input group
-        for name, linear in linears.items():
-            target = targets[name]
-            mask = None
-            if self.update is None or self.update.USES_MASK:
-                score = self.method.score(linear, stats)
-                if self.refine:
-                    mask = self.refine.refine(linear.weight.data, score, stats, target, name)
-                else:
-                    mask = self.method.choose(linear, score, target)
-                del score
+        if self.update is None or self.update.USES_MASK:
+            masks = self._masks(linears, stats, targets)
+        else:  # the update chooses its own masks: no score needed
+            masks = ((name, None) for name in linears)
+        for name, mask in masks:
+            linear, target = linears[name], targets[name]
             if self.update:
                 weight = self.update.update(linear.weight.data, mask, prepared, target, name)
                 linear.weight.data.copy_(weight)
             else:
                 apply_mask(linear, mask)
+
+    def _masks(self, linears, stats, targets):
+        """(name, mask) per Linear, one at a time: the refined mask, or the method's own."""
+        for name, score in self.method.group_scores(linears, stats):
+            linear, target = linears[name], targets[name]
+            if self.refine:
+                yield name, self.refine.refine(linear.weight.data, score, stats, target, name)
+            else:
+                yield name, self.method.choose(linear, score, target)
 
     def label(self) -> str:
         steps = [step.NAME for step in (self.refine, self.update) if step is not None]

@@ -140,3 +140,34 @@ def test_bad_settings_are_refused():
         sparse_config(method="Wanda", refine="dsnot", use_variant=True)
     with pytest.raises(ConfigError, match="MixGPT does not give"):
         sparse_config(method="MixGPT", refine="dsnot")
+
+
+def test_after_sparsegpt_dsnot_starts_from_its_one_shot_saliency_and_updates_nothing():
+    """The reference's --initial_method sparsegpt: w^2 / U_jj^2 of the dense weights (U the upper
+    Cholesky factor of (H + 1% damping)^-1, a dead input's weights counted as zero), one factor
+    for the group; the kept weights keep their values (no OBS update)."""
+    torch.manual_seed(5)
+    x = torch.randn(64, 8)
+    x[:, 3] = 0  # a dead input
+    hessian = 2 / 4 * x.t() @ x
+    cfg = sparse_config(method="SparseGPT", refine="dsnot", dsnot={"skip_layer": "no_skip"})
+    method = build_method(cfg)
+    linears = {name: nn.Linear(8, 6, bias=False) for name in ("self_attn.q_proj", "self_attn.k_proj")}
+    dense = {name: linear.weight.data.clone() for name, linear in linears.items()}
+    scores = dict(method.method.group_scores(linears, {"hessian": hessian}))
+    h = hessian.clone()
+    h[3, 3] = 1
+    h += 0.01 * torch.diag(h).mean() * torch.eye(8)
+    upper = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    for name, weight in dense.items():
+        expected = weight.clone()
+        expected[:, 3] = 0
+        torch.testing.assert_close(scores[name], expected ** 2 / torch.diag(upper) ** 2)
+        assert torch.equal(scores[name], method.method.score(linears[name], {"hessian": hessian}))
+    stats = {"hessian": hessian, "input_norms": torch.ones(8), "input_sums": x.sum(0) / 4,
+             "input_variances": x.var(0, unbiased=False) + 1}
+    method.prune_group(linears, stats, {name: Target(0.5) for name in linears})
+    for name, linear in linears.items():
+        kept = linear.weight.data != 0
+        assert torch.equal(linear.weight.data[kept], dense[name][kept])
+        assert ((~kept).sum(1) == 4).all()
