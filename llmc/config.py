@@ -69,6 +69,13 @@ class EvalCfg:
     seq_len: int = 2048
     inference_per_block: bool = False
     max_windows: Optional[int] = None  # evaluate only the first N windows (None = all)
+    # accuracy tasks after perplexity, at each eval_pos: cloze (llmc's own, offline), any
+    # lm-eval task or group name, or a local lm-eval task YAML path (docs/eval.md)
+    tasks: List[str] = field(default_factory=list)
+    cloze_paragraphs: int = 500  # cloze: how many of the built-in held-out paragraphs
+    num_fewshot: Optional[int] = None  # lm-eval tasks: None = each task's own default (0)
+    limit: Optional[float] = None  # lm-eval tasks: the first N examples (a fraction if < 1)
+    tasks_bs: int = 1  # lm-eval's batch size
 
     @property
     def names(self) -> List[str]:

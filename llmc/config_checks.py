@@ -118,6 +118,9 @@ def _validate_eval(cfg):
             raise ConfigError(f"eval.eval_pos '{pos}' is not one of {', '.join(EVAL_POSITIONS)}"
                               f"{closest(pos, EVAL_POSITIONS)}")
     if not ev.eval_pos:
+        if ev.tasks:
+            raise ConfigError("eval.tasks are measured at eval.eval_pos, which is empty; set "
+                              "eval_pos: [pretrain, transformed] (or one), or remove the tasks")
         return
     if not ev.names:
         raise ConfigError("eval.name is empty; name at least one dataset or set eval_pos: []")
@@ -150,6 +153,41 @@ def _validate_eval(cfg):
         raise ConfigError(f"eval.bs must be >= 1 and eval.seq_len >= 2, got {ev.bs}, {ev.seq_len}")
     if ev.max_windows is not None and ev.max_windows < 1:
         raise ConfigError(f"eval.max_windows must be >= 1 or null, got {ev.max_windows}")
+    _validate_tasks(ev)
+
+
+def _validate_tasks(ev):
+    from .eval.harness import installed, is_task_file
+    from .eval.tasks import CLOZE
+
+    repeated = sorted({name for name in ev.tasks if ev.tasks.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"eval.tasks lists '{repeated[0]}' more than once; list it once")
+    harness = [name for name in ev.tasks if name != CLOZE]
+    for name in harness:
+        if is_task_file(name) and not os.path.isfile(name):
+            raise ConfigError(f"eval.tasks: the task file '{name}' does not exist; give the path "
+                              "of an lm-eval task YAML (docs/eval.md)")
+    unused = [key for key, value, default in (("num_fewshot", ev.num_fewshot, None),
+                                              ("limit", ev.limit, None),
+                                              ("tasks_bs", ev.tasks_bs, 1)) if value != default]
+    if unused and not harness:
+        raise ConfigError(f"eval.{unused[0]} applies to lm-eval tasks and eval.tasks names none; "
+                          "remove it, or add lm-eval tasks to eval.tasks")
+    if ev.cloze_paragraphs < 1:
+        raise ConfigError(f"eval.cloze_paragraphs must be >= 1, got {ev.cloze_paragraphs}")
+    if ev.num_fewshot is not None and ev.num_fewshot < 0:
+        raise ConfigError(f"eval.num_fewshot must be >= 0 or null, got {ev.num_fewshot}")
+    if ev.limit is not None and ev.limit <= 0:
+        raise ConfigError(f"eval.limit must be > 0 or null, got {ev.limit}")
+    if ev.tasks_bs < 1:
+        raise ConfigError(f"eval.tasks_bs must be >= 1, got {ev.tasks_bs}")
+    if harness and not installed():
+        raise ConfigError(f"eval.tasks names lm-eval tasks ({', '.join(harness)}) but "
+                          "lm-evaluation-harness is not installed: pip install -e \".[eval]\"")
+    if harness and env_world_size() > 1:
+        raise ConfigError("eval.tasks: lm-eval tasks run in one process, not under torchrun; "
+                          "run lm_eval on the saved model afterwards, or keep only cloze")
 
 
 def _validate_sparse(cfg):

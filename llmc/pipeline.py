@@ -13,10 +13,11 @@ from loguru import logger
 from .distributed import World, join
 from .data import calib_batches, eval_tokens, token_ids_sha256, token_stream_sha256
 from .eval import perplexity
+from .eval.tasks import TaskSuite, task_line
 from .models import load_for_run, load_tokenizer, preflight
 from .errors import LlmcError
 from .provenance import InBackground, run_record, utc_now, versions
-from .report import run_summary, sparsity_report, unit_sparsity
+from .achieved import run_summary, sparsity_report, unit_sparsity
 from .plot import plot_plan
 from .runner import Calibration, prune_blockwise, resolve_device
 from .runner.device import (current_rss, free_memory, peak_rss, peak_rss_since_reset,
@@ -25,8 +26,8 @@ from .runner.resume import ResumeState, resume_fingerprint
 from .sparse import UnitPlan, build_method
 from .sparse.allocation import plan_from_dict, plan_to_dict
 from .outputs import Layout, open_run
-from .save import (COLUMN_ORDERS, MODEL_DIR, PLAN_PLOT, save_column_orders, save_model,
-                   write_results)
+from .save import (COLUMN_ORDERS, MODEL_DIR, PLAN_PLOT, RESULTS_SCHEMA, save_column_orders,
+                   save_model, write_results)
 
 
 RESUME_DIR = "resume"  # in save_path/.llmc/scratch/, beside the shards (docs/outputs.md)
@@ -39,7 +40,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def evaluate(handle, eval_sets, cfg, device, position, results, world=World()):
+def evaluate(handle, eval_sets, cfg, device, position, results, world=World(), suite=None,
+             checkpoint_dir=None):
+    """Perplexity on each dataset, then the accuracy tasks (llmc.eval.tasks), at `position`.
+    lm-eval reads a streamed model from disk: the checkpoint (`checkpoint_dir`) before pruning;
+    after it, the saved output (run_harness_on_saved, once it is written)."""
     ev = cfg.eval
     per_block = ev.inference_per_block or not whole_model_fits(handle, device)
     for name, tokens in eval_sets.items():
@@ -57,6 +62,41 @@ def evaluate(handle, eval_sets, cfg, device, position, results, world=World()):
                             f"{f' (dense: {dense:.4f})' if dense is not None else ''}: it is "
                             "broken, so no outputs were saved; with model.torch_dtype float16, "
                             "try bfloat16 or float32")
+    if suite is None:
+        return
+    if suite.cloze is not None:
+        start = time.perf_counter()
+        record_task(results, position, "cloze", suite.run_cloze(handle, device, world),
+                    time.perf_counter() - start)
+    if suite.harness and not handle.streams:
+        start = time.perf_counter()
+        with handle.whole_on(device) as model:
+            metrics = suite.run_harness(model, device)
+        record_tasks(results, position, metrics, time.perf_counter() - start)
+    elif suite.harness and position == "pretrain":
+        start = time.perf_counter()
+        record_tasks(results, position, suite.run_harness(str(checkpoint_dir), device),
+                     time.perf_counter() - start)
+
+
+def run_harness_on_saved(suite, saved_dir, device, results):
+    """lm-eval's tasks on the saved output: how a streamed model gets them after pruning."""
+    start = time.perf_counter()
+    record_tasks(results, "transformed", suite.run_harness(str(saved_dir), device),
+                 time.perf_counter() - start)
+
+
+def record_task(results, position, task, metrics, seconds):
+    logger.info(f"{position} {task_line(task, metrics)}")
+    results["tasks"].setdefault(position, {})[task] = metrics
+    results["timings"][f"eval_{position}_{task}"] = seconds
+
+
+def record_tasks(results, position, metrics, seconds):
+    for task, values in metrics.items():
+        logger.info(f"{position} {task_line(task, values)}")
+        results["tasks"].setdefault(position, {})[task] = values
+    results["timings"][f"eval_{position}_lm_eval"] = seconds
 
 
 def whole_model_fits(handle, device) -> bool:
@@ -113,7 +153,7 @@ def run(cfg) -> dict:
 
 
 def allocate_and_evaluate(cfg, method, handle, batches, eval_sets, device, results, scratch,
-                          world):
+                          world, suite=None, checkpoint_dir=None):
     """The plan, then the pretrain eval. Allocation first: it reads the dense model as the
     pretrain eval does, and its problems (a plan out of range, a cached file for another model)
     should surface before the eval."""
@@ -125,7 +165,8 @@ def allocate_and_evaluate(cfg, method, handle, batches, eval_sets, device, resul
     plan = method.allocate(cfg.sparse.weight, calibration)
     results["timings"]["allocate"] = time.perf_counter() - start
     if "pretrain" in cfg.eval.eval_pos:
-        evaluate(handle, eval_sets, cfg, device, "pretrain", results, world)
+        evaluate(handle, eval_sets, cfg, device, "pretrain", results, world, suite,
+                 checkpoint_dir)
     return plan
 
 
@@ -190,6 +231,8 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
     eval_sets = ({name: eval_tokens(name, cfg.eval, tokenizer) for name in cfg.eval.names}
                  if cfg.eval.eval_pos else {})
     checkpoint.check_token_ids([*(("calibration", b) for b in batches), *eval_sets.items()])
+    # the tasks' data (lm-eval's downloads, the cloze paragraphs) before the model as well
+    suite = TaskSuite(cfg.eval, tokenizer, world) if cfg.eval.eval_pos and cfg.eval.tasks else None
     release_freed_memory()  # what tokenizing the corpora left, before the model's parts come
     model_cfg, why = cfg.model, None
     if method.records_column_orders(cfg.sparse) and cfg.model.load == "auto":
@@ -197,15 +240,20 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
         model_cfg = dataclasses.replace(cfg.model, load="memory")
     handle, loaded = load_for_run(model_cfg, checkpoint.weights.files, out.layout.shards, world)
     loaded["why"] = why or loaded["why"]
+    if (suite and suite.harness and handle.streams and "transformed" in cfg.eval.eval_pos
+            and not cfg.save.save_trans):
+        raise LlmcError("eval.tasks: lm-eval reads a streamed model from disk, so after pruning "
+                        "it needs the saved output: set save.save_trans: True (or model.load: "
+                        "memory, when the model fits)")
     loaded["ranks"] = world.size
     loaded_rss = current_rss()
     reset_peak_rss()  # the peak from here on: the run's working memory, not loading's copies
     # read while the run computes (by rank 0, which records it)
     model_sha256 = InBackground(checkpoint.fingerprint) if world.leads else None
 
-    results = {"run_id": out.run_id, "config": cfg.to_dict(), "engine": loaded,
-               "adapter": handle.adapter.describe(),
-               "ppl": {}, "timings": {},
+    results = {"schema": RESULTS_SCHEMA, "run_id": out.run_id, "config": cfg.to_dict(),
+               "engine": loaded, "adapter": handle.adapter.describe(),
+               "ppl": {}, "tasks": {}, "timings": {},
                "versions": versions(), "run": record,
                "inputs": {"calib_tokens_sha256": token_ids_sha256(batches) if batches else None,
                           "eval_tokens_sha256": {name: token_stream_sha256(tokens)
@@ -216,14 +264,15 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
         point = adopt(point, handle, resume, world)
     if point is None:
         plan = allocate_and_evaluate(cfg, method, handle, batches, eval_sets, device, results,
-                                     activations_dir(out, world), world)
-        carried = {"ppl": results["ppl"], "timings": dict(results["timings"]),
-                   "method": method.describe()}
+                                     activations_dir(out, world), world, suite, checkpoint.path)
+        carried = {"ppl": results["ppl"], "tasks": results["tasks"],
+                   "timings": dict(results["timings"]), "method": method.describe()}
     else:
         # Allocation and the pretrain eval were done by the interrupted run: their results
         # come back with the plan, so the resumed run records what an uninterrupted one does.
         plan, carried = plan_from_dict(point.plan), point.carried
         results["ppl"], results["resumed_at_block"] = dict(carried["ppl"]), point.next_block
+        results["tasks"] = dict(carried.get("tasks", {}))
         results["timings"].update(carried["timings"])
         point.restore_rng()
     plan_record = plan_to_dict(plan)
@@ -267,7 +316,7 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
                                         "linears": len(handle.column_orders)}
 
     if "transformed" in cfg.eval.eval_pos:
-        evaluate(handle, eval_sets, cfg, device, "transformed", results, world)
+        evaluate(handle, eval_sets, cfg, device, "transformed", results, world, suite)
     # each rank's memory: its RSS once the model was loaded, and its peak up to here
     results["run"]["loaded_rss_bytes"] = world.collect(loaded_rss)
     results["run"]["peak_rss_bytes"] = world.collect(peak_rss())
@@ -275,8 +324,10 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
     if not world.leads:
         return results
     if cfg.save.save_trans:
-        save_model(handle, tokenizer, out.dir)
+        saved = save_model(handle, tokenizer, out.dir)
         results["saved_model"] = str(out.root / MODEL_DIR)  # where it is read after the commit
+        if suite and suite.harness and handle.streams and "transformed" in cfg.eval.eval_pos:
+            run_harness_on_saved(suite, saved, device, results)
     results["timings"]["total"] = time.perf_counter() - started
     results["inputs"]["model"] = model_sha256.result()
     results["run"]["finished_utc"] = utc_now()

@@ -12,6 +12,9 @@ from .strict_json import dumps_strict
 
 MODEL_DIR = "transformed_model"
 RESULTS = "results.json"
+# results.json's layout version (its `schema` key; absent in the first layout, read as 1): 2 added
+# `tasks` (accuracy per position and task). `llmc report` reads every version.
+RESULTS_SCHEMA = 2
 CONFIG = "config.yml"
 PLAN_PLOT = "plan.png"  # written for per-unit plans (OWL, MixGPT) when matplotlib is installed
 # {Linear path: int64 column order} where a mask is N:M in a permuted order (RIA reallocation)

@@ -11,8 +11,8 @@ from llmc.data import calib_batches, eval_tokens
 from llmc.eval import perplexity
 from llmc.models import ModelHandle, load_model, load_tokenizer
 from llmc.registry import METHODS
-from llmc.report import sparsity_report
-from llmc.report import unit_sparsity
+from llmc.achieved import sparsity_report
+from llmc.achieved import unit_sparsity
 from llmc.runner import Calibration, prune_blockwise
 from llmc.sparse import UniformPlan
 

@@ -40,7 +40,7 @@ def perplexity(handle, tokens, seq_len, device, bs=1, max_windows=None, per_bloc
     batches = world.share([windows[i:i + bs] for i in range(0, len(windows), bs)])
     start = time.perf_counter()
     if per_block:
-        nlls = _streamed_nlls(handle, batches, device)
+        nlls = _streamed_nlls(handle, batches, device, desc)
     else:
         with handle.whole_on(device) as model:
             nlls = [window_nll(model(input_ids=ids.to(device), use_cache=False).logits,
@@ -56,9 +56,9 @@ def perplexity(handle, tokens, seq_len, device, bs=1, max_windows=None, per_bloc
     return ppl, windows.numel() / seconds
 
 
-def _streamed_nlls(handle, batches, device):
+def _streamed_nlls(handle, batches, device, desc):
     inputs = capture_block_inputs(handle, batches, device, home=torch.device("cpu"))
-    forward_all_blocks(handle, inputs, device)
+    forward_all_blocks(handle, inputs, device, desc=f"{desc}: forward per block")
     nlls = []
     with handle.post_blocks_on(device) as final:
         for hidden, ids in zip(inputs.hidden, batches):

@@ -45,10 +45,10 @@ def check_block_outputs(handle, index, finite: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def forward_all_blocks(handle, inputs, device):
+def forward_all_blocks(handle, inputs, device, desc="forward per block"):
     """Stream `inputs` (captured at block 0) through every block, one block on the device at a
     time; afterwards they hold the last block's outputs."""
-    for index in tqdm(range(handle.num_blocks), desc="forward per block"):
+    for index in tqdm(range(handle.num_blocks), desc=desc):
         with handle.block_on(index, device) as block:
             run_block(block, index, inputs, device, replace=True)
     return inputs

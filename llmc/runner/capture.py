@@ -11,6 +11,7 @@ the others; Gemma 3: a rotary table per layer type); identical ones are stored o
 """
 import torch
 from loguru import logger
+from tqdm import tqdm
 
 from .device import to_device
 
@@ -132,7 +133,7 @@ def capture_block_inputs(handle, batches, device, home) -> BlockInputs:
         for index, block in enumerate(blocks):
             block.forward = stand_in(index)  # an instance attribute: nn.Module.__call__ uses it
         try:
-            for ids in batches:
+            for ids in tqdm(batches, desc="capturing block inputs"):
                 recorded.clear()
                 try:
                     handle.model(input_ids=ids.to(device), use_cache=False)

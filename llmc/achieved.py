@@ -1,14 +1,20 @@
-"""What a run achieved: the sparsity of every pruned Linear and of every plan unit."""
+"""What a run achieved: the sparsity of every pruned Linear and of every plan unit, and the run
+on one screen for its last log line."""
 
 
 def sparsity_report(handle) -> dict:
-    """Fraction of exact zeros per decoder Linear (by full module name) and over all of them."""
+    """Fraction of exact zeros per decoder Linear (by full module name), per decoder block (its
+    Linears together) and over all of them."""
     per_linear, zeros, total = {}, 0, 0
+    block_zeros, block_sizes = [0] * handle.num_blocks, [0] * handle.num_blocks
     for (index, name), weight in handle.each_block_weight():
         count = int((weight == 0).sum())
         per_linear[f"{handle.block_path(index)}.{name}"] = count / weight.numel()
         zeros, total = zeros + count, total + weight.numel()
-    return {"overall": zeros / max(total, 1), "per_linear": per_linear}
+        block_zeros[index] += count
+        block_sizes[index] += weight.numel()
+    per_block = [z / max(n, 1) for z, n in zip(block_zeros, block_sizes)]
+    return {"overall": zeros / max(total, 1), "per_block": per_block, "per_linear": per_linear}
 
 
 def unit_sparsity(handle, units) -> list:
@@ -24,10 +30,10 @@ def unit_sparsity(handle, units) -> list:
     return achieved
 
 
-
 def run_summary(results: dict, root) -> str:
     """The run on one screen, for its last log line: what was pruned how, perplexity before and
-    after per dataset, the sparsity reached, the time, and where the outputs are."""
+    after per dataset, accuracy per task, the sparsity reached, the time, and where the outputs
+    are."""
     config, method = results["config"], results["method"]
     weight = config["sparse"]["weight"]
     kind = weight["sparsity_type"]
@@ -42,6 +48,14 @@ def run_summary(results: dict, root) -> str:
         after = ppl.get("transformed", {}).get(dataset)
         shown = " -> ".join(f"{v:.3f}" if v is not None else "n/a" for v in (before, after))
         lines.append(f"  ppl {dataset} (dense -> pruned): {shown}")
+    tasks = results.get("tasks", {})
+    for task in sorted({t for position in tasks.values() for t in position}):
+        before, after = (tasks.get(p, {}).get(task) for p in ("pretrain", "transformed"))
+        metric = "acc" if any(m and "acc" in m for m in (before, after)) else None
+        if metric is None:
+            continue  # a task without accuracy: its metrics are in results.json
+        shown = " -> ".join(f"{m[metric]:.4f}" if m else "n/a" for m in (before, after))
+        lines.append(f"  {task} {metric} (dense -> pruned): {shown}")
     timings = results.get("timings", {})
     lines.append(f"  sparsity over decoder Linears: {results['sparsity']['overall']:.4f}; "
                  f"prune {timings.get('prune_total', 0):.1f} s, total "
