@@ -1,4 +1,5 @@
-"""`python -m llmc --config FILE.yml [--set key.path=value ...]` (also the `llmc` command).
+"""`python -m llmc --config FILE.yml [--set key.path=value ...]` (also the `llmc` command), and
+`python -m llmc report SAVE_DIR...` to compare finished runs (llmc.report).
 
 Every failure ends as one `llmc: error: ...` line on stderr and an exit code:
 2 what the user can fix: the input (config, --set, the command line, a model or data file: an
@@ -39,7 +40,8 @@ class _Once(argparse.Action):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="llmc", description="Prune an LLM blockwise from a "
-                                     "YAML config (see docs/config.md).")
+                                     "YAML config (see docs/config.md). `llmc report SAVE_DIR...` "
+                                     "compares finished runs.")
     parser.add_argument("--config", required=True, action=_Once, help="YAML config file")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a config key, e.g. --set sparse.weight.sparsity=0.6 "
@@ -113,7 +115,27 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
+def report_command(argv) -> int:
+    """`llmc report ...` (llmc.report.cli): its failures end as the run's do, in one line."""
+    logger.remove()
+    logger.add(sys.stderr, level="INFO", format="{message}")
+    try:
+        from .report.cli import report
+
+        return report(argv)
+    except SystemExit as done:  # argparse's usage line and error, or --help
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 2)
+    except (Exception, KeyboardInterrupt) as err:
+        outcome = _outcome(err, show_traceback=False)
+        if outcome is None:
+            return 128 + signal.SIGINT
+        return _fail(*outcome)
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    if argv[:1] == ["report"]:
+        return report_command(argv[1:])
     try:
         args = parse_args(argv)
     except SystemExit as done:  # argparse printed its usage line and one `llmc: error:` line

@@ -1,0 +1,1 @@
+"""`llmc report SAVE_DIR...`: compare finished runs in one table (markdown or CSV) and plots."""

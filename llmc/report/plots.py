@@ -1,0 +1,102 @@
+"""The report's pictures (matplotlib, the `[plot]` extra): perplexity and accuracy against the
+sparsity reached, one line per method, one panel per dataset or task, the dense figure as a
+dashed line; and the sparsity of each decoder layer, one line per run."""
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from .runs import Run, is_number, layer_sparsity, measurements
+
+PPL_PLOT = "ppl_vs_sparsity.png"
+ACCURACY_PLOT = "accuracy_vs_sparsity.png"
+LAYER_PLOT = "layer_sparsity.png"
+ACCURACY = "acc"  # the task metric plotted (every paper's zero-shot table reports it)
+
+
+def pyplot():
+    """matplotlib.pyplot without a display, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def write_plots(runs: List[Run], directory) -> List[Path]:
+    """The plots of `runs` in `directory` (created); the paths written. The caller checks that
+    matplotlib is there (pyplot())."""
+    plt = pyplot()
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    datasets = {f"{dataset} ppl" for run in runs
+                for position in (run.results.get("ppl") or {}).values() for dataset in position}
+    panels = _panels(runs, datasets.__contains__, " ppl")  # not a task's ppl (cloze's)
+    if panels:
+        written.append(_against_sparsity(plt, panels, "perplexity", directory / PPL_PLOT,
+                                         log_scale=True))
+    panels = _panels(runs, lambda column: column.endswith(f" {ACCURACY}"), f" {ACCURACY}")
+    if panels:
+        written.append(_against_sparsity(plt, panels, "accuracy", directory / ACCURACY_PLOT))
+    if any(layer_sparsity(run.results) for run in runs):
+        written.append(_layers(plt, runs, directory / LAYER_PLOT))
+    return written
+
+
+Series = Dict[str, List[Tuple[float, float]]]
+
+
+def _panels(runs, wanted, suffix) -> Dict[str, Tuple[Series, List[float]]]:
+    """{dataset or task: ({method label: [(sparsity reached, value)]}, dense values)}."""
+    panels: Dict[str, Tuple[Series, List[float]]] = {}
+    for run in runs:
+        reached = (run.results.get("sparsity") or {}).get("overall")
+        for column, value in measurements(run.results, "transformed").items():
+            if wanted(column) and is_number(value) and is_number(reached):
+                series, _ = panels.setdefault(column.removesuffix(suffix), ({}, []))
+                series.setdefault(run.label, []).append((reached, value))
+        for column, value in run.dense.items():
+            if wanted(column) and is_number(value) and column.removesuffix(suffix) in panels:
+                panels[column.removesuffix(suffix)][1].append(value)
+    return panels
+
+
+def _against_sparsity(plt, panels, ylabel, path, log_scale=False) -> Path:
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.0), squeeze=False)
+    for ax, (name, (series, dense)) in zip(axes[0], sorted(panels.items())):
+        for label, points in sorted(series.items()):
+            points.sort()
+            ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=label)
+        for value in sorted(set(dense)):
+            ax.axhline(value, color="gray", linestyle="--", linewidth=1,
+                       label="dense" if value == min(dense) else None)
+        if log_scale:
+            ax.set_yscale("log")
+        ax.set_title(name)
+        ax.set_xlabel("sparsity reached (decoder Linears)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _layers(plt, runs, path) -> Path:
+    fig, ax = plt.subplots(figsize=(7.0, 4.0))
+    for run in runs:
+        per_block = layer_sparsity(run.results)
+        if per_block:
+            ax.plot(range(len(per_block)), per_block, marker=".", label=f"{run.label} "
+                    f"({run.path.name})")
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("sparsity (fraction of zeros)")
+    ax.set_title("sparsity per layer")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,148 @@
+"""The runs `llmc report` compares: every results.json under the directories it is given, read in
+any layout version (results.json `schema`; llmc.save.RESULTS_SCHEMA), as one flat row each.
+
+A run that measured no dense (pretrain) figure, as the runs of a sweep after its first do, gets
+it from a run that measured it on the same model with the same evaluation settings: dense
+figures depend on nothing else."""
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from ..errors import LlmcError
+from ..save import RESULTS, RESULTS_SCHEMA
+
+INTERNAL = ".llmc"  # a save path's own bookkeeping: its results.json files are the same runs
+SKIPPED_METRICS = ("paragraphs",)
+BLOCK_INDEX = re.compile(r"\.(\d+)\.")  # the first index in a Linear's path: its block's
+
+
+@dataclass
+class Run:
+    path: Path  # the run's directory (its save path)
+    results: dict
+    schema: int
+    dense: Dict[str, float] = field(default_factory=dict)  # filled by fill_dense
+
+    @property
+    def label(self) -> str:
+        """What the run did, for plots: method (over base) + steps, N:M type when not
+        unstructured."""
+        row = identity(self.results)
+        name = row["method"] + (f"/{row['base']}" if row["base"] else "")
+        name += "".join(f" + {step}" for step in row["steps"].split(" + ") if step)
+        return name + (f" {row['type']}" if row["type"] != "unstructured" else "")
+
+
+def find_runs(paths) -> List[Run]:
+    """The runs under `paths` (save paths, directories holding them, or results.json files), in
+    path order; an LlmcError for a path that does not exist, an unreadable results.json, or
+    none found."""
+    found = []
+    for given in map(Path, paths):
+        if not given.exists():
+            raise LlmcError(f"report: {given} does not exist; give save paths of runs, or "
+                            "directories that hold them")
+        if given.is_file():
+            found.append(given)
+        else:
+            found += sorted(p for p in given.rglob(RESULTS)
+                            if INTERNAL not in p.relative_to(given).parts)
+    if not found:
+        raise LlmcError(f"report: no {RESULTS} under {', '.join(map(str, paths))}; give the save "
+                        "paths of finished runs")
+    seen, runs = set(), []
+    for path in found:
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            runs.append(read_run(path))
+    fill_dense(runs)
+    return runs
+
+
+def read_run(path: Path) -> Run:
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise LlmcError(f"report: cannot read {path} ({err}); remove it or leave its directory "
+                        "out") from None
+    if not isinstance(results, dict) or not isinstance(results.get("config"), dict):
+        raise LlmcError(f"report: {path} is not an llmc results.json (no config); leave it out")
+    schema = results.get("schema", 1)
+    if not isinstance(schema, int) or schema > RESULTS_SCHEMA:
+        raise LlmcError(f"report: {path} has results schema {schema}, newer than this llmc "
+                        f"reads ({RESULTS_SCHEMA}); upgrade llmc")
+    return Run(path.parent, results, schema)
+
+
+def identity(results: dict) -> dict:
+    """The run's method, base, steps, target sparsity and type, wbits, model and calibration
+    (from `method` where the run recorded it, else from its config: the first layout)."""
+    config = results["config"]
+    sparse, calib = config.get("sparse", {}), config.get("calib", {})
+    weight = sparse.get("weight", {})
+    method = results.get("method") or {"name": sparse.get("method", "")}
+    base = (method.get("base") or {}).get("name", "")
+    steps = " + ".join(method[k]["name"] for k in ("refine", "update") if k in method)
+    wbits = (method.get("quantization") or {}).get("wbits", "")
+    calibrates = (results.get("inputs") or {}).get("calib_tokens_sha256", True) is not None
+    calibration = (f"{calib.get('name')} {calib.get('n_samples')}x{calib.get('seq_len')}"
+                   if calibrates and calib else "none")
+    return {"method": method.get("name", ""), "base": base, "steps": steps,
+            "sparsity": weight.get("sparsity", ""), "type": weight.get("sparsity_type", ""),
+            "wbits": wbits, "model": config.get("model", {}).get("path", ""),
+            "calibration": calibration}
+
+
+def measurements(results: dict, position: str) -> Dict[str, float]:
+    """{column: value} of every perplexity (`<dataset> ppl`) and task metric (`<task> <metric>`)
+    measured at `position`."""
+    found = {f"{dataset} ppl": value
+             for dataset, value in (results.get("ppl") or {}).get(position, {}).items()}
+    for task, metrics in (results.get("tasks") or {}).get(position, {}).items():
+        for metric, value in metrics.items():
+            if metric not in SKIPPED_METRICS:
+                found[f"{task} {metric}"] = value
+    return found
+
+
+def dense_key(results: dict) -> Optional[str]:
+    """What a dense figure depends on: the input weights and the evaluation settings (not when
+    they were measured); None for a run that recorded no model hash (the first layout)."""
+    model = (results.get("inputs") or {}).get("model")
+    if not isinstance(model, dict) or "sha256" not in model:
+        return None
+    ev = {k: v for k, v in results["config"].get("eval", {}).items() if k != "eval_pos"}
+    return json.dumps([model["sha256"], ev], sort_keys=True)
+
+
+def fill_dense(runs: List[Run]) -> None:
+    measured = {}
+    for run in runs:
+        own = measurements(run.results, "pretrain")
+        key = dense_key(run.results)
+        if own and key is not None:
+            measured.setdefault(key, {}).update(own)
+    for run in runs:
+        run.dense = {**measured.get(dense_key(run.results), {}),
+                     **measurements(run.results, "pretrain")}
+
+
+def layer_sparsity(results: dict) -> List[float]:
+    """Fraction of zeros per decoder block: `sparsity.per_block` (weighted by size) where the run
+    recorded it, else the mean of its Linears' fractions (the first layouts)."""
+    sparsity = results.get("sparsity") or {}
+    if "per_block" in sparsity:
+        return list(sparsity["per_block"])
+    blocks: Dict[int, List[float]] = {}
+    for name, value in (sparsity.get("per_linear") or {}).items():
+        match = BLOCK_INDEX.search(f".{name}")
+        if match:
+            blocks.setdefault(int(match.group(1)), []).append(value)
+    return [sum(v) / len(v) for _, v in sorted(blocks.items())]
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
