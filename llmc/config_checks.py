@@ -117,10 +117,7 @@ def _validate_eval(cfg):
         if pos not in EVAL_POSITIONS:
             raise ConfigError(f"eval.eval_pos '{pos}' is not one of {', '.join(EVAL_POSITIONS)}"
                               f"{closest(pos, EVAL_POSITIONS)}")
-    if not ev.eval_pos:
-        if ev.tasks:
-            raise ConfigError("eval.tasks are measured at eval.eval_pos, which is empty; set "
-                              "eval_pos: [pretrain, transformed] (or one), or remove the tasks")
+    if not ev.eval_pos:  # no evaluation at all: the datasets and tasks are not read
         return
     if not ev.names:
         raise ConfigError("eval.name is empty; name at least one dataset or set eval_pos: []")

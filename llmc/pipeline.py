@@ -75,7 +75,8 @@ def evaluate(handle, eval_sets, cfg, device, position, results, world=World(), s
         record_tasks(results, position, metrics, time.perf_counter() - start)
     elif suite.harness and position == "pretrain":
         start = time.perf_counter()
-        record_tasks(results, position, suite.run_harness(str(checkpoint_dir), device),
+        dtype = str(handle.dtype).removeprefix("torch.")  # model.torch_dtype, as the run reads it
+        record_tasks(results, position, suite.run_harness(str(checkpoint_dir), device, dtype),
                      time.perf_counter() - start)
 
 

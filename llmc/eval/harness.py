@@ -10,6 +10,7 @@ in memory or on a saved directory, with lm-eval's own defaults, so the numbers e
 `lm_eval` on the saved model with the same task, num_fewshot, limit and batch size.
 """
 import contextlib
+import copy
 import importlib.util
 import os
 import random
@@ -83,18 +84,21 @@ def rng_kept():
             np.random.set_state(numpy)
 
 
-def evaluate_tasks(tasks, model, tokenizer, ev, device) -> dict:
-    """{task: {metric: value}} of `model` (a model in memory, or a saved model's directory) on
-    the loaded `tasks`: every numeric metric lm-eval reports (acc, acc_norm, their stderr, ...);
-    a metric computed under a filter other than none keeps it as `metric,filter`."""
+def evaluate_tasks(tasks, model, tokenizer, ev, device, dtype="auto") -> dict:
+    """{task: {metric: value}} of `model` (a model in memory, or a model directory, loaded as
+    `dtype`) on the loaded `tasks`: every numeric metric lm-eval reports (acc, acc_norm, their
+    stderr, ...); a metric computed under a filter other than none keeps it as `metric,filter`."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
     with rng_kept():
         if isinstance(model, (str, os.PathLike)):
-            lm = HFLM(pretrained=str(model), batch_size=ev.tasks_bs, device=str(device))
+            lm = HFLM(pretrained=str(model), batch_size=ev.tasks_bs, device=str(device),
+                      dtype=dtype)
         else:
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=ev.tasks_bs)
+            # a copy: HFLM gives a tokenizer without one a pad token, and the run saves its own
+            lm = HFLM(pretrained=model, tokenizer=copy.deepcopy(tokenizer),
+                      batch_size=ev.tasks_bs)
         out = lm_eval.simple_evaluate(lm, tasks=list(tasks.values()),
                                       num_fewshot=ev.num_fewshot, limit=ev.limit,
                                       task_manager=tasks.manager, log_samples=False)

@@ -32,12 +32,13 @@ class TaskSuite:
         return cloze_accuracy(handle, self.cloze, device, self.ev.bs * self.ev.seq_len, pad_id,
                               world)
 
-    def run_harness(self, model, device) -> dict:
-        """lm-eval's metrics of `model`: the model in memory, or a saved model's directory."""
+    def run_harness(self, model, device, dtype="auto") -> dict:
+        """lm-eval's metrics of `model`: the model in memory, or a model directory (read as the
+        run holds its weights: `dtype`)."""
         if not isinstance(model, str):
             return harness.evaluate_tasks(self.harness, model, self.tokenizer, self.ev, device)
         logger.info(f"lm-eval loads the model from {model}")
-        return harness.evaluate_tasks(self.harness, model, None, self.ev, device)
+        return harness.evaluate_tasks(self.harness, model, None, self.ev, device, dtype)
 
 
 def task_line(task: str, metrics: dict) -> str:
