@@ -73,15 +73,8 @@ def _against_sparsity(plt, panels, ylabel, path, log_scale=False) -> Path:
                        label="dense" if value == min(dense) else None)
         if log_scale:
             ax.set_yscale("log")
-        ax.set_title(name)
-        ax.set_xlabel("sparsity reached (decoder Linears)")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+        _label(ax, name, "sparsity reached (decoder Linears)", ylabel)
+    return _save(plt, fig, path)
 
 
 def _layers(plt, runs, path) -> Path:
@@ -91,11 +84,19 @@ def _layers(plt, runs, path) -> Path:
         if per_block:
             ax.plot(range(len(per_block)), per_block, marker=".", label=f"{run.label} "
                     f"({run.path.name})")
-    ax.set_xlabel("decoder layer")
-    ax.set_ylabel("sparsity (fraction of zeros)")
-    ax.set_title("sparsity per layer")
+    _label(ax, "sparsity per layer", "decoder layer", "sparsity (fraction of zeros)")
+    return _save(plt, fig, path)
+
+
+def _label(ax, title, xlabel, ylabel):
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+
+
+def _save(plt, fig, path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

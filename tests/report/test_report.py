@@ -156,3 +156,20 @@ def test_columns_keep_dense_before_pruned():
     assert columns(table)[-5:] == ["c4 ppl (dense)", "c4 ppl", "x acc", "achieved sparsity",
                                    "prune s"]
     assert "| a | Wanda |" in markdown(table)
+
+
+def test_plots_have_labelled_axes_a_legend_and_a_line_per_method(runs, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from llmc.report import plots
+
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda plt, fig, path: figures.setdefault(path.name, fig))
+    plots.write_plots(find_runs([runs]), tmp_path)
+    for name, fig in figures.items():
+        for ax in fig.axes:
+            assert ax.get_xlabel() and ax.get_ylabel() and ax.get_legend() is not None, name
+    (ppl,) = figures["ppl_vs_sparsity.png"].axes
+    labels = sorted(line.get_label() for line in ppl.get_lines())
+    assert labels == ["Magnitude 2:4", "Wanda", "dense"]  # Wanda's two runs: one line
+    (layers,) = figures["layer_sparsity.png"].axes
+    assert len(layers.get_lines()) == 3  # one per run
