@@ -14,6 +14,7 @@ import copy
 import importlib.util
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -50,12 +51,15 @@ def load_tasks(names) -> LoadedTasks:
                         "lm-evaluation-harness is not installed: pip install -e \".[eval]\"")
     from lm_eval.tasks import TaskManager
 
-    # lm-eval's index of its own tasks takes seconds to build: only when a name needs it
-    manager = TaskManager(include_defaults=not all(map(is_task_file, names)))
+    # lm-eval's index of its own tasks takes seconds to build: only when a name needs it. A task
+    # file's directory is indexed, so that a group YAML finds the task YAMLs beside it.
+    folders = sorted({str(Path(name).resolve().parent) for name in names if is_task_file(name)})
+    manager = TaskManager(include_defaults=not all(map(is_task_file, names)),
+                          include_path=folders or None)
     tasks = {}
     for name in names:
         try:
-            loaded = manager.load([name])
+            loaded = manager.load([_indexed_name(manager, name)])
         except KeyError:
             raise LlmcError(f"eval.tasks: '{name}' is no lm-eval task, group or task YAML file; "
                             "list them with `lm_eval ls tasks`") from None
@@ -69,6 +73,19 @@ def load_tasks(names) -> LoadedTasks:
         tasks.update(loaded["tasks"])
     logger.info(f"lm-eval tasks ready: {', '.join(tasks)}")
     return LoadedTasks(manager, tasks)
+
+
+def _indexed_name(manager, name: str) -> str:
+    """A group YAML file by its group name (lm-eval 0.4.13 fails to load a group by its path,
+    and finds it by name once its directory is indexed); any other name as it is."""
+    if not is_task_file(name):
+        return name
+    path = Path(name).resolve()
+    for key, entry in manager.task_index.items():
+        if (entry.yaml_path is not None and entry.kind.name == "GROUP"
+                and Path(entry.yaml_path).resolve() == path):
+            return key
+    return name
 
 
 @contextlib.contextmanager
