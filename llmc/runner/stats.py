@@ -16,20 +16,33 @@ from ..errors import LlmcError
 from ..registry import STATISTICS
 
 
-class _RunningColumnMean:
+class _Accumulator:
+    """`value` (float32: one per input column, or columns x columns when SQUARE) and the count
+    of `windows` it has seen."""
+    SQUARE = False
+
+    def __init__(self, columns: int, device):
+        shape = (columns, columns) if self.SQUARE else (columns,)
+        self.value = torch.zeros(shape, dtype=torch.float32, device=device)
+        self.windows = 0
+
+
+def _tokens(x: torch.Tensor):
+    """(windows in the batch, its tokens as rows: tokens x columns) of a Linear's input; a 2-D
+    input is one window."""
+    if x.dim() == 2:
+        x = x.unsqueeze(0)
+    return x.shape[0], x.reshape(-1, x.shape[-1])
+
+
+class _RunningColumnMean(_Accumulator):
     """Per input column, the mean over windows of one quantity of a window's tokens
     (`of_tokens`, on columns x tokens), kept as the references keep it: rescale, then add, so
     values match theirs bit for bit."""
 
-    def __init__(self, columns: int, device):
-        self.value = torch.zeros(columns, dtype=torch.float32, device=device)
-        self.windows = 0
-
     def add(self, x: torch.Tensor) -> None:
-        if x.dim() == 2:
-            x = x.unsqueeze(0)
-        batch = x.shape[0]
-        x = x.reshape(-1, x.shape[-1]).t().float()
+        batch, x = _tokens(x)
+        x = x.t().float()
         self.value *= self.windows / (self.windows + batch)
         self.windows += batch
         self.value += self.of_tokens(x) / self.windows
@@ -55,21 +68,19 @@ class InputSums(_RunningColumnMean):
 
 
 @STATISTICS.register("input_variances")
-class InputVariances:
+class InputVariances(_Accumulator):
     """Per input column j: the variance of X_j over each batch's tokens (population variance),
     averaged over batches weighted by their token counts, as DSnoT's reference pools it (with one
     window per batch, the mean of the windows' variances)."""
 
     def __init__(self, columns: int, device):
-        self.value = torch.zeros(columns, dtype=torch.float32, device=device)
-        self.windows = 0
+        super().__init__(columns, device)
         self.tokens = 0
 
     def add(self, x: torch.Tensor) -> None:
-        if x.dim() == 2:
-            x = x.unsqueeze(0)
-        self.windows += x.shape[0]
-        x = x.reshape(-1, x.shape[-1]).t().float()
+        batch, x = _tokens(x)
+        self.windows += batch
+        x = x.t().float()
         variance = torch.var(x, dim=1, unbiased=False)
         tokens = x.shape[1]
         if self.tokens == 0:
@@ -80,20 +91,15 @@ class InputVariances:
 
 
 @STATISTICS.register("hessian")
-class Hessian:
+class Hessian(_Accumulator):
     """H = (2/N) sum over the N windows of X X^T (X: a window's inputs, columns x tokens), the
     Hessian of the layer-wise squared reconstruction error. Kept as SparseGPT's running rescale
     (rescale, then add the new windows scaled by sqrt(2/N)), so values match it bit for bit."""
-
-    def __init__(self, columns: int, device):
-        self.value = torch.zeros(columns, columns, dtype=torch.float32, device=device)
-        self.windows = 0
+    SQUARE = True
 
     def add(self, x: torch.Tensor) -> None:
-        if x.dim() == 2:
-            x = x.unsqueeze(0)
-        batch = x.shape[0]
-        x = x.reshape(-1, x.shape[-1]).t()
+        batch, x = _tokens(x)
+        x = x.t()
         self.value *= self.windows / (self.windows + batch)
         self.windows += batch
         x = math.sqrt(2 / self.windows) * x.float()
@@ -101,22 +107,18 @@ class Hessian:
 
 
 @STATISTICS.register("input_gram")
-class InputGram:
+class InputGram(_Accumulator):
     """X^T X summed over every calibration token (X: tokens x columns), as the ADMM update's
     reference sums it, batch by batch: with one window per batch its values are the reference's
     bit for bit (a Hessian's 2/N running rescale would round differently, and the gradual
     update's masks amplify such differences)."""
+    SQUARE = True
     SUMMED = True
 
-    def __init__(self, columns: int, device):
-        self.value = torch.zeros(columns, columns, dtype=torch.float32, device=device)
-        self.windows = 0
-
     def add(self, x: torch.Tensor) -> None:
-        if x.dim() == 2:
-            x = x.unsqueeze(0)
-        self.windows += x.shape[0]
-        x = x.reshape(-1, x.shape[-1]).float()
+        batch, x = _tokens(x)
+        self.windows += batch
+        x = x.float()
         self.value += x.t().matmul(x)
 
 

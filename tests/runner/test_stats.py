@@ -6,12 +6,18 @@ from llmc.runner.stats import (GroupStatistics, Hessian, InputGram, InputNorms, 
                                InputVariances, combine_means)
 
 
-def test_input_norms_is_mean_over_windows_of_squared_column_norms():
-    torch.manual_seed(0)
+def fed_in_batches_of_1_2_3(statistic, seed):
+    """(six windows of 7 tokens x 5 columns, `statistic` fed them in batches of 1, 2 and 3)."""
+    torch.manual_seed(seed)
     windows = [torch.randn(1, 7, 5) for _ in range(6)]
-    acc = InputNorms(5, "cpu")
-    for batch in (windows[0:1], windows[1:3], windows[3:6]):  # batches of 1, 2 and 3 windows
+    acc = statistic(5, "cpu")
+    for batch in (windows[0:1], windows[1:3], windows[3:6]):
         acc.add(torch.cat(batch))
+    return windows, acc
+
+
+def test_input_norms_is_mean_over_windows_of_squared_column_norms():
+    windows, acc = fed_in_batches_of_1_2_3(InputNorms, seed=0)
     expected = torch.stack([(w[0].double() ** 2).sum(0) for w in windows]).mean(0)
     assert acc.windows == 6
     # fp32 against float64: a 7-term norm, squared, then six rescale-and-add steps of the
@@ -21,11 +27,7 @@ def test_input_norms_is_mean_over_windows_of_squared_column_norms():
 
 
 def test_input_sums_is_mean_over_windows_of_column_sums():
-    torch.manual_seed(2)
-    windows = [torch.randn(1, 7, 5) for _ in range(6)]
-    acc = InputSums(5, "cpu")
-    for batch in (windows[0:1], windows[1:3], windows[3:6]):
-        acc.add(torch.cat(batch))
+    windows, acc = fed_in_batches_of_1_2_3(InputSums, seed=2)
     expected = torch.stack([w[0].double().sum(0) for w in windows]).mean(0)
     assert acc.windows == 6
     # sums of 7 terms of either sign: the bound scales with the sum of magnitudes
