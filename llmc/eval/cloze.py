@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..distributed import World
-from ..runner.blockwise import forward_all_blocks
-from ..runner.capture import capture_block_inputs
+from .perplexity import head_logits, last_block_outputs
 
 MIN_WORDS = 20
 SEED = 0  # the sample of paragraphs: the same in every run, so that runs compare
@@ -119,19 +118,15 @@ def cloze_accuracy(handle, items: Sequence[ClozeItem], device, max_batch_tokens:
     through the final norm and head. Under torchrun each rank scores its share of the batches
     and the counts are summed."""
     batches = world.share(packed_batches(items, max_batch_tokens, pad_id))
-    inputs = capture_block_inputs(handle, [ids for _, ids in batches], device,
-                                  home=torch.device("cpu"))
-    forward_all_blocks(handle, inputs, device, desc="cloze: forward per block")
+    outputs = last_block_outputs(handle, [ids for _, ids in batches], device, "cloze")
     correct, nll = 0, 0.0
     with handle.post_blocks_on(device) as final:
-        for (indices, _), hidden in zip(batches, inputs.hidden):
+        for (indices, _), hidden in zip(batches, outputs):
             for row, index in enumerate(indices):
                 item = items[index]
                 start = len(item.context) - 1  # the position that predicts the first target token
                 out = hidden[row, start:start + len(item.target)].to(device)
-                for module in final:
-                    out = module(out)
-                right, item_nll = score_item(item, handle.final_logits(out).cpu())
+                right, item_nll = score_item(item, head_logits(handle, final, out).cpu())
                 correct, nll = correct + right, nll + item_nll
     if world.distributed:
         totals = world.sum(torch.tensor([correct, nll], dtype=torch.float64, device=device))

@@ -57,13 +57,24 @@ def perplexity(handle, tokens, seq_len, device, bs=1, max_windows=None, per_bloc
 
 
 def _streamed_nlls(handle, batches, device, desc):
-    inputs = capture_block_inputs(handle, batches, device, home=torch.device("cpu"))
-    forward_all_blocks(handle, inputs, device, desc=f"{desc}: forward per block")
     nlls = []
     with handle.post_blocks_on(device) as final:
-        for hidden, ids in zip(inputs.hidden, batches):
-            hidden = hidden.to(device)
-            for module in final:
-                hidden = module(hidden)
-            nlls.append(window_nll(handle.final_logits(hidden), ids.to(device)))
+        for hidden, ids in zip(last_block_outputs(handle, batches, device, desc), batches):
+            nlls.append(window_nll(head_logits(handle, final, hidden.to(device)), ids.to(device)))
     return nlls
+
+
+def last_block_outputs(handle, batches, device, desc) -> list:
+    """Each batch of token ids through the embeddings and every block, one block on the device
+    at a time: the last block's outputs per batch (kept on the CPU)."""
+    inputs = capture_block_inputs(handle, batches, device, home=torch.device("cpu"))
+    forward_all_blocks(handle, inputs, device, desc=f"{desc}: forward per block")
+    return inputs.hidden
+
+
+def head_logits(handle, final, hidden: torch.Tensor) -> torch.Tensor:
+    """The logits from the last block's outputs `hidden`: the post-block modules `final` (final
+    norm, head) in order, then the adapter's logits hook."""
+    for module in final:
+        hidden = module(hidden)
+    return handle.final_logits(hidden)
