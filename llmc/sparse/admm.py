@@ -19,6 +19,7 @@ the M - N largest of each group protected; unstructured per row: `per_out`). The
 default unstructured path re-selects the full sparsity at every step (its schedule's value is
 unused there); so does this one.
 """
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -142,9 +143,7 @@ class _Admm(Step):
         return float(self.settings.admm.iterations) * rows * columns * columns
 
     def describe(self):
-        cfg = self.settings.admm
-        return {"name": self.NAME, "iterations": cfg.iterations, "percdamp": cfg.percdamp,
-                "rho": cfg.rho}
+        return {"name": self.NAME, **dataclasses.asdict(self.settings.admm)}
 
 
 @register("admm", "update")
@@ -166,13 +165,12 @@ class ADMMGradual(_Admm):
     USES_MASK = False
 
     @dataclass
-    class Settings:
-        admm: AdmmCfg = setting(factory=AdmmCfg, doc="ADMM weight update")
+    class Settings(ADMM.Settings):  # admm's keys, and its own
         admm_gradual: AdmmGradualCfg = setting(factory=AdmmGradualCfg,
                                                doc="ADMM with gradual mask selection")
 
         def check(self, weight_cfg):
-            _check_admm(self.admm)
+            super().check(weight_cfg)
             steps = self.admm_gradual.steps
             if not 1 <= steps <= self.admm.iterations:
                 raise ConfigError(f"sparse.admm_gradual.steps must be in 1..admm.iterations "
@@ -203,5 +201,4 @@ class ADMMGradual(_Admm):
         return admm_update(weight, None, system, cfg.iterations, cfg.rho, choose)
 
     def describe(self):
-        gradual = self.settings.admm_gradual
-        return {**super().describe(), "steps": gradual.steps, "per_out": gradual.per_out}
+        return {**super().describe(), **dataclasses.asdict(self.settings.admm_gradual)}

@@ -17,6 +17,7 @@ after `max_cycle_time` cycles. Where the reference's pointers run past a row's c
 row narrower than the cycles, or a group with no kept weight left), its swap would undo an
 earlier one or change the row's count; here that row stops instead (docs/methods.md).
 """
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -202,8 +203,4 @@ class DSnoT(Step):
                                    wanda_score(weight, stats["input_norms"]), cfg)
 
     def describe(self):
-        cfg = self.settings.dsnot
-        return {"name": "dsnot", "max_cycle_time": cfg.max_cycle_time,
-                "update_threshold": cfg.update_threshold,
-                "pow_of_var_regrowing": cfg.pow_of_var_regrowing,
-                "skip_layer": cfg.skip_layer, "skip_sub_layer": cfg.skip_sub_layer}
+        return {"name": self.NAME, **dataclasses.asdict(self.settings.dsnot)}
