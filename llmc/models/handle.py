@@ -22,12 +22,6 @@ from .adapter import Adapter
 from .experts import expert_modules, fuse_experts, unfuse_experts
 
 
-# The attribute a method sets on a Linear whose mask is N:M only in a permuted column order
-# (RIA's reallocation): that order (order[position] = original column). The runner moves it
-# into the handle's column_orders, and the run saves them beside the model.
-COLUMN_ORDER = "llmc_column_order"
-
-
 @dataclass(eq=False)  # compared and hashed by identity, like the modules it holds
 class ModelHandle:
     """`model` (kept on the CPU between uses) with the `adapter` table that says where its

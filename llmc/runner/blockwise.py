@@ -18,7 +18,8 @@ from tqdm import tqdm
 from ..distributed import World
 from ..errors import LlmcError
 from ..faults import pause_point
-from ..models.handle import COLUMN_ORDER, ModelHandle
+from ..models.handle import ModelHandle
+from ..sparse.base import COLUMN_ORDER  # what a method records on a Linear for the run to save
 from .activations import ActivationFile
 from .cache import read_cached, weights_fingerprint, windows_fingerprint, write_cached
 from .capture import capture_block_inputs

@@ -10,6 +10,11 @@ from ..errors import ConfigError
 from ..registry import METHODS, STATISTICS
 from .allocation import Target, UniformPlan
 
+# The attribute a method sets on a Linear whose mask is N:M only in a permuted column order
+# (RIA's reallocation): that order (order[position] = original column). The runner moves it
+# into the handle's column_orders, and the run saves them beside the model.
+COLUMN_ORDER = "llmc_column_order"
+
 
 class Sparsifier:
     """A method. Subclasses declare:

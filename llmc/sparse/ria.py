@@ -14,8 +14,7 @@ import torch
 from ..config_io import setting
 from ..errors import ConfigError
 from ..registry import METHODS
-from ..models.handle import COLUMN_ORDER
-from .base import Sparsifier
+from .base import COLUMN_ORDER, Sparsifier
 from .masks import layer_threshold_mask, n_m_mask, row_lowest_mask
 from .permutation import check_scipy, permuted_n_m_mask
 
