@@ -66,38 +66,34 @@ def evaluate(handle, eval_sets, cfg, device, position, results, world=World(), s
         return
     if suite.cloze is not None:
         start = time.perf_counter()
-        record_task(results, position, "cloze", suite.run_cloze(handle, device, world),
-                    time.perf_counter() - start)
+        record_tasks(results, position, {"cloze": suite.run_cloze(handle, device, world)},
+                     time.perf_counter() - start, "cloze")
     if suite.harness and not handle.streams:
         start = time.perf_counter()
         with handle.whole_on(device) as model:
             metrics = suite.run_harness(model, device)
-        record_tasks(results, position, metrics, time.perf_counter() - start)
+        record_tasks(results, position, metrics, time.perf_counter() - start, "lm_eval")
     elif suite.harness and position == "pretrain":
         start = time.perf_counter()
         dtype = str(handle.dtype).removeprefix("torch.")  # model.torch_dtype, as the run reads it
         record_tasks(results, position, suite.run_harness(str(checkpoint_dir), device, dtype),
-                     time.perf_counter() - start)
+                     time.perf_counter() - start, "lm_eval")
 
 
 def run_harness_on_saved(suite, saved_dir, device, results):
     """lm-eval's tasks on the saved output: how a streamed model gets them after pruning."""
     start = time.perf_counter()
     record_tasks(results, "transformed", suite.run_harness(str(saved_dir), device),
-                 time.perf_counter() - start)
+                 time.perf_counter() - start, "lm_eval")
 
 
-def record_task(results, position, task, metrics, seconds):
-    logger.info(f"{position} {task_line(task, metrics)}")
-    results["tasks"].setdefault(position, {})[task] = metrics
-    results["timings"][f"eval_{position}_{task}"] = seconds
-
-
-def record_tasks(results, position, metrics, seconds):
+def record_tasks(results, position, metrics, seconds, timed_as):
+    """{task: metrics} at `position` into results (and the log); their time as
+    eval_<position>_<timed_as> (cloze, lm_eval)."""
     for task, values in metrics.items():
         logger.info(f"{position} {task_line(task, values)}")
         results["tasks"].setdefault(position, {})[task] = values
-    results["timings"][f"eval_{position}_lm_eval"] = seconds
+    results["timings"][f"eval_{position}_{timed_as}"] = seconds
 
 
 def whole_model_fits(handle, device) -> bool:

@@ -32,7 +32,7 @@ class Run:
         unstructured."""
         row = identity(self.results)
         name = row["method"] + (f"/{row['base']}" if row["base"] else "")
-        name += "".join(f" + {step}" for step in row["steps"].split(" + ") if step)
+        name += f" + {row['steps']}" if row["steps"] else ""
         return name + (f" {row['type']}" if row["type"] != "unstructured" else "")
 
 
