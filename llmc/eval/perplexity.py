@@ -57,9 +57,10 @@ def perplexity(handle, tokens, seq_len, device, bs=1, max_windows=None, per_bloc
 
 
 def _streamed_nlls(handle, batches, device, desc):
+    outputs = last_block_outputs(handle, batches, device, desc)  # before the head is brought
     nlls = []
     with handle.post_blocks_on(device) as final:
-        for hidden, ids in zip(last_block_outputs(handle, batches, device, desc), batches):
+        for hidden, ids in zip(outputs, batches):
             nlls.append(window_nll(head_logits(handle, final, hidden.to(device)), ids.to(device)))
     return nlls
 

@@ -176,7 +176,8 @@ def test_streamed_output_is_a_sharded_directory_transformers_loads(cli, stream_c
 def test_a_streamed_run_holds_one_part_at_a_time(cli, stream_config, monkeypatch, method):
     """Counted in parameters, not RSS: the most ever materialised at once is the largest single
     part (the embeddings, one block, or the final norm and head), through capture, the OWL
-    measuring pass, pruning, the report, the per-block evals and the save."""
+    measuring pass, pruning, the report, the per-block evals (perplexity and cloze) and the
+    save."""
     from llmc.models.stream import StreamedHandle
 
     held = {"now": 0, "peak": 0}
@@ -198,7 +199,8 @@ def test_a_streamed_run_holds_one_part_at_a_time(cli, stream_config, monkeypatch
     monkeypatch.setattr(StreamedHandle, "_install", counting_install)
     path = stream_config("opt", method, "stream",
                          eval_cfg={"eval_pos": ["pretrain", "transformed"],
-                                   "inference_per_block": True})
+                                   "inference_per_block": True,
+                                   "tasks": ["cloze"], "cloze_paragraphs": 4})
     code, stderr = cli("--config", path)
     assert code == 0, stderr
     assert held["now"] == 0  # everything released at the end
