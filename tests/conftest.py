@@ -15,6 +15,27 @@ from loguru import logger
 
 from llmc.registry import MODELS
 
+
+def _approx_of_plain_numbers(approx):
+    """pytest.approx takes numbers, sequences and NumPy arrays; a torch tensor works in some
+    pytest releases and not others (9.2 iterates a 0-d tensor and fails). Every approx in the
+    suite is given plain numbers (`.item()`, `.tolist()`), or tensors are compared with
+    torch.testing.assert_close; this makes a tensor an error on every pytest release."""
+
+    def checked(expected, *args, **kwargs):
+        if isinstance(expected, torch.Tensor) or (
+                isinstance(expected, (list, tuple, dict)) and any(
+                    isinstance(v, torch.Tensor)
+                    for v in (expected.values() if isinstance(expected, dict) else expected))):
+            raise TypeError("pytest.approx given a torch tensor: compare .item() / .tolist(), "
+                            "or use torch.testing.assert_close")
+        return approx(expected, *args, **kwargs)
+
+    return checked
+
+
+pytest.approx = _approx_of_plain_numbers(pytest.approx)
+
 WORDS = ("the of and to in is was for on as with by at from his her an which that they are "
          "river city music film war king model data light water north south year born").split()
 

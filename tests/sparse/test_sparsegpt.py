@@ -159,8 +159,8 @@ def test_fp32_method_matches_the_float64_pass(sparse, plain):
     assert (pruned[:, 5] == 0).all()
     x64, w64 = x.double(), weight.double()
 
-    def output_error(w):
-        return torch.linalg.norm(x64 @ (w64 - w).t())
+    def output_error(w) -> float:
+        return torch.linalg.norm(x64 @ (w64 - w).t()).item()
 
     assert output_error(pruned) == pytest.approx(output_error(reference), rel=1e-3)
 
