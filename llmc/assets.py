@@ -90,9 +90,12 @@ _hashed: Dict[tuple, str] = {}
 
 
 def sha256_of(path) -> str:
-    """The file's sha256, read in 1 MiB chunks."""
+    """The file's sha256, read in 1 MiB chunks (once per process while the file is unchanged:
+    the key holds its ctime, which every write and every `touch` moves, so content rewritten
+    with its size and mtime restored is read again)."""
     stat = os.stat(path)
-    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns,
+           stat.st_ino)
     if key not in _hashed:
         digest = hashlib.sha256()
         with open(path, "rb") as f:

@@ -12,6 +12,7 @@ without progress bars. A rank that fails publishes its line before it exits; the
 collectives then fail (or whom torchrun stops with SIGTERM), print that rank's line and code.
 """
 import argparse
+import contextlib
 import signal
 import sys
 import threading
@@ -115,6 +116,24 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
+@contextlib.contextmanager
+def _sigterm_held(in_main_thread: bool):
+    """Under torchrun, a SIGTERM that arrives while the config is read waits until it is read:
+    torchrun stops every rank once one exits, and when the config is bad the rank that read it
+    first must not make the slower ones print "interrupted" instead of the config's own line."""
+    if not (in_main_thread and distributed.env_world_size() > 1):
+        yield
+        return
+    arrived = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: arrived.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    if arrived:
+        raise Terminated()
+
+
 def report_command(argv) -> int:
     """`llmc report ...` (llmc.report.cli): its failures end as the run's do, in one line."""
     logger.remove()
@@ -152,16 +171,20 @@ def main(argv=None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
-        from .config import load_config
+        with _sigterm_held(in_main_thread):
+            from .config import load_config
 
-        cfg = load_config(args.config, args.overrides)
+            cfg = load_config(args.config, args.overrides)
         from .pipeline import run
 
         run(cfg)
     except (Exception, KeyboardInterrupt, Terminated) as err:  # every way a run can end badly
         if distributed.env_world_size() > 1:
-            # torchrun stops the other ranks with SIGTERM once one exits: this rank has said
-            # what failed and exits with its code, not killed halfway through its exit.
+            # torchrun stops the other ranks with SIGTERM once one exits: this rank says what
+            # failed (a peer's line, when the peer failed first) and exits with its code, not
+            # killed halfway through saying it.
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
             previous = signal.SIG_IGN
         return _report(err, args.log_level in ("TRACE", "DEBUG"))
     finally:

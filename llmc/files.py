@@ -104,3 +104,12 @@ def give_plain_modes(root) -> None:
             path = os.path.join(folder, name)
             if not os.path.islink(path):
                 os.chmod(path, 0o666 & ~mask)
+
+
+def create_file_here(path: Path):
+    """Open a new file at `path` for writing, never through a link: whatever is at that name
+    (a leftover, a link) is unlinked first, and the file is created with O_EXCL|O_NOFOLLOW."""
+    if os.path.lexists(path):
+        os.unlink(path)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+    return os.fdopen(fd, "wb")

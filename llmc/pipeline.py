@@ -30,10 +30,6 @@ from .save import (COLUMN_ORDERS, MODEL_DIR, PLAN_PLOT, RESULTS_SCHEMA, save_col
                    save_model, write_results)
 
 
-RESUME_DIR = "resume"  # in save_path/.llmc/scratch/, beside the shards (docs/outputs.md)
-ACTIVATIONS_DIR = "activations"  # base.offload_activations: disk
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -137,9 +133,9 @@ def run(cfg) -> dict:
         # The finished blocks and the resume state served their purpose once the run is
         # committed (the output holds its own names for the shards). A run held in memory
         # leaves an interrupted streamed run's state alone: it is not this run's.
-        done = [out.layout.scratch / ACTIVATIONS_DIR]
+        done = [out.layout.activations]
         if results["engine"]["load"] == "stream":
-            done += [out.layout.shards, out.layout.scratch / RESUME_DIR]
+            done += [out.layout.shards, out.layout.resume]
         for scratch in done:
             shutil.rmtree(scratch, ignore_errors=True)
         with contextlib.suppress(OSError):  # only when nothing else is kept there
@@ -174,14 +170,14 @@ def resume_state(cfg, checkpoint, handle, results, device, out, world):
         return None
     fingerprint = resume_fingerprint(cfg, checkpoint.weights.files, checkpoint.path,
                                      results["inputs"]["calib_tokens_sha256"], device)
-    return ResumeState(out.layout.scratch / RESUME_DIR, fingerprint, handle.num_blocks, world)
+    return ResumeState(out.layout.resume, fingerprint, handle.num_blocks, world)
 
 
 def adopt(point, handle, resume, world):
     """The interrupted run's finished blocks, or None (start over) when they are not all there
     (for any rank)."""
     try:
-        handle.adopt_finished_blocks(point.next_block)
+        handle.adopt_finished_blocks(point.next_block, point.shard_sha256)
         adopted = True
     except (LlmcError, OSError, ValueError, KeyError) as err:
         logger.warning(f"cannot resume: {err}; starting over")
@@ -194,9 +190,17 @@ def adopt(point, handle, resume, world):
     return None
 
 
+def checkpoint_sha256(background, wait: bool = True):
+    """The checkpoint's combined sha256 from the record's background hash (None on a rank that
+    does not compute it, before it is done when not `wait`, or when a file could not be read)."""
+    if background is None or not (wait or background.done()):
+        return None
+    return (background.result() or {}).get("sha256")
+
+
 def activations_dir(out, world):
     """offload "disk"'s directory: one per rank under torchrun."""
-    directory = out.layout.scratch / ACTIVATIONS_DIR
+    directory = out.layout.activations
     return directory / f"rank{world.rank}" if world.distributed else directory
 
 
@@ -275,7 +279,10 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
     plan_record = plan_to_dict(plan)
 
     def checkpoint_block(next_block, hidden):
-        resume.save(next_block, hidden, plan_record, carried)
+        # the weights the finished blocks come from: the interrupted run's, or (rank 0) this
+        # run's checkpoint once its background hash is done
+        model = point.model_sha256 if point else checkpoint_sha256(model_sha256, wait=False)
+        resume.save(next_block, hidden, plan_record, carried, handle.shard_sha256, model)
 
     start = time.perf_counter()
     under_served = []
@@ -327,6 +334,13 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
             run_harness_on_saved(suite, saved, device, results)
     results["timings"]["total"] = time.perf_counter() - started
     results["inputs"]["model"] = model_sha256.result()
+    if point is not None and checkpoint_sha256(model_sha256) != point.model_sha256:
+        resume.clear()
+        raise LlmcError(f"the checkpoint {cfg.model.path} changed since the interrupted run "
+                        "(its weight files' sha256 differ, though their names, sizes and times "
+                        "do not): the blocks it finished were pruned from other weights, so "
+                        "nothing was saved and its resume state was discarded; run again to "
+                        "start over")
     results["run"]["finished_utc"] = utc_now()
     write_results(out.dir, results, results["config"])
     return results

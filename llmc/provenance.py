@@ -93,6 +93,9 @@ class InBackground:
         except OSError as err:
             self._value = {"error": f"{type(err).__name__}: {err}"}
 
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
     def result(self):
         self._thread.join()
         return self._value

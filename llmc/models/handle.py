@@ -172,6 +172,8 @@ class ModelHandle:
     def save_pretrained(self, path) -> None:
         """The model as a Hugging Face directory at `path` (which exists)."""
         self.model.to("cpu")
+        for name, param in self.model.named_parameters():
+            require_finite_saved(name, param, self)
         fuse_experts(self._blocks(), self.adapter.experts)  # transformers' own layout
         try:
             self.model.save_pretrained(path, safe_serialization=True)
@@ -186,9 +188,9 @@ class ModelHandle:
             if part in self._finite:
                 continue
             params = list(module.named_parameters())
-            if params and not bool(torch.stack([_all_finite(p) for _, p in params]).all()):
-                name, bad = next((n, p) for n, p in params if not _all_finite(p))
-                raise LlmcError(f"the weight {part}.{name} holds {_not_finite(bad)}: "
+            if params and not bool(torch.stack([all_finite(p) for _, p in params]).all()):
+                name, bad = next((n, p) for n, p in params if not all_finite(p))
+                raise LlmcError(f"the weight {part}.{name} holds {not_finite(bad)}: "
                                 f"{self._why_not_finite(bad)}")
             self._finite.add(part)
 
@@ -200,7 +202,15 @@ class ModelHandle:
         return f"the checkpoint '{source}' is corrupt; download or convert it again"
 
 
-def _all_finite(tensor, chunk: int = 1 << 24) -> torch.Tensor:
+def require_finite_saved(name: str, tensor, handle) -> None:
+    """Every weight a run saves is finite, in a block or not (the head, the embeddings, the
+    final norm: with evaluation off nothing else reads them): else an error, nothing saved."""
+    if not bool(all_finite(tensor)):
+        raise LlmcError(f"the weight {name} holds {not_finite(tensor)}, so no model was saved: "
+                        f"{handle._why_not_finite(tensor)}")
+
+
+def all_finite(tensor, chunk: int = 1 << 24) -> torch.Tensor:
     """torch.isfinite(tensor).all() without a mask of the whole tensor at once (an embedding
     of a large vocabulary would need hundreds of MB for it): chunk by chunk, one bool tensor on
     the tensor's device."""
@@ -210,7 +220,7 @@ def _all_finite(tensor, chunk: int = 1 << 24) -> torch.Tensor:
     return torch.stack([torch.isfinite(part).all() for part in flat.split(chunk)]).all()
 
 
-def _not_finite(tensor) -> str:
+def not_finite(tensor) -> str:
     nan = int(torch.isnan(tensor).sum())
     inf = int(torch.isinf(tensor).sum())
     return f"{nan} NaN and {inf} inf value(s) (of {tensor.numel()})"

@@ -75,10 +75,11 @@ def _bytes_of(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def write_tensors(path: Path, tensors: Iterable[Tuple[str, torch.Tensor]],
-                  timing: Optional[dict] = None) -> int:
+                  timing: Optional[dict] = None, digest=None) -> int:
     """Write (name, tensor) pairs to `path` as a safetensors file (in the given order), via a
     temporary name, fsync'ed and renamed into place. Returns the bytes of tensor data. With
-    `timing`, the seconds spent in fsync are added to timing["fsync"]."""
+    `timing`, the seconds spent in fsync are added to timing["fsync"]; with `digest` (a hashlib
+    object), every byte written is fed to it, so the file's sha256 costs no second read."""
     tensors = [(name, t.detach().to("cpu").contiguous()) for name, t in tensors]
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for name, tensor in tensors:
@@ -91,11 +92,11 @@ def write_tensors(path: Path, tensors: Iterable[Tuple[str, torch.Tensor]],
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(temporary, "wb") as f:
-            f.write(struct.pack("<Q", len(encoded)))
-            f.write(encoded)
-            for _, tensor in tensors:
-                if tensor.numel():
-                    f.write(memoryview(_bytes_of(tensor).numpy()))
+            for chunk in (struct.pack("<Q", len(encoded)), encoded,
+                          *(memoryview(_bytes_of(t).numpy()) for _, t in tensors if t.numel())):
+                f.write(chunk)
+                if digest is not None:
+                    digest.update(chunk)
             f.flush()
             timed_fsync(f.fileno(), timing)
         os.chmod(temporary, 0o666 & ~current_umask())

@@ -12,6 +12,7 @@ The bytes a part holds are the checkpoint's, converted to the skeleton's dtype a
 `from_pretrained` converts them, so a streamed run computes on exactly the tensors an in-memory
 run holds (tests/models/test_stream.py proves bit-identical weights for every adapter and method).
 """
+import hashlib
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ from loguru import logger
 
 from ..errors import LlmcError
 from .experts import is_fused_experts
-from .handle import ModelHandle
+from .handle import ModelHandle, require_finite_saved
 from .safetensors_io import TensorEntry, read_tensor, tensor_entries, write_tensors
 
 INDEX = "model.safetensors.index.json"
@@ -101,6 +102,9 @@ class StreamedHandle(ModelHandle):
         self._parts = self._part_keys()
         self._held: Dict[str, int] = {}  # key -> how many open contexts hold it
         self._stamps: Dict[str, tuple] = {}  # key -> its tensor's identity when installed
+        # shard file name -> the sha256 of its bytes as written (or verified, when adopted):
+        # what the resume state records, so a rerun resumes only from shards it can verify
+        self.shard_sha256: Dict[str, str] = {}
 
     # ---------------------------------------------------------------- where tensors come from
     def _map_slots(self, weight_files) -> Dict[str, _Slot]:
@@ -218,15 +222,18 @@ class StreamedHandle(ModelHandle):
         self.shard_dir.mkdir(parents=True, exist_ok=True)
         file = self.shard_dir / self.shard_name(part)
         keys = self._parts[part]
+        digest = hashlib.sha256()
         write_tensors(file, [(k, self._current(k) if k in self._held else self._load(k, "cpu"))
-                             for k in keys])
+                             for k in keys], digest=digest)
+        self.shard_sha256[file.name] = digest.hexdigest()
         self._point_at(file, part)
         for key in keys:
             if key in self._held:
                 self._stamps[key] = _stamp(self._current(key))
 
-    def adopt_finished_blocks(self, count: int) -> None:
-        """Read blocks 0 .. count-1 from the shards an earlier, interrupted run wrote."""
+    def adopt_finished_blocks(self, count: int, verified: Optional[Dict[str, str]] = None) -> None:
+        """Read blocks 0 .. count-1 from the shards an earlier, interrupted run wrote
+        (`verified`: their sha256s, which the resume state checked, kept for its next save)."""
         for index in range(count):
             part = f"block {index}"
             file = self.shard_dir / self.shard_name(part)
@@ -234,6 +241,7 @@ class StreamedHandle(ModelHandle):
                 raise LlmcError(f"the resume state says block {index} is done, but its shard "
                                 f"{file} is missing")
             self._point_at(file, part)
+        self.shard_sha256.update(verified or {})
 
     def _point_at(self, file: Path, part: str) -> None:
         entries = tensor_entries(file)
@@ -260,7 +268,8 @@ class StreamedHandle(ModelHandle):
                 self._point_at(path / name, part)
                 total += sum(self._slots[k].source.nbytes for k in keys)
             else:
-                total += write_tensors(path / name, ((k, self._load(k, "cpu")) for k in keys))
+                total += write_tensors(path / name, (_checked(k, self._load(k, "cpu"), self)
+                                                     for k in keys))
             weight_map.update({k: name for k in keys})
         (path / INDEX).write_text(json.dumps({"metadata": {"total_size": total},
                                               "weight_map": weight_map}, indent=2) + "\n")
@@ -277,3 +286,10 @@ class StreamedHandle(ModelHandle):
         config.save_pretrained(path)
         if model.can_generate():
             model.generation_config.save_pretrained(path)
+
+
+def _checked(key: str, tensor: torch.Tensor, handle) -> tuple:
+    """(key, tensor) once `tensor` is finite: the parts no block loop touched are checked as
+    they are written (llmc.models.handle.require_finite_saved)."""
+    require_finite_saved(key, tensor, handle)
+    return key, tensor

@@ -15,6 +15,7 @@ from ..errors import LlmcError
 from ..faults import pause_point
 from .commit import StagedRun
 from .layout import OUTPUT_NAMES, Layout
+from .links import check_layout, check_save_path_resolves
 from .leftovers import adopt_legacy_outputs, check_existing, clean_leftovers
 from .lock import LockFile
 from .probe import (make_save_path, os_errors_name_the_save_path, prove_writable, reason,
@@ -34,9 +35,11 @@ def _under(path, root) -> bool:
 def open_run(save_cfg):
     """Yields the run's StagedRun once the save path is proven usable and locked."""
     layout = Layout.of(save_cfg.save_path)
+    check_save_path_resolves(layout)
     made = make_save_path(layout)
     lock = LockFile(layout)
     try:
+        check_layout(layout)  # no link out of .llmc/ is followed by anything below
         with os_errors_name_the_save_path(layout):
             lock.acquire()
     except LlmcError:

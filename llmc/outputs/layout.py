@@ -5,7 +5,8 @@
     save_path/.llmc/lock             the run's exclusive lock (llmc.outputs.lock)
     save_path/.llmc/current          -> runs/<run id>: the commit point
     save_path/.llmc/runs/<run id>/   one directory per run; the staging area while it runs
-    save_path/.llmc/scratch/         reserved for resume state; never touched here
+    save_path/.llmc/scratch/         shards/, resume/, activations/: a streamed run's work
+                                     (never cleaned here; removed after the commit)
 """
 import os
 import time
@@ -65,6 +66,20 @@ class Layout:
     def shards(self) -> Path:
         """Where a streamed run writes each finished block (llmc.models.stream)."""
         return self.scratch / "shards"
+
+    @property
+    def resume(self) -> Path:
+        """A streamed run's resume state (llmc.runner.resume)."""
+        return self.scratch / "resume"
+
+    @property
+    def activations(self) -> Path:
+        """base.offload_activations: disk's memory-mapped file (llmc.runner.activations)."""
+        return self.scratch / "activations"
+
+    @property
+    def scratch_dirs(self) -> tuple:
+        return (self.shards, self.resume, self.activations)
 
     @staticmethod
     def current_target(run_id: str) -> str:

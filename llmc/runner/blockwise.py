@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ..distributed import World
 from ..errors import LlmcError
 from ..faults import pause_point
-from ..models.handle import ModelHandle
+from ..models.handle import ModelHandle, all_finite, not_finite
 from ..sparse.base import COLUMN_ORDER  # what a method records on a Linear for the run to save
 from .activations import ActivationFile
 from .cache import read_cached, weights_fingerprint, windows_fingerprint, write_cached
@@ -75,6 +75,28 @@ def calibration_home(handle, batches, device, offload, scratch=None):
         home.close()
 
 
+def require_finite_pruned(handle, block_index, name, weight, method) -> None:
+    """A pruned weight holding NaN/inf is the method's arithmetic overflowing on these settings
+    (an extreme ADMM rho, say): an error naming the Linear and the settings, never a model."""
+    if bool(all_finite(weight)):
+        return
+    raise LlmcError(f"pruning made {handle.block_path(block_index)}.{name}.weight hold "
+                    f"{not_finite(weight)}: the arithmetic of {method.label()} overflowed with "
+                    f"its settings {_flat_settings(method.describe())}; choose settings nearer "
+                    "the defaults (docs/config.md), or model.torch_dtype: float32")
+
+
+def _flat_settings(described: dict, prefix: str = "") -> str:
+    """{'name': 'Wanda', 'update': {'name': 'admm', 'rho': 1e30}} -> 'update.rho: 1e+30'."""
+    parts = []
+    for key, value in described.items():
+        if isinstance(value, dict):
+            parts.append(_flat_settings(value, f"{prefix}{key}."))
+        elif key != "name":
+            parts.append(f"{prefix}{key}: {value}")
+    return ", ".join(part for part in parts if part) or "(none)"
+
+
 def prune_block(handle, block, block_index, method, plan, statistics=None, world=World()):
     """Prune each input group of `block` (block `block_index` of `handle`, where it is now);
     a method's error is re-raised naming the block. Under torchrun each rank prunes the Linears
@@ -99,6 +121,8 @@ def prune_block(handle, block, block_index, method, plan, statistics=None, world
                 raise LlmcError(f"block {block_index} ({handle.block_path(block_index)}): "
                                 f"{err}") from None
             del stats
+            for name, linear in linears.items():
+                require_finite_pruned(handle, block_index, name, linear.weight, method)
             for name, linear in linears.items():  # a mask N:M in a permuted order records it
                 order = linear.__dict__.pop(COLUMN_ORDER, None)
                 if order is not None:

@@ -24,18 +24,20 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 from loguru import logger
 
+from ..assets import sha256_of
 from ..distributed import World
 from ..errors import LlmcError
 from ..files import fsync_dir, write_text
 from ..models.safetensors_io import read_tensor, tensor_entries, write_tensors
 
 STATE = "state.json"
+SHARDS = "shards"  # beside this directory: llmc.outputs.Layout.shards
 ACTIVATIONS = "activations-{:05d}.safetensors"
 
 
@@ -93,6 +95,8 @@ class ResumePoint:
     plan: dict  # llmc.sparse.allocation.plan_to_dict
     carried: dict
     rng: dict
+    shard_sha256: Dict[str, str]  # the finished blocks' shards, verified
+    model_sha256: str  # the checkpoint the finished blocks were pruned from
 
     def restore_rng(self) -> None:
         version, state, gauss = self.rng["python"]
@@ -145,10 +149,26 @@ class ResumeState:
         return name
 
     def _point(self, state: dict) -> ResumePoint:
-        """The point `state` names, with this rank's activations entering its next block."""
+        """The point `state` names, with this rank's activations entering its next block, once
+        every file it relies on has the sha256 it was written with (rank 0 checks the shards,
+        each rank its activations)."""
         next_block = int(state["next_block"])
-        hidden = self._read_activations(self._rank_name(next_block))
-        point = ResumePoint(next_block, hidden, state["plan"], state["carried"], state["rng"])
+        if not state.get("model_sha256"):
+            raise ValueError("the interrupted run stopped before the checkpoint's sha256 was "
+                             "known, so the weights its blocks were pruned from cannot be "
+                             "verified")
+        name = self._rank_name(next_block)
+        shards = dict(state["shards"])
+        own = {name: state["activations_sha256"][self.world.rank]}
+        if self.world.leads:
+            own.update({str(Path("..") / SHARDS / n): d for n, d in shards.items()})
+        for file, recorded in own.items():
+            if sha256_of(self.directory / file) != recorded:
+                raise ValueError(f"{(self.directory / file).resolve()} changed since the "
+                                 "interrupted run wrote it (its sha256 differs)")
+        hidden = self._read_activations(name)
+        point = ResumePoint(next_block, hidden, state["plan"], state["carried"], state["rng"],
+                            shards, state["model_sha256"])
         if self.world.leads:
             logger.info(f"resuming at block {point.next_block} of {self.num_blocks}: blocks 0 "
                         f"to {point.next_block - 1} were finished by an interrupted run")
@@ -195,18 +215,25 @@ class ResumeState:
         entries = tensor_entries(self.directory / name)
         return [read_tensor(entries[str(i)]) for i in range(len(entries))]
 
-    def save(self, next_block: int, hidden: List[torch.Tensor], plan: dict,
-             carried: dict) -> None:
-        """Record that every block before `next_block` is finished (see the module doc)."""
+    def save(self, next_block: int, hidden: List[torch.Tensor], plan: dict, carried: dict,
+             shard_sha256: Dict[str, str], model_sha256: Optional[str]) -> None:
+        """Record that every block before `next_block` is finished (see the module doc): with
+        the sha256 of every file a rerun relies on (the shards of blocks 0 .. next_block-1,
+        `shard_sha256` {name: sha256} as the handle wrote them; each rank's activations) and of
+        the checkpoint (`model_sha256`, once the record's background hash has it; None before)."""
         start, timing, world = time.perf_counter(), {}, self.world
         self.directory.mkdir(parents=True, exist_ok=True)
         name = self._rank_name(next_block)
-        write_tensors(self.directory / name, ((str(i), h) for i, h in enumerate(hidden)), timing)
-        world.barrier()  # every rank's activations on disk before the state names them
+        digest = hashlib.sha256()
+        write_tensors(self.directory / name, ((str(i), h) for i, h in enumerate(hidden)), timing,
+                      digest)
+        activations_sha256 = world.collect(digest.hexdigest())  # on disk on every rank
         if world.leads:
             write_text(self.directory / STATE, json.dumps({
                 "fingerprint": self.fingerprint, "next_block": next_block,
                 "num_blocks": self.num_blocks, "activations": ACTIVATIONS.format(next_block),
+                "activations_sha256": activations_sha256, "shards": dict(shard_sha256),
+                "model_sha256": model_sha256,
                 "plan": plan, "carried": carried, "rng": rng_states()}), timing)
             fsync_dir(self.directory, timing)  # the rename over state.json: the commit point
         world.barrier()  # committed: the activations it no longer names may go

@@ -57,6 +57,9 @@ class System:
     inverse: torch.Tensor
 
 
+RHO_MAX = 1e6  # float32 keeps ~7 digits: A + rho I with diag(A) = 1 loses A past ~1e7
+
+
 def admm_system(input_gram, percdamp, rho) -> System:
     norm = torch.sqrt(torch.diag(input_gram)) + NORM_GUARD
     gram = input_gram / norm
@@ -127,9 +130,11 @@ def _largest_of_each_group(magnitude, n, m):
 
 
 def _check_admm(cfg: AdmmCfg):
-    if cfg.iterations < 1 or cfg.percdamp < 0 or cfg.rho <= 0:
-        raise ConfigError(f"sparse.admm: iterations must be >= 1, percdamp >= 0 and rho > 0, got "
-                          f"{cfg.iterations}, {cfg.percdamp:g}, {cfg.rho:g}")
+    if cfg.iterations < 1 or cfg.percdamp < 0 or not 0 < cfg.rho <= RHO_MAX:
+        raise ConfigError(f"sparse.admm: iterations must be >= 1, percdamp >= 0 and rho in (0, "
+                          f"{RHO_MAX:g}], got {cfg.iterations}, {cfg.percdamp:g}, {cfg.rho:g} "
+                          "(the input Gram matrix is normalised to a unit diagonal: beyond "
+                          f"{RHO_MAX:g} it vanishes beside rho in float32, and the update with it)")
 
 
 class _Admm(Step):

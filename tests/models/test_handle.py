@@ -97,13 +97,13 @@ def test_variant_adapters_make_variant_handles():
 
 
 def test_the_finite_check_sees_every_chunk():
-    from llmc.models.handle import _all_finite
+    from llmc.models.handle import all_finite
 
     tensor = torch.zeros(3, 7)
-    assert bool(_all_finite(tensor, chunk=4))
+    assert bool(all_finite(tensor, chunk=4))
     for position in (0, 11, 20):  # first chunk, middle, the short last chunk
         bad = tensor.clone()
         bad.view(-1)[position] = float("nan")
-        assert not bool(_all_finite(bad, chunk=4)) and not bool(_all_finite(bad))
+        assert not bool(all_finite(bad, chunk=4)) and not bool(all_finite(bad))
     tensor.view(-1)[20] = float("inf")
-    assert not bool(_all_finite(tensor, chunk=4))
+    assert not bool(all_finite(tensor, chunk=4))

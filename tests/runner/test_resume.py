@@ -2,6 +2,7 @@
 the fingerprint covers what changes the weights and nothing else; a save interrupted between
 its steps leaves the previous state loadable. (Kills of real runs: tests/reliability/
 test_resume.py.)"""
+import hashlib
 import json
 import os
 import random
@@ -18,6 +19,9 @@ from llmc.runner.resume import ResumeState, differing_keys, resume_fingerprint
 from llmc.sparse.allocation import Target, UniformPlan, UnitPlan, plan_from_dict, plan_to_dict
 
 
+VERIFIED = ({}, "0" * 64)  # no finished shards; the checkpoint's sha256
+
+
 def hidden_states():
     gen = torch.Generator().manual_seed(0)
     return [torch.randn(1, 5, 8, generator=gen),
@@ -30,7 +34,8 @@ def test_activations_plan_and_carried_results_read_back_exactly(tmp_path):
     hidden = hidden_states()
     plan = UnitPlan("owl", {(0, None): Target(0.55), (1, None): Target(0.45)}, "outlier ratio",
                     [0.1, 0.2], {"lambda": 0.08})
-    state.save(2, hidden, plan_to_dict(plan), {"ppl": {"pretrain": {"wikitext2": 12.5}}})
+    state.save(2, hidden, plan_to_dict(plan), {"ppl": {"pretrain": {"wikitext2": 12.5}}},
+               *VERIFIED)
     point = ResumeState(tmp_path, {"model": {"path": "/m"}}, 3).load(overwrite=False)
     assert point.next_block == 2
     for saved, read in zip(hidden, point.hidden, strict=True):
@@ -58,7 +63,7 @@ def test_rng_states_are_restored(tmp_path):
     state = ResumeState(tmp_path, {}, 2)
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     state.save(1, [], plan_to_dict(UniformPlan(type("W", (), {"n_m": None,
-                                                             "sparsity": 0.5})())), {})
+                                                             "sparsity": 0.5})())), {}, *VERIFIED)
     expected = (random.random(), np.random.rand(), torch.rand(3))
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
     ResumeState(tmp_path, {}, 2).load(False).restore_rng()
@@ -69,14 +74,14 @@ def test_rng_states_are_restored(tmp_path):
 def test_a_save_killed_before_its_rename_leaves_the_previous_state(tmp_path, monkeypatch):
     uniform = plan_to_dict(UniformPlan(type("W", (), {"n_m": None, "sparsity": 0.5})()))
     state = ResumeState(tmp_path, {}, 4)
-    state.save(1, hidden_states(), uniform, {})
+    state.save(1, hidden_states(), uniform, {}, *VERIFIED)
 
     def killed(*args):
         raise KeyboardInterrupt  # what a signal does at os.replace
 
     monkeypatch.setattr(os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
-        state.save(2, hidden_states(), uniform, {})
+        state.save(2, hidden_states(), uniform, {}, *VERIFIED)
     monkeypatch.undo()
     point = ResumeState(tmp_path, {}, 4).load(False)
     assert point.next_block == 1 and torch.equal(point.hidden[0], hidden_states()[0])
@@ -84,7 +89,7 @@ def test_a_save_killed_before_its_rename_leaves_the_previous_state(tmp_path, mon
 
 def test_another_fingerprint_is_refused_naming_the_keys_unless_overwrite(tmp_path):
     ResumeState(tmp_path, {"sparse": {"weight": {"sparsity": 0.5}}, "seed": 1}, 2).save(
-        1, [], {"kind": "uniform", "sparsity": 0.5, "n_m": None}, {})
+        1, [], {"kind": "uniform", "sparsity": 0.5, "n_m": None}, {}, *VERIFIED)
     other = ResumeState(tmp_path, {"sparse": {"weight": {"sparsity": 0.6}}, "seed": 1}, 2)
     with pytest.raises(LlmcError, match=r"another sparse\.weight\.sparsity; rerun"):
         other.load(overwrite=False)
@@ -130,3 +135,27 @@ def test_the_fingerprint_covers_what_changes_weights_and_not_eval_or_save(tmp_pa
     assert "model.config_sha256" in differing_keys(base, fingerprint())
     assert resume_fingerprint(build(Config, {"model": {"path": str(model)}}), [weights], model,
                               "other tokens", "cpu")["calib_tokens_sha256"] == "other tokens"
+
+
+@pytest.mark.parametrize("changed", ["shard", "activations"])
+def test_a_file_the_state_names_that_changed_starts_over(tmp_path, changed):
+    """Every file the state relies on carries the sha256 it was written with: one that no
+    longer has it (a byte changed, same size) is never resumed from."""
+    shards, resume = tmp_path / "shards", tmp_path / "resume"
+    shards.mkdir()
+    shard = shards / "model-00002-of-00004.safetensors"
+    shard.write_bytes(b"block 0's weights")
+    state = ResumeState(resume, {}, 3)
+    state.save(1, hidden_states(), {"kind": "uniform", "sparsity": 0.5, "n_m": None}, {},
+               {shard.name: hashlib.sha256(shard.read_bytes()).hexdigest()}, "0" * 64)
+    assert ResumeState(resume, {}, 3).load(False).shard_sha256 == state_shards(resume)
+    damaged = shard if changed == "shard" else resume / "activations-00001.safetensors"
+    data = bytearray(damaged.read_bytes())
+    data[-1] ^= 1
+    damaged.write_bytes(bytes(data))
+    assert ResumeState(resume, {}, 3).load(False) is None
+    assert not (resume / "state.json").exists()
+
+
+def state_shards(resume) -> dict:
+    return json.loads((resume / "state.json").read_text())["shards"]
