@@ -4,9 +4,11 @@ Prints one table of the runs found under the given directories (their results.js
 matplotlib installed (`pip install -e ".[plot]"`), writes the plots into --plots."""
 import argparse
 import sys
+from pathlib import Path
 
 from loguru import logger
 
+from ..errors import LlmcError
 from .plots import pyplot, write_plots
 from .runs import find_runs
 from .table import markdown, rows, to_csv
@@ -14,9 +16,16 @@ from .table import markdown, rows, to_csv
 PLOTS_DIR = "llmc_report"
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """The usage, then one `llmc: error:` line as for every other failure (exit 2)."""
+        self.print_usage(sys.stderr)
+        self.exit(2, f"llmc: error: report: {message}\n")
+
+
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="llmc report", description="Compare finished runs: "
-                                     "one table (markdown, or CSV) and plots.")
+    parser = _Parser(prog="llmc report", description="Compare finished runs: "
+                     "one table (markdown, or CSV) and plots.")
     parser.add_argument("paths", nargs="+", metavar="SAVE_DIR",
                         help="save paths of runs, or directories holding them (searched "
                              "recursively for results.json)")
@@ -29,6 +38,8 @@ def parse_args(argv):
 
 def report(argv) -> int:
     args = parse_args(argv)
+    if not args.no_plots:
+        _check_plots_dir(Path(args.plots))
     runs = find_runs(args.paths)
     table = rows(runs)
     sys.stdout.write(to_csv(table) if args.csv else markdown(table) + "\n")
@@ -40,3 +51,14 @@ def report(argv) -> int:
     for path in write_plots(runs, args.plots):
         logger.info(f"wrote {path}")
     return 0
+
+
+def _check_plots_dir(directory: Path) -> None:
+    """--plots must be a directory or a path one can be made at: a file on the way is one
+    error line before any work, not a traceback after the table."""
+    for path in (directory, *directory.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise LlmcError(f"report: --plots {directory}: {path} is a file, not a "
+                                "directory; choose another directory, or --no-plots")
+            return

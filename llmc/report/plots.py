@@ -31,7 +31,8 @@ def write_plots(runs: List[Run], directory) -> List[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     datasets = {f"{dataset} ppl" for run in runs
-                for position in (run.results.get("ppl") or {}).values() for dataset in position}
+                for position in (run.results.get("ppl") or {}).values()
+                for dataset in position or {}}
     panels = _panels(runs, datasets.__contains__, " ppl")  # not a task's ppl (cloze's)
     if panels:
         written.append(_against_sparsity(plt, panels, "perplexity", directory / PPL_PLOT,

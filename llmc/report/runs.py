@@ -13,6 +13,7 @@ from typing import Dict, List, Optional
 
 from ..errors import LlmcError
 from ..save import RESULTS, RESULTS_SCHEMA
+from .fields import check_fields, refuse_non_finite
 
 INTERNAL = ".llmc"  # a save path's own bookkeeping: its results.json files are the same runs
 SKIPPED_METRICS = ("paragraphs",)
@@ -64,16 +65,20 @@ def find_runs(paths) -> List[Run]:
 
 def read_run(path: Path) -> Run:
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        results = json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse_non_finite)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
         raise LlmcError(f"report: cannot read {path} ({err}); remove it or leave its directory "
                         "out") from None
     if not isinstance(results, dict) or not isinstance(results.get("config"), dict):
         raise LlmcError(f"report: {path} is not an llmc results.json (no config); leave it out")
     schema = results.get("schema", 1)
-    if not isinstance(schema, int) or schema > RESULTS_SCHEMA:
+    if not isinstance(schema, int) or isinstance(schema, bool) or schema < 1:
+        raise LlmcError(f"report: {path}: the field schema is {json.dumps(schema)}, not a "
+                        "positive integer as llmc writes it; fix it or leave the file out")
+    if schema > RESULTS_SCHEMA:
         raise LlmcError(f"report: {path} has results schema {schema}, newer than this llmc "
                         f"reads ({RESULTS_SCHEMA}); upgrade llmc")
+    check_fields(results, path)
     return Run(path.parent, results, schema)
 
 
@@ -81,8 +86,8 @@ def identity(results: dict) -> dict:
     """The run's method, base, steps, target sparsity and type, wbits, model and calibration
     (from `method` where the run recorded it, else from its config: the first layout)."""
     config = results["config"]
-    sparse, calib = config.get("sparse", {}), config.get("calib", {})
-    weight = sparse.get("weight", {})
+    sparse, calib = config.get("sparse") or {}, config.get("calib") or {}
+    weight = sparse.get("weight") or {}
     method = results.get("method") or {"name": sparse.get("method", "")}
     base = (method.get("base") or {}).get("name", "")
     steps = " + ".join(method[k]["name"] for k in ("refine", "update") if k in method)
@@ -92,7 +97,7 @@ def identity(results: dict) -> dict:
                    if calibrates and calib else "none")
     return {"method": method.get("name", ""), "base": base, "steps": steps,
             "sparsity": weight.get("sparsity", ""), "type": weight.get("sparsity_type", ""),
-            "wbits": wbits, "model": config.get("model", {}).get("path", ""),
+            "wbits": wbits, "model": (config.get("model") or {}).get("path", ""),
             "calibration": calibration}
 
 
@@ -100,9 +105,9 @@ def measurements(results: dict, position: str) -> Dict[str, float]:
     """{column: value} of every perplexity (`<dataset> ppl`) and task metric (`<task> <metric>`)
     measured at `position`."""
     found = {f"{dataset} ppl": value
-             for dataset, value in (results.get("ppl") or {}).get(position, {}).items()}
-    for task, metrics in (results.get("tasks") or {}).get(position, {}).items():
-        for metric, value in metrics.items():
+             for dataset, value in ((results.get("ppl") or {}).get(position) or {}).items()}
+    for task, metrics in ((results.get("tasks") or {}).get(position) or {}).items():
+        for metric, value in (metrics or {}).items():
             if metric not in SKIPPED_METRICS:
                 found[f"{task} {metric}"] = value
     return found
@@ -114,7 +119,7 @@ def dense_key(results: dict) -> Optional[str]:
     model = (results.get("inputs") or {}).get("model")
     if not isinstance(model, dict) or "sha256" not in model:
         return None
-    ev = {k: v for k, v in results["config"].get("eval", {}).items() if k != "eval_pos"}
+    ev = {k: v for k, v in (results["config"].get("eval") or {}).items() if k != "eval_pos"}
     return json.dumps([model["sha256"], ev], sort_keys=True)
 
 
@@ -134,12 +139,12 @@ def layer_sparsity(results: dict) -> List[float]:
     """Fraction of zeros per decoder block: `sparsity.per_block` (weighted by size) where the run
     recorded it, else the mean of its Linears' fractions (the first layouts)."""
     sparsity = results.get("sparsity") or {}
-    if "per_block" in sparsity:
+    if sparsity.get("per_block") is not None:
         return list(sparsity["per_block"])
     blocks: Dict[int, List[float]] = {}
     for name, value in (sparsity.get("per_linear") or {}).items():
         match = BLOCK_INDEX.search(f".{name}")
-        if match:
+        if match and value is not None:
             blocks.setdefault(int(match.group(1)), []).append(value)
     return [sum(v) / len(v) for _, v in sorted(blocks.items())]
 
