@@ -7,3 +7,9 @@ class LlmcError(Exception):
 
 class ConfigError(LlmcError):
     """The YAML config (or a --set override) is invalid."""
+
+
+def reason(err: BaseException, limit: int = 300) -> str:
+    """An exception as one short line, for a message that quotes the underlying cause."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:limit]}{' ...' if len(text) > limit else ''}"

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from loguru import logger
 
-from ..errors import LlmcError
+from ..errors import LlmcError, reason
 from .adapter import Adapter
 from .experts import UnfusedExperts, is_fused_experts, unfuse_experts
 from .gemma import soft_capped_logits
@@ -97,7 +97,7 @@ def discover(config, trust_remote_code=False) -> Adapter:
         model = _build(small, trust_remote_code)
     except Exception as err:
         raise LlmcError(f"model.type auto: no causal language model can be built from "
-                        f"config.json ({type(err).__name__}: {err})") from None
+                        f"config.json ({reason(err)})") from None
     blocks_path = _find_blocks(model, small.num_hidden_layers)
     blocks = model.get_submodule(blocks_path)
     conv = sorted({type(m).__name__ for m in blocks.modules()

@@ -6,13 +6,13 @@ import torch
 from loguru import logger
 
 from ..distributed import World, env_local_world_size
-from ..errors import LlmcError
+from ..errors import LlmcError, reason
 from ..registry import MODELS
 from .handle import ModelHandle
 from .safetensors_io import tensor_entries
 from .stream import NotStreamable, StreamedHandle
 from .preflight import (adapter_and_config, check_remote_code, check_tokenizer_files,
-                        checkpoint_dir, read_config_json, reason, unsupported)
+                        checkpoint_dir, read_config_json, unsupported)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from loguru import logger
 
-from ..errors import ConfigError, LlmcError
+from ..errors import ConfigError, LlmcError, reason
 from ..registry import MODELS
 from .adapter import Adapter
 from .builtin import resolve_model_path
@@ -107,6 +107,7 @@ def adapter_and_config(model_cfg, path: Path, config_json: dict):
     adapter = registered_adapter(model_type)
     if adapter is not None:
         return adapter, True, load_hf_config(model_cfg, adapter, path)
+    check_decoder_only(model_cfg, config_json)
     check_remote_code(model_cfg, config_json)
     try:
         config = load_hf_config(model_cfg, None, path)
@@ -121,6 +122,23 @@ def adapter_and_config(model_cfg, path: Path, config_json: dict):
 
         _DISCOVERED[key] = discover(config, model_cfg.trust_remote_code)
     return _DISCOVERED[key], True, config
+
+
+def check_decoder_only(model_cfg, config_json: dict) -> None:
+    """An encoder-decoder (T5, BART) or encoder-only (BERT) checkpoint said as such, before any
+    attempt to build it as a causal LM (whose failure lists every config class transformers
+    has)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    model_type = config_json["model_type"]
+    if config_json.get("is_encoder_decoder"):
+        kind = "an encoder-decoder model"
+    elif model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not config_json.get("is_decoder"):
+        kind = "an encoder-only (masked language) model"
+    else:
+        return
+    raise LlmcError(f"model.path '{model_cfg.path}': llmc prunes decoder-only causal language "
+                    f"models; this is a {model_type} checkpoint, {kind}")
 
 
 def check_remote_code(model_cfg, config_json: dict) -> None:
@@ -186,12 +204,6 @@ def load_hf_config(model_cfg, adapter: Adapter, path: Path):
     if adapter is not None:
         adapter.apply_config_overrides(config)
     return config
-
-
-def reason(err: Exception, limit: int = 300) -> str:
-    """An exception as one short line, for a message that quotes the underlying cause."""
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text[:limit]}{' ...' if len(text) > limit else ''}"
 
 
 def build_skeleton(model_cfg, config):
