@@ -93,7 +93,7 @@ def apply_override(raw: dict, assignment: str, schema=None) -> None:
     if not all(keys):
         raise ConfigError(f"{where}: empty key in '{_shown(dotted)}'; write section.key=value, "
                           "e.g. sparse.weight.sparsity=0.6")
-    value = parse_yaml(text, where) if text.strip() else None
+    value = parse_yaml(text, where, command_line=True) if text.strip() else None
     node = raw
     for depth, key in enumerate(keys[:-1]):
         child = node.get(key)

@@ -69,12 +69,37 @@ _Loader.add_implicit_resolver(
 )
 
 
-def parse_yaml(text: str, source: str = "YAML text"):
-    """The value `text` holds; `source` (e.g. "config file 'a.yml'") names it in errors."""
+# A command-line argument holds the bytes of a file name that do not decode in the locale (a
+# UTF-8 name under LC_ALL=C without UTF-8 mode, a Latin-1 name) as U+DC80..U+DCFF (Python's
+# surrogateescape), which YAML cannot hold: they pass the parser as plane-16 private-use
+# characters and come back unchanged, so the path names the same file.
+_ESCAPED, _PARKED = 0xDC80, 0x10FF80
+
+
+def _park(text: str) -> str:
+    return "".join(chr(ord(c) - _ESCAPED + _PARKED) if 0xDC80 <= ord(c) <= 0xDCFF else c
+                   for c in text)
+
+
+def _unpark(value):
+    if isinstance(value, str):
+        return "".join(chr(ord(c) - _PARKED + _ESCAPED) if ord(c) >= _PARKED else c
+                       for c in value)
+    if isinstance(value, list):
+        return [_unpark(v) for v in value]
+    if isinstance(value, dict):
+        return {_unpark(k): _unpark(v) for k, v in value.items()}
+    return value
+
+
+def parse_yaml(text: str, source: str = "YAML text", command_line: bool = False):
+    """The value `text` holds; `source` (e.g. "config file 'a.yml'") names it in errors;
+    `command_line`: text from argv, whose undecodable file-name bytes are kept (above)."""
     try:
-        loader = _Loader(text, source)  # reads the text: a control character fails here
-        try:
-            return loader.get_single_data()
+        loader = _Loader(_park(text) if command_line else text, source)  # reads the text: a
+        try:                                                # control character fails here
+            value = loader.get_single_data()
+            return _unpark(value) if command_line else value
         finally:
             loader.dispose()
     except yaml.YAMLError as err:

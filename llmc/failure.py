@@ -60,7 +60,7 @@ def write_traceback(err: BaseException) -> Optional[str]:
     written there."""
     path = os.path.join(tempfile.gettempdir(), f"llmc-traceback-{os.getpid()}.txt")
     try:
-        with open(path, "w") as f:
+        with open(path, "w", encoding="utf-8", errors="backslashreplace") as f:
             f.write(f"llmc {' '.join(sys.argv[1:])}\n\n")
             f.write("".join(traceback.format_exception(type(err), err, err.__traceback__)))
     except OSError:

@@ -29,7 +29,8 @@ def write_text(path: Path, text: str, timing: Optional[dict] = None) -> None:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with open(fd, "w", closefd=True) as f:
+        # UTF-8 whatever the locale (LC_ALL=C); a file name's undecodable bytes as they were
+        with open(fd, "w", closefd=True, encoding="utf-8", errors="surrogateescape") as f:
             f.write(text)
             f.flush()
             timed_fsync(f.fileno(), timing)

@@ -1,6 +1,9 @@
 """Outputs of one run, written into its staging directory (llmc.outputs gives the directory and
 commits it): the transformed model as a Hugging Face directory, results.json, the resolved config.
 """
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -27,11 +30,26 @@ def save_model(handle, tokenizer, directory) -> Path:
     path = Path(directory).expanduser() / MODEL_DIR
     path.mkdir(parents=True)
     handle.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    save_tokenizer(tokenizer, path)
     give_plain_modes(path)  # safetensors writes its file 0600
     logger.info(f"saved the transformed model to {path}")
     pause_point("save:model-written")
     return path
+
+
+def save_tokenizer(tokenizer, path: Path) -> None:
+    """tokenizer.save_pretrained(path); the fast tokenizer's Rust side takes only UTF-8 paths,
+    so a path holding bytes that are not UTF-8 (a Latin-1 name, or any non-ASCII name under
+    LC_ALL=C without Python's UTF-8 mode) gets the files through a temporary directory."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        with tempfile.TemporaryDirectory() as tmp:
+            tokenizer.save_pretrained(tmp)
+            for name in sorted(os.listdir(tmp)):
+                shutil.move(os.path.join(tmp, name), path / name)
+        return
+    tokenizer.save_pretrained(path)
 
 
 def save_column_orders(column_orders, directory) -> Path:
