@@ -80,6 +80,13 @@ def _report(err: BaseException, show_traceback: bool) -> int:
         peer = world.peer_failure()
         if peer is not None:
             return _fail(*peer)
+        lost = world.lost_ranks()
+        if lost:  # killed before it could say why: no line of its own to report
+            ranks = ", ".join(map(str, lost))
+            return _fail(f"rank {world.rank}: rank {ranks} ended without a word (killed by a "
+                         "signal: out of memory, or SIGKILL), so this run stopped with it; "
+                         "nothing was committed; rerun the same command (a streamed run "
+                         "resumes from its last finished block)", 2)
     outcome = _outcome(err, show_traceback)
     if outcome is None:
         name = "SIGINT" if isinstance(err, KeyboardInterrupt) else "SIGTERM"

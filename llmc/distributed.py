@@ -21,6 +21,7 @@ rank (to set up logging) before anything heavy is imported.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     import torch
 
 FAILURE_KEY = "llmc/failure"
+RANK_KEY = "llmc/rank/{}"  # a rank's host and pid, so a rank that dies without a word is named
 PEER_MESSAGE_WAIT = 2.0  # seconds to wait for a failed peer's line (published before it exits)
 
 
@@ -217,6 +219,31 @@ class World:
         except Exception:  # the store went with the rank that hosted it: nothing to tell
             pass
 
+    def announce(self) -> None:
+        """Record this rank's host and pid in the store (lost_ranks reads them)."""
+        try:
+            self.store.set(RANK_KEY.format(self.rank), f"{socket.gethostname()}|{os.getpid()}")
+        except Exception:  # a store that cannot take it: a lost rank is then not named
+            pass
+
+    def lost_ranks(self) -> List[int]:
+        """The other ranks on this host whose process is gone: killed by a signal (SIGKILL,
+        the kernel's out-of-memory killer) before it could publish a failure."""
+        lost = []
+        for rank in range(self.size):
+            if rank == self.rank:
+                continue
+            try:
+                key = RANK_KEY.format(rank)
+                if not self.store.check([key]):
+                    continue
+                host, _, pid = self.store.get(key).decode().partition("|")
+            except Exception:  # the store went too
+                return lost
+            if host == socket.gethostname() and not _process_alive(int(pid)):
+                lost.append(rank)
+        return lost
+
     def peer_failure(self, wait: float = PEER_MESSAGE_WAIT) -> Optional[Tuple[str, int]]:
         """(line, code) another rank published, waiting up to `wait` seconds for it."""
         if not self.distributed or self.store is None:
@@ -232,6 +259,22 @@ class World:
             if time.monotonic() >= deadline:
                 return None
             time.sleep(0.1)
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped by torchrun, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return not os.path.isdir("/proc")  # no /proc entry on a system that has /proc: gone
 
 
 BUCKET_BYTES = 64 * 2**20  # the most a packed collective copies at once
@@ -291,6 +334,7 @@ def join(device: torch.device, timeout: float) -> World:
     _WORLD = World(rank=dist.get_rank(), size=dist.get_world_size(),
                    local_rank=env_local_rank(), timeout=timeout,
                    store=distributed_c10d._get_default_store())
+    _WORLD.announce()
     return _WORLD
 
 

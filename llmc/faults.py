@@ -1,7 +1,7 @@
 """Fault injection at named instants of a run, for the tests of what a kill or a failure leaves
 on disk (tests/reliability/test_outputs.py). Inert unless its environment variables are set.
 
-- `LLMC_PAUSE_AT=<point>`: on reaching that point, write the point's name to the file named by
+- `LLMC_PAUSE_AT=<point>`: on reaching that point, write the point's name and the pid to the file named by
   `LLMC_PAUSE_MARKER` (when set) and sleep until killed, so a test can SIGKILL or SIGTERM the
   process at exactly that instant.
 - `LLMC_FAIL_AT=<point>`: on reaching that point, raise InjectedFault, as a late failure would.
@@ -49,6 +49,6 @@ def pause_point(name: str, index=None) -> None:
     marker = os.environ.get("LLMC_PAUSE_MARKER")
     if marker:
         with open(marker, "w") as f:
-            f.write(name)
+            f.write(f"{name} {os.getpid()}")  # the pid: which process of a torchrun to kill
     while True:  # until a signal ends the process (SIGTERM's handler raises out of the sleep)
         time.sleep(60)

@@ -7,8 +7,10 @@ scores within float rounding); OWL's plan equal to 1e-6; SparseGPT masks >= 99.9
 kept weights within 1e-4 relative Frobenius norm per Linear; perplexities within 1e-6."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -249,3 +251,47 @@ def test_a_bad_config_under_torchrun_is_one_line_per_rank_before_any_work(setup)
     assert len(lines) == 2 and all("set calib.bs: 1" in line for line in lines), done.stderr
     assert done.stderr.count("exitcode  : 2") == 2  # both ranks exit 2, neither killed
     assert not (setup.root / "bad").exists()
+
+
+
+def test_a_streamed_run_stopped_on_one_process_refuses_two_ranks_in_one_line(
+        setup, cli, monkeypatch):
+    """The other direction of the test above: an interrupted one-process run rerun on 2 ranks
+    ends on each rank with the one line naming how many ranks to use, no traceback."""
+    path = setup("one-then-two", {"method": "Wanda"}, model={"load": "stream"})
+    monkeypatch.setenv("LLMC_FAIL_AT", "block:checkpointed@0")
+    code, stderr = cli("--config", path)
+    assert code != 0 and "injected fault" in stderr
+    monkeypatch.delenv("LLMC_FAIL_AT")
+    done = torchrun(["--config", path], module=True, timeout=120)
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("llmc:")]
+    assert len(lines) == 2, done.stderr[-3000:]
+    assert all("on 1 rank(s), and this run has 2" in line for line in lines), lines
+
+
+def test_a_rank_killed_mid_loop_is_named_in_one_line_by_the_survivor(setup, tmp_path):
+    """Rank 1 SIGKILLed once it finished block 0 (as the out-of-memory killer would): rank 0,
+    whose next collective fails (or whom torchrun stops with SIGTERM meanwhile), prints one
+    line naming the lost rank, no traceback; nothing is committed."""
+    path = setup("lost-rank", {"method": "Wanda"})
+    marker = tmp_path / "paused"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               "2", "-m", "llmc", "--config", str(path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LLMC_PAUSE_AT": "block:written@0",
+           "LLMC_FAULT_RANK": "1", "LLMC_PAUSE_MARKER": str(marker)}
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() or len(marker.read_text().split()) < 2:
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(int(marker.read_text().split()[1]), signal.SIGKILL)
+        stderr = process.communicate(timeout=120)[1]
+    finally:
+        process.kill()
+    ours = stderr[:stderr.find("Traceback")] if "Traceback" in stderr else stderr
+    assert 'File "' not in ours, stderr[-3000:]  # torchrun's own report comes after
+    lines = [line for line in stderr.splitlines() if line.startswith("llmc:")]
+    assert lines == [lines[0]] and "rank 0: rank 1 ended without a word" in lines[0], stderr
+    assert not (setup.root / "lost-rank" / "results.json").exists()
