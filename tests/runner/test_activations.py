@@ -94,3 +94,52 @@ def test_a_run_with_disk_offload_equals_one_in_ram(cli, run_config, tmp_path):
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert not (tmp_path / "disk" / ".llmc" / "scratch").exists()
+
+
+def test_the_file_has_its_space_before_it_is_mapped(tmp_path):
+    """Allocated, not sparse: a mapped page the disk has no room for would kill the process
+    with SIGBUS when written back, saying nothing."""
+    held = ActivationFile(tmp_path, [(4, 1024, 64)], torch.float32)
+    try:
+        assert held.path.stat().st_blocks * 512 >= 4 * 1024 * 64 * 4
+    finally:
+        held.close()
+
+
+@pytest.mark.parametrize("fallocate_error", ["ENOSPC", "EOPNOTSUPP"])
+def test_a_full_disk_is_an_os_error_naming_the_file(tmp_path, monkeypatch, fallocate_error):
+    """ENOSPC from the allocation, or (a filesystem that cannot allocate ahead) less free space
+    than the file needs: an OSError naming the file, which the run reports as its disk-full
+    line; nothing is mapped."""
+    import errno
+    import os
+
+    def fallocate(fd, offset, length):
+        code = getattr(errno, fallocate_error)
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "posix_fallocate", fallocate)
+    real_statvfs = os.statvfs
+    monkeypatch.setattr(os, "statvfs", lambda path: type(
+        "Full", (), {"f_bavail": 1, "f_frsize": real_statvfs(path).f_frsize})())
+    with pytest.raises(OSError) as raised:
+        ActivationFile(tmp_path, [(4, 1024, 64)], torch.float32)
+    assert raised.value.errno == errno.ENOSPC
+    assert raised.value.filename == str(tmp_path / "activations.bin")
+
+
+def test_a_full_disk_under_offload_is_the_one_disk_full_line(cli, run_config, monkeypatch):
+    import errno
+    import os
+
+    from conftest import error_line
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    code, stderr = cli("--config", run_config, "--set", "base.offload_activations=disk",
+                       "--set", "eval.eval_pos=[]")
+    line = error_line(stderr)
+    assert code == 2 and "No space left on device" in line and "activations.bin" in line, line
+    assert "free space or choose another save.save_path" in line
