@@ -58,14 +58,24 @@ def environment_failure(err: BaseException) -> Optional[str]:
 def write_traceback(err: BaseException) -> Optional[str]:
     """The traceback of `err` in the system temp directory; its path, or None if it cannot be
     written there."""
-    path = os.path.join(tempfile.gettempdir(), f"llmc-traceback-{os.getpid()}.txt")
     try:
-        with open(path, "w", encoding="utf-8", errors="backslashreplace") as f:
+        fd, path = _new_file(tempfile.gettempdir(), f"llmc-traceback-{os.getpid()}")
+        with open(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
             f.write(f"llmc {' '.join(sys.argv[1:])}\n\n")
             f.write("".join(traceback.format_exception(type(err), err, err.__traceback__)))
     except OSError:
         return None
     return path
+
+
+def _new_file(directory: str, stem: str):
+    """(fd, path) of a file created here, never through a link: <stem>.txt when that name is
+    free (a shared temp directory may hold anyone's link there), else a unique name."""
+    path = os.path.join(directory, f"{stem}.txt")
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), path
+    except FileExistsError:
+        return tempfile.mkstemp(prefix=f"{stem}-", suffix=".txt", dir=directory)
 
 
 def thread_failure(hook_args) -> None:

@@ -240,6 +240,9 @@ class StreamedHandle(ModelHandle):
             if not file.is_file():
                 raise LlmcError(f"the resume state says block {index} is done, but its shard "
                                 f"{file} is missing")
+            if verified is not None and file.name not in verified:
+                raise LlmcError(f"the resume state says block {index} is done, but records no "
+                                f"sha256 for its shard {file}")
             self._point_at(file, part)
         self.shard_sha256.update(verified or {})
 

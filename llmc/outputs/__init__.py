@@ -36,10 +36,10 @@ def open_run(save_cfg):
     """Yields the run's StagedRun once the save path is proven usable and locked."""
     layout = Layout.of(save_cfg.save_path)
     check_save_path_resolves(layout)
+    check_layout(layout)  # no link out of .llmc/ is followed by anything below
     made = make_save_path(layout)
     lock = LockFile(layout)
     try:
-        check_layout(layout)  # no link out of .llmc/ is followed by anything below
         with os_errors_name_the_save_path(layout):
             lock.acquire()
     except LlmcError:

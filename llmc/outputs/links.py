@@ -54,6 +54,10 @@ def check_layout(layout: Layout) -> None:
     for path in (layout.state, layout.runs, layout.scratch, layout.lock, *layout.scratch_dirs):
         if path.is_symlink():
             _refuse_link(path)
+    for path in (layout.state, layout.runs, layout.scratch, *layout.scratch_dirs):
+        if os.path.lexists(path) and not path.is_dir():
+            raise LlmcError(f"{path} is a file, not the directory llmc keeps there "
+                            "(docs/outputs.md); move it away or choose another save.save_path")
     if os.path.lexists(layout.lock) and not layout.lock.is_file():
         raise LlmcError(f"{layout.lock} is a directory or special file, not llmc's lock file; "
                         f"remove it (a run holding the save path has a regular file there) and "

@@ -66,7 +66,7 @@ def find_runs(paths) -> List[Run]:
 def read_run(path: Path) -> Run:
     try:
         results = json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse_non_finite)
-    except (OSError, UnicodeDecodeError, ValueError) as err:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
         raise LlmcError(f"report: cannot read {path} ({err}); remove it or leave its directory "
                         "out") from None
     if not isinstance(results, dict) or not isinstance(results.get("config"), dict):
@@ -89,13 +89,14 @@ def identity(results: dict) -> dict:
     sparse, calib = config.get("sparse") or {}, config.get("calib") or {}
     weight = sparse.get("weight") or {}
     method = results.get("method") or {"name": sparse.get("method", "")}
-    base = (method.get("base") or {}).get("name", "")
-    steps = " + ".join(method[k]["name"] for k in ("refine", "update") if k in method)
+    base = (method.get("base") or {}).get("name") or ""
+    steps = " + ".join(method[k].get("name") or "?" for k in ("refine", "update")
+                       if method.get(k))
     wbits = (method.get("quantization") or {}).get("wbits", "")
     calibrates = (results.get("inputs") or {}).get("calib_tokens_sha256", True) is not None
     calibration = (f"{calib.get('name')} {calib.get('n_samples')}x{calib.get('seq_len')}"
                    if calibrates and calib else "none")
-    return {"method": method.get("name", ""), "base": base, "steps": steps,
+    return {"method": method.get("name") or "", "base": base, "steps": steps,
             "sparsity": weight.get("sparsity", ""), "type": weight.get("sparsity_type", ""),
             "wbits": wbits, "model": (config.get("model") or {}).get("path", ""),
             "calibration": calibration}

@@ -62,6 +62,12 @@ def resume_fingerprint(cfg, weight_files, checkpoint_dir, calib_tokens_sha256, d
     }
 
 
+def _digest(state: dict) -> str:
+    """The sha256 of a state's content (keys sorted), stored beside it: an edited state.json
+    (a changed plan or next block) is never resumed from."""
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
+
+
 def _flat(value, prefix="") -> dict:
     if isinstance(value, dict):
         out = {}
@@ -184,7 +190,10 @@ class ResumeState:
             state = json.loads(path.read_text())
             stored = state["fingerprint"]
             int(state["next_block"])
-        except (OSError, ValueError, KeyError, TypeError) as err:
+            if state.pop("state_sha256", None) != _digest(state):
+                raise ValueError("its content is not what was written: edited since, or from "
+                                 "an llmc that did not checksum it")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             logger.warning(f"the resume state {path} does not read ({err}); starting over")
             self.clear()
             return None
@@ -229,12 +238,14 @@ class ResumeState:
                       digest)
         activations_sha256 = world.collect(digest.hexdigest())  # on disk on every rank
         if world.leads:
-            write_text(self.directory / STATE, json.dumps({
+            state = json.loads(json.dumps({  # as it reads back, for its own checksum
                 "fingerprint": self.fingerprint, "next_block": next_block,
                 "num_blocks": self.num_blocks, "activations": ACTIVATIONS.format(next_block),
                 "activations_sha256": activations_sha256, "shards": dict(shard_sha256),
                 "model_sha256": model_sha256,
-                "plan": plan, "carried": carried, "rng": rng_states()}), timing)
+                "plan": plan, "carried": carried, "rng": rng_states()}))
+            write_text(self.directory / STATE,
+                       json.dumps({**state, "state_sha256": _digest(state)}), timing)
             fsync_dir(self.directory, timing)  # the rename over state.json: the commit point
         world.barrier()  # committed: the activations it no longer names may go
         suffix = f"-rank{world.rank}.safetensors" if world.distributed else ".safetensors"

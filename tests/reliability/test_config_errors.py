@@ -304,6 +304,21 @@ def test_a_bug_is_one_line_with_the_traceback_in_a_file(cli, run_config, failing
     assert sum(line.startswith("llmc: error:") for line in stderr.splitlines()) == 1
 
 
+def test_the_traceback_file_is_never_written_through_a_planted_link(
+        cli, run_config, failing_run, tmp_path):
+    """The temp directory is shared: a link at the traceback's name is left alone."""
+    failing_run(KeyError("block_3"))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    planted = tmp_path / "tmp" / f"llmc-traceback-{os.getpid()}.txt"
+    os.symlink(victim, planted)
+    code, stderr = cli("--config", run_config)
+    line = error_line(stderr)
+    assert code == 1 and victim.read_text() == "keep me" and str(planted) not in line
+    written = line.split("written to ")[1].split(";")[0]
+    assert "KeyError: 'block_3'" in open(written).read()
+
+
 def test_ctrl_c_still_exits_130(cli, run_config, failing_run):
     failing_run(KeyboardInterrupt())
     code, stderr = cli("--config", run_config)

@@ -116,3 +116,14 @@ def test_a_save_path_that_is_a_broken_link_says_so(cli, run_config, tmp_path, ki
     line = error_line(stderr)
     assert code == 2
     assert ("which does not exist" if kind == "dangling" else "loop of symbolic links") in line
+
+
+@pytest.mark.parametrize("entry", [".llmc", ".llmc/runs", ".llmc/scratch", ".llmc/scratch/resume"])
+def test_a_file_where_llmc_keeps_a_directory_says_so(cli, run_config, tmp_path, entry):
+    save = tmp_path / "save"
+    (save / entry).parent.mkdir(parents=True, exist_ok=True)
+    (save / entry).write_text("someone's file")
+    code, stderr = cli("--config", run_config, *FAST, "--set", f"save.save_path={save}")
+    line = error_line(stderr)
+    assert code == 2 and f"{save / entry} is a file, not the directory" in line, line
+    assert (save / entry).read_text() == "someone's file"

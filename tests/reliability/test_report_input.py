@@ -15,7 +15,7 @@ VALID = {
                "eval": {"names": ["builtin"]},
                "sparse": {"method": "Wanda", "weight": {"sparsity": 0.5,
                                                         "sparsity_type": "unstructured"}}},
-    "method": {"name": "Wanda"},
+    "method": {"name": "Wanda", "update": {"name": "admm", "rho": 1.0}},
     "ppl": {"pretrain": {"builtin": 15.0}, "transformed": {"builtin": 30.0}},
     "tasks": {"transformed": {"cloze": {"acc": 0.4, "acc_stderr": 0.01}}},
     "sparsity": {"overall": 0.5, "per_block": [0.5, 0.5],
@@ -40,6 +40,12 @@ def report(capsys, *argv):
 def test_the_valid_file_reports(tmp_path, capsys):
     code, out = report(capsys, write(tmp_path, VALID), "--no-plots")
     assert code == 0 and "Wanda" in out.out and "30.0000" in out.out
+
+
+def test_json_nested_too_deep_is_one_line(tmp_path, capsys):
+    run = write(tmp_path, None, "[" * 100000 + "]" * 100000)
+    code, out = report(capsys, run, "--no-plots")
+    assert code == 2 and str(run / "results.json") in error_line(out.err)
 
 
 def edit(path, value):
@@ -75,7 +81,8 @@ def test_a_field_of_the_wrong_type_is_one_line_naming_file_and_field(
 
 
 @pytest.mark.parametrize("field", ["ppl", "tasks", "sparsity", "method", "config.sparse",
-                                   "ppl.transformed", "sparsity.per_block", "timings"])
+                                   "ppl.transformed", "sparsity.per_block", "timings",
+                                   "method.update", "method.name", "tasks.transformed.cloze"])
 def test_a_null_section_is_read_as_not_recorded(tmp_path, capsys, field):
     code, out = report(capsys, write(tmp_path, edit(field, None)), "--plots",
                        tmp_path / "plots")

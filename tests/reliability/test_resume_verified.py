@@ -47,7 +47,13 @@ def resume_dir(save):
     return save / ".llmc/scratch/resume"
 
 
-@pytest.mark.parametrize("damage", ["shard changed", "shard deleted", "activations changed"])
+def edit_state(save, **changes) -> None:
+    path = resume_dir(save) / "state.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+@pytest.mark.parametrize("damage", ["shard changed", "shard deleted", "activations changed",
+                                    "state edited"])
 def test_a_damaged_resume_state_starts_over_to_the_uninterrupted_weights(cli, killed, damage):
     argv, reference, save, _ = killed
     shard = save / ".llmc/scratch/shards/model-00002-of-00006.safetensors"  # block 0
@@ -56,13 +62,18 @@ def test_a_damaged_resume_state_starts_over_to_the_uninterrupted_weights(cli, ki
         flip_last_float(shard)
     elif damage == "shard deleted":
         shard.unlink()
-    else:
+    elif damage == "activations changed":
         flip_last_float(next(resume_dir(save).glob("activations-*.safetensors")))
+    else:  # a plan with other targets would give other weights, silently
+        state = json.loads((resume_dir(save) / "state.json").read_text())
+        edit_state(save, plan={**state["plan"], "sparsity": 0.3})
     code, stderr = cli(*argv)
     assert code == 0, stderr
     assert "resuming" not in stderr and "starting over" in stderr
     if damage.endswith("changed"):
         assert "changed since the interrupted run wrote it" in stderr
+    if damage == "state edited":
+        assert "its content is not what was written" in stderr
     assert "resumed_at_block" not in assert_same_run(reference, save)
     assert_clean(save)
 
@@ -84,7 +95,10 @@ def test_a_state_without_the_checkpoints_hash_starts_over(cli, killed):
     argv, reference, save, _ = killed
     path = resume_dir(save) / "state.json"
     state = json.loads(path.read_text())
-    path.write_text(json.dumps({**state, "model_sha256": None}))
+    state.pop("state_sha256")
+    state["model_sha256"] = None  # as a state written before the hash was known holds it
+    from llmc.runner.resume import _digest
+    path.write_text(json.dumps({**state, "state_sha256": _digest(state)}))
     code, stderr = cli(*argv)
     assert code == 0 and "resuming" not in stderr and "cannot be verified" in stderr, stderr
     assert "resumed_at_block" not in assert_same_run(reference, save)
