@@ -2,14 +2,14 @@
 current."""
 from pathlib import Path
 
-from llmc.config_doc import main, regenerate
+from llmc.config.doc import main, regenerate
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "config.md"
 
 
 def test_the_config_reference_is_current():
     text = DOC.read_text()
-    assert regenerate(text) == text, "run: python -m llmc.config_doc --write docs/config.md"
+    assert regenerate(text) == text, "run: python -m llmc.config.doc --write docs/config.md"
     assert main(["--check", str(DOC)]) == 0
 
 

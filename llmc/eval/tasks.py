@@ -19,7 +19,7 @@ class TaskSuite:
             self.cloze = cloze_items(builtin_split("eval")["text"], tokenizer,
                                      ev.cloze_paragraphs, ev.seq_len)
         names = [name for name in ev.tasks if name != CLOZE]
-        # lm-eval runs in one process (config_checks refuses its tasks under torchrun)
+        # lm-eval runs in one process (llmc.config.checks refuses its tasks under torchrun)
         self.harness = harness.load_tasks(names) if names and world.leads else {}
 
     def __bool__(self):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config_io import setting
+from ..config.typed import setting
 from ..errors import ConfigError
 from .masks import n_m_mask
 from .steps import Step, register

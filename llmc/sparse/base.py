@@ -19,7 +19,7 @@ COLUMN_ORDER = "llmc_column_order"
 class Sparsifier:
     """A method. Subclasses declare:
     - `Settings`: a dataclass of the keys it reads under `sparse:` (fields made with
-      llmc.config_io.setting: default and doc together), with `check(weight_cfg)` raising one
+      llmc.config.typed.setting: default and doc together), with `check(weight_cfg)` raising one
       ConfigError. The config schema and docs/config.md are assembled from these declarations.
     - `needs`: names in STATISTICS (llmc.runner.stats), gathered once per input group over all
       calibration windows; checked when the method is built (`build_method`).

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from loguru import logger
 
-from ..config_io import setting
+from ..config.typed import setting
 from ..errors import ConfigError, LlmcError
 from ..registry import METHODS
 from .allocation import Target, UnitPlan

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from loguru import logger
 
-from ..config_io import setting
+from ..config.typed import setting
 from ..errors import ConfigError, LlmcError
 from ..registry import METHODS
 from .allocation import Target, UnitPlan

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config_io import setting
+from ..config.typed import setting
 from ..errors import ConfigError
 from ..registry import METHODS
 from .base import COLUMN_ORDER, Sparsifier

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from loguru import logger
 
-from ..config_io import setting
+from ..config.typed import setting
 from ..errors import ConfigError, LlmcError
 from ..registry import METHODS
 from .base import Sparsifier

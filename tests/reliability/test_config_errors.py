@@ -121,13 +121,13 @@ def test_config_path_that_is_missing_or_a_directory(cli, tmp_path):
 
 
 def test_unreadable_config_file(cli, run_config, monkeypatch):
-    import llmc.config_yaml
+    import llmc.config.yaml_text
 
     def refuse(path, mode="r", *args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", path)
 
     # chmod 000 cannot stop root (who runs some CI), so the open is made to fail as it would
-    monkeypatch.setattr(llmc.config_yaml, "open", refuse, raising=False)
+    monkeypatch.setattr(llmc.config.yaml_text, "open", refuse, raising=False)
     code, stderr = cli("--config", run_config)
     assert code == 2
     assert f"config file '{run_config}' cannot be read: permission denied" in error_line(stderr)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from llmc.config import Config
-from llmc.config_io import build
+from llmc.config.typed import build
 from llmc.errors import LlmcError
 from llmc.runner.resume import ResumeState, differing_keys, resume_fingerprint
 from llmc.sparse.allocation import Target, UniformPlan, UnitPlan, plan_from_dict, plan_to_dict

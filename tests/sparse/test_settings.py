@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from llmc.config import declared_settings, load_config, sparse_config
-from llmc.config_doc import table
-from llmc.config_io import setting
+from llmc.config.doc import table
+from llmc.config.typed import setting
 from llmc.errors import ConfigError
 from llmc.registry import METHODS
 from llmc.sparse import Sparsifier, build_method

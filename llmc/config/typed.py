@@ -1,15 +1,16 @@
 """Reading a config: `--set a.b=c` overrides on the raw values (the YAML text itself is read by
-llmc.config_yaml), and the typed build of nested dataclasses with one clear error per wrong key
-or type. It knows no schema: llmc.config defines the dataclasses and validates them; methods
+llmc.config.yaml_text), and the typed build of nested dataclasses with one clear error per wrong
+key or type. It knows no schema: llmc.config.schema defines the dataclasses, llmc.config.checks
+validates them; methods
 declare their own settings with `setting()`."""
 import dataclasses
 import math
 import typing
 from typing import Dict, List, Optional, Union
 
-from .config_yaml import parse_yaml
-from .errors import ConfigError
-from .registry import closest
+from ..errors import ConfigError
+from ..registry import closest
+from .yaml_text import parse_yaml
 
 
 def yaml_key(f) -> str:

@@ -4,12 +4,12 @@ sparse section's own (`validate_sparse`: the common keys, then each method's dec
 import os
 import re
 
-from .config import (DTYPES, EVAL_POSITIONS, MODEL_LOADS, SEED_LIMIT, Config, SparseCfg,
+from .schema import (DTYPES, EVAL_POSITIONS, MODEL_LOADS, SEED_LIMIT, Config, SparseCfg,
                      declared_settings)
-from .distributed import check_ranks, env_world_size
-from .errors import ConfigError
-from .registry import BUILTIN_MODELS, DATASETS, METHODS, MODELS, PREPROCS, closest
-from .sparse.steps import check_steps
+from ..distributed import check_ranks, env_world_size
+from ..errors import ConfigError
+from ..registry import BUILTIN_MODELS, DATASETS, METHODS, MODELS, PREPROCS, closest
+from ..sparse.steps import check_steps
 
 
 def _check_path(path, key, what):
@@ -154,8 +154,8 @@ def _validate_eval(cfg):
 
 
 def _validate_tasks(ev):
-    from .eval.harness import installed, is_task_file
-    from .eval.tasks import CLOZE
+    from ..eval.harness import installed, is_task_file
+    from ..eval.tasks import CLOZE
 
     repeated = sorted({name for name in ev.tasks if ev.tasks.count(name) > 1})
     if repeated:

@@ -1,18 +1,18 @@
 """The method settings table of docs/config.md, generated from the methods' own declarations
 (each method's Settings dataclass), so the reference never drifts from the code.
 
-    python -m llmc.config_doc --write docs/config.md   # regenerate the table in place
-    python -m llmc.config_doc --check docs/config.md   # exit 1 when it is stale (a test does this)
+    python -m llmc.config.doc --write docs/config.md   # regenerate the table in place
+    python -m llmc.config.doc --check docs/config.md   # exit 1 when it is stale (a test does this)
 """
 import argparse
 import dataclasses
 import sys
 from pathlib import Path
 
-from .config import declared_settings
-from .config_io import field_default, yaml_key
+from .schema import declared_settings
+from .typed import field_default, yaml_key
 
-BEGIN = "<!-- method settings: generated from each method's Settings by `python -m llmc.config_doc --write docs/config.md` -->"
+BEGIN = "<!-- method settings: generated from each method's Settings by `python -m llmc.config.doc --write docs/config.md` -->"
 END = "<!-- end of generated method settings -->"
 
 
@@ -52,7 +52,7 @@ def regenerate(text: str) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llmc.config_doc", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m llmc.config.doc", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--write", metavar="FILE", help="regenerate FILE's table in place")
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     current = regenerate(text)
     if args.check:
         if current != text:
-            print(f"{path}: the method settings table is stale; run python -m llmc.config_doc "
+            print(f"{path}: the method settings table is stale; run python -m llmc.config.doc "
                   f"--write {path}", file=sys.stderr)
             return 1
         return 0

@@ -1,8 +1,5 @@
-"""The config schema: every YAML key, its type and default live here, and nowhere else.
-
-`load_config(path, overrides)` reads YAML (anchors work), applies `--set a.b=c` overrides, builds
-typed dataclasses and validates everything that can be checked before heavy work starts
-(llmc/config_checks.py).
+"""The config schema: every YAML key, its type and default live here, and nowhere else
+(llmc.config.load reads, builds and validates a Config; llmc.config.checks holds the checks).
 This module imports no torch itself; the registries it consults import their packages (methods,
 adapters, datasets) the first time they are read.
 """
@@ -12,11 +9,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from .config_io import (apply_override, build, field_default, parse_yaml, to_dict,  # noqa: F401
-                        yaml_key)
-from .config_yaml import read_config_file
-from .errors import ConfigError
-from .registry import DATASETS, METHODS, STEPS
+from ..errors import ConfigError
+from ..registry import DATASETS, METHODS, STEPS
+from .typed import field_default, to_dict, yaml_key
 
 EVAL_POSITIONS = ("pretrain", "transformed")
 SEED_LIMIT = 2 ** 32  # numpy.random.seed takes [0, 2^32)
@@ -161,7 +156,7 @@ class SparseCfg:
     def parts(self):
         """The classes whose settings this run uses: the method, what it composes (OWL: its
         base), and its steps (refine, update)."""
-        from .sparse.steps import step_classes
+        from ..sparse.steps import step_classes
         return METHODS.lookup(self.method, "sparse.method").parts(self) + step_classes(self)
 
     def in_effect(self) -> Dict[str, Any]:
@@ -200,40 +195,3 @@ class Config:
     def to_dict(self) -> dict:
         """The config as YAML keys and plain values (loadable again with load_config(raw=...))."""
         return to_dict(self)
-
-
-def sparse_config(**raw) -> SparseCfg:
-    """A validated SparseCfg from keys as written under `sparse:` in YAML, e.g.
-    sparse_config(method="SparseGPT", blocksize=16, weight={"sparsity_type": "2:4"})."""
-    from .config_checks import validate_sparse  # it reads this module's schema
-
-    return validate_sparse(build(SparseCfg, raw, "sparse"))
-
-
-# ---------------------------------------------------------------- entry point
-
-
-def load_config(path: Optional[str] = None, overrides=(), raw: Optional[dict] = None) -> Config:
-    """Read YAML `path` (or take `raw`), apply overrides, build and validate a Config. The
-    registries (methods, model types, datasets, samplers) fill themselves on first use."""
-    if raw is None:
-        if not path:
-            raise ConfigError("no config given; pass --config FILE.yml")
-        raw = read_config_file(path)
-        if raw is None:
-            raise ConfigError(f"config file '{path}' holds no settings (it is empty or only "
-                              "comments); start from one in configs/sparse/")
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config '{path}' must be a mapping of sections (base, model, calib, "
-                          f"eval, sparse, save) at its top level, got {_kind(raw)}")
-    from .config_checks import validate  # it reads this module's schema
-
-    for assignment in overrides:
-        apply_override(raw, assignment, schema=Config)
-    return validate(build(Config, raw))
-
-
-def _kind(value) -> str:
-    if isinstance(value, list):
-        return "a list"
-    return f"the {type(value).__name__} {value!r}"

@@ -13,7 +13,7 @@ import re
 import yaml
 from yaml.constructor import ConstructorError
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 MAX_CONFIG_BYTES = 16 * 2 ** 20  # far above any config; keeps `--config /dev/zero` from hanging
 _MERGE_TAG = "tag:yaml.org,2002:merge"
