@@ -2,6 +2,7 @@
 (llmc/outputs/links.py, docs/outputs.md): each hostile layout is refused with one line naming
 the link and where it points, and what the link leads to is untouched."""
 import os
+import shutil
 
 import pytest
 
@@ -38,7 +39,6 @@ def done(run_config, cli, tmp_path):
 
 def relink(path, target):
     if path.is_dir() and not path.is_symlink():
-        import shutil
         shutil.rmtree(path)
     elif os.path.lexists(path):
         os.unlink(path)

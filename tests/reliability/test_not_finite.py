@@ -3,10 +3,11 @@ with evaluation off, in memory and streamed; a method whose arithmetic overflows
 is an error naming the Linear and the settings; settings past a known bound are refused."""
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import llmc.sparse.admm
 from conftest import error_line
-from test_models import FAST, edit_weights, model_path, nothing_written
+from test_models import FAST, edit_weights, model_path, nothing_written, save_dir
 
 ADMM = ("--set", "sparse.update=admm", "--set", "sparse.admm.iterations=2")
 
@@ -43,9 +44,6 @@ def test_an_admm_rho_past_its_bound_is_refused_before_any_work(run_config, cli, 
 
 
 def test_saved_weights_are_all_finite_on_a_plain_run(run_config, cli):
-    from test_models import save_dir
-    from safetensors.torch import load_file
-
     code, stderr = cli("--config", run_config, *FAST)
     assert code == 0, stderr
     for shard in (save_dir(run_config) / "transformed_model").glob("*.safetensors"):
