@@ -1,5 +1,6 @@
-"""`python -m llmc --config FILE.yml [--set key.path=value ...]` (also the `llmc` command), and
-`python -m llmc report SAVE_DIR...` to compare finished runs (llmc.report).
+"""`python -m llmc --config FILE.yml [--set key.path=value ...]` (also the `llmc` command),
+`python -m llmc report SAVE_DIR...` to compare finished runs (llmc.report), and
+`python -m llmc bench-model DIR...` to measure what saved models buy (llmc.bench).
 
 Every failure ends as one `llmc: error: ...` line on stderr and an exit code:
 2 what the user can fix: the input (config, --set, the command line, a model or data file: an
@@ -141,14 +142,18 @@ def _sigterm_held(in_main_thread: bool):
         raise Terminated()
 
 
-def report_command(argv) -> int:
-    """`llmc report ...` (llmc.report.cli): its failures end as the run's do, in one line."""
+def subcommand(name: str, argv) -> int:
+    """`llmc report ...` (llmc.report.cli) or `llmc bench-model ...` (llmc.bench.cli): their
+    failures end as the run's do, in one line."""
     logger.remove()
     logger.add(sys.stderr, level="INFO", format="{message}")
     try:
-        from .report.cli import report
+        if name == "report":
+            from .report.cli import report as command
+        else:
+            from .bench.cli import bench as command
 
-        return report(argv)
+        return command(argv)
     except SystemExit as done:  # argparse's usage line and error, or --help
         return done.code if isinstance(done.code, int) else (0 if done.code is None else 2)
     except (Exception, KeyboardInterrupt) as err:
@@ -160,8 +165,8 @@ def report_command(argv) -> int:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    if argv[:1] == ["report"]:
-        return report_command(argv[1:])
+    if argv[:1] in (["report"], ["bench-model"]):
+        return subcommand(argv[0], argv[1:])
     try:
         args = parse_args(argv)
     except SystemExit as done:  # argparse printed its usage line and one `llmc: error:` line

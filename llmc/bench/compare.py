@@ -1,0 +1,50 @@
+"""Saved models side by side: each figure of llmc.bench.measure as a ratio to the first model
+(the baseline, usually the dense one), measured in the same process; a markdown table and the
+results as JSON."""
+from typing import Dict, List
+
+# (column, key in the figures, higher is better); the speeds per batch size are added per run
+SIZE_COLUMNS = [("parameters", "parameters"), ("non-zero", "nonzero_parameters"),
+                ("checkpoint MB", "checkpoint_bytes"), ("peak memory MB", "peak_memory_bytes")]
+MB = 2 ** 20
+
+
+def speed_keys(batches: List[int]) -> List[str]:
+    return ([f"prefill_tokens_per_s_bs{b}" for b in batches]
+            + [f"decode_tokens_per_s_bs{b}" for b in batches])
+
+
+def ratios(figures: List[Dict[str, object]], batches: List[int]) -> List[Dict[str, float]]:
+    """{key: model's figure / baseline's figure} for every size and speed figure (None where
+    either is missing or the baseline's is 0)."""
+    base = figures[0]
+    keys = [key for _, key in SIZE_COLUMNS] + speed_keys(batches)
+    out = []
+    for model in figures:
+        out.append({key: (model[key] / base[key]
+                          if model.get(key) is not None and base.get(key) else None)
+                    for key in keys})
+    return out
+
+
+def _cell(value, ratio, scale=1.0) -> str:
+    if value is None:
+        return ""
+    shown = f"{value / scale:,.1f}" if scale != 1.0 or isinstance(value, float) else f"{value:,}"
+    return shown if ratio is None else f"{shown} ({ratio:.2f}x)"
+
+
+def markdown(figures, batches, header: str) -> str:
+    """One row per model: sizes, then tokens/s per batch size, each with its ratio to the first
+    row."""
+    relative = ratios(figures, batches)
+    speeds = [(f"prefill tok/s bs{b}", f"prefill_tokens_per_s_bs{b}") for b in batches]
+    speeds += [(f"decode tok/s bs{b}", f"decode_tokens_per_s_bs{b}") for b in batches]
+    columns = SIZE_COLUMNS + speeds
+    lines = [header, "", "| model | " + " | ".join(name for name, _ in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for model, ratio in zip(figures, relative):
+        cells = [_cell(model.get(key), ratio[key], MB if name.endswith("MB") else 1.0)
+                 for name, key in columns]
+        lines.append(f"| {model['path']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

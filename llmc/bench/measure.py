@@ -1,0 +1,106 @@
+"""What one saved model costs to run: prefill and greedy-decode tokens/s at given batch sizes,
+the memory it takes, its parameters (and how many are non-zero) and its checkpoint's bytes.
+
+Timings are medians of `repeats` runs after one warm-up, on random token ids (seeded: the same
+ids for every model), under torch.inference_mode. Decode tokens/s is the new tokens over the
+generate() time less the prefill time of the same batch, so it counts the token-by-token steps
+alone; generate() is told to produce exactly `new_tokens` (no early stop at an end token)."""
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+from ..errors import LlmcError
+from ..runner.device import (current_rss, peak_rss_since_reset, release_freed_memory,
+                             reset_peak_rss)
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+@dataclass
+class Settings:
+    prompt: int = 512
+    new_tokens: int = 128
+    batches: List[int] = field(default_factory=lambda: [1, 8])
+    repeats: int = 3
+    seed: int = 0
+
+
+def checkpoint_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.iterdir()
+               if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+
+
+def load(directory: Path, device: torch.device):
+    """The saved model at `directory` in the dtype it was saved in, on `device`, in eval mode;
+    one error line for a directory that holds no loadable model."""
+    from transformers import AutoModelForCausalLM
+
+    if not (directory / "config.json").is_file() or not checkpoint_bytes(directory):
+        raise LlmcError(f"bench-model: {directory} is not a saved model (no config.json and "
+                        "weight files); give transformed_model/ directories or checkpoints")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype="auto")
+    except Exception as err:  # transformers raises many kinds for a broken directory
+        raise LlmcError(f"bench-model: {directory} does not load as a causal LM "
+                        f"({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
+    return model.to(device).eval()
+
+
+def _timed(call, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    call()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def _median_seconds(call, device, repeats: int) -> float:
+    call()  # warm-up: kernels chosen, caches filled
+    return statistics.median(_timed(call, device) for _ in range(repeats))
+
+
+def measure(directory, device: torch.device, settings: Settings) -> Dict[str, object]:
+    """The figures of the model saved at `directory` (see the module doc)."""
+    directory = Path(directory)
+    release_freed_memory()
+    before = current_rss()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_rss()
+    model = load(directory, device)
+    params = [p for p in model.parameters()]
+    figures: Dict[str, object] = {
+        "path": str(directory), "dtype": str(params[0].dtype).removeprefix("torch."),
+        "parameters": sum(p.numel() for p in params),
+        "nonzero_parameters": sum(int(torch.count_nonzero(p)) for p in params),
+        "checkpoint_bytes": checkpoint_bytes(directory), "seconds": {}}
+    vocab = model.config.get_text_config().vocab_size
+    generator = torch.Generator().manual_seed(settings.seed)
+    with torch.inference_mode():
+        for batch in settings.batches:
+            ids = torch.randint(0, vocab, (batch, settings.prompt), generator=generator)
+            ids = ids.to(device)
+            prefill = _median_seconds(lambda: model(ids, use_cache=False), device,
+                                      settings.repeats)
+            generate = _median_seconds(lambda: model.generate(
+                ids, max_new_tokens=settings.new_tokens, min_new_tokens=settings.new_tokens,
+                do_sample=False, pad_token_id=0), device, settings.repeats)
+            figures["seconds"][f"prefill_bs{batch}"] = prefill
+            figures["seconds"][f"generate_bs{batch}"] = generate
+            figures[f"prefill_tokens_per_s_bs{batch}"] = batch * settings.prompt / prefill
+            figures[f"decode_tokens_per_s_bs{batch}"] = (
+                batch * settings.new_tokens / max(generate - prefill, 1e-9))
+    if device.type == "cuda":
+        figures["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
+    else:
+        peak = peak_rss_since_reset()
+        figures["peak_memory_bytes"] = None if peak is None else max(peak - before, 0)
+    del model, params
+    release_freed_memory()
+    return figures
