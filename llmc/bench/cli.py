@@ -1,6 +1,5 @@
 """`python -m llmc bench-model DIR [DIR ...] [--json FILE]` (or `llmc bench-model`): the first
 DIR is the baseline; every figure of the others is also given as a ratio to it."""
-import argparse
 import dataclasses
 import re
 import sys
@@ -11,20 +10,15 @@ from loguru import logger
 
 from ..errors import LlmcError
 from ..strict_json import dumps_strict
+from ..subcommand import SubcommandParser
 from .compare import markdown, ratios
 from .measure import Settings, measure
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.print_usage(sys.stderr)
-        self.exit(2, f"llmc: error: bench-model: {message}\n")
-
-
 def parse_args(argv):
-    parser = _Parser(prog="llmc bench-model", description="Prefill and decode tokens/s, peak "
-                     "memory, parameters and checkpoint bytes of saved models, each as a ratio "
-                     "to the first.")
+    parser = SubcommandParser("bench-model", description="Prefill and decode tokens/s, peak "
+                              "memory, parameters and checkpoint bytes of saved models, each as "
+                              "a ratio to the first.")
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="saved model directories (the "
                         "first is the baseline, usually the dense model)")
     parser.add_argument("--prompt", type=int, default=Settings.prompt, help="prompt tokens")

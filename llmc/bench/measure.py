@@ -65,6 +65,19 @@ def _median_seconds(call, device, repeats: int) -> float:
     return statistics.median(_timed(call, device) for _ in range(repeats))
 
 
+def _timings(model, batch: int, device: torch.device, settings: Settings):
+    """(prefill seconds, generate seconds) of `batch` random prompts (seeded per batch size)."""
+    vocab = model.config.get_text_config().vocab_size
+    generator = torch.Generator().manual_seed(settings.seed + batch)
+    ids = torch.randint(0, vocab, (batch, settings.prompt), generator=generator).to(device)
+    with torch.inference_mode():
+        prefill = _median_seconds(lambda: model(ids, use_cache=False), device, settings.repeats)
+        generate = _median_seconds(lambda: model.generate(
+            ids, max_new_tokens=settings.new_tokens, min_new_tokens=settings.new_tokens,
+            do_sample=False, pad_token_id=0), device, settings.repeats)
+    return prefill, generate
+
+
 def measure(directory, device: torch.device, settings: Settings) -> Dict[str, object]:
     """The figures of the model saved at `directory` (see the module doc)."""
     directory = Path(directory)
@@ -74,28 +87,19 @@ def measure(directory, device: torch.device, settings: Settings) -> Dict[str, ob
         torch.cuda.reset_peak_memory_stats(device)
     reset_peak_rss()
     model = load(directory, device)
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     figures: Dict[str, object] = {
         "path": str(directory), "dtype": str(params[0].dtype).removeprefix("torch."),
         "parameters": sum(p.numel() for p in params),
         "nonzero_parameters": sum(int(torch.count_nonzero(p)) for p in params),
         "checkpoint_bytes": checkpoint_bytes(directory), "seconds": {}}
-    vocab = model.config.get_text_config().vocab_size
-    generator = torch.Generator().manual_seed(settings.seed)
-    with torch.inference_mode():
-        for batch in settings.batches:
-            ids = torch.randint(0, vocab, (batch, settings.prompt), generator=generator)
-            ids = ids.to(device)
-            prefill = _median_seconds(lambda: model(ids, use_cache=False), device,
-                                      settings.repeats)
-            generate = _median_seconds(lambda: model.generate(
-                ids, max_new_tokens=settings.new_tokens, min_new_tokens=settings.new_tokens,
-                do_sample=False, pad_token_id=0), device, settings.repeats)
-            figures["seconds"][f"prefill_bs{batch}"] = prefill
-            figures["seconds"][f"generate_bs{batch}"] = generate
-            figures[f"prefill_tokens_per_s_bs{batch}"] = batch * settings.prompt / prefill
-            figures[f"decode_tokens_per_s_bs{batch}"] = (
-                batch * settings.new_tokens / max(generate - prefill, 1e-9))
+    for batch in settings.batches:
+        prefill, generate = _timings(model, batch, device, settings)
+        figures["seconds"][f"prefill_bs{batch}"] = prefill
+        figures["seconds"][f"generate_bs{batch}"] = generate
+        figures[f"prefill_tokens_per_s_bs{batch}"] = batch * settings.prompt / prefill
+        figures[f"decode_tokens_per_s_bs{batch}"] = (
+            batch * settings.new_tokens / max(generate - prefill, 1e-9))
     if device.type == "cuda":
         figures["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
     else:

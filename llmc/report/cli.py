@@ -2,13 +2,13 @@
 
 Prints one table of the runs found under the given directories (their results.json) and, with
 matplotlib installed (`pip install -e ".[plot]"`), writes the plots into --plots."""
-import argparse
 import sys
 from pathlib import Path
 
 from loguru import logger
 
 from ..errors import LlmcError
+from ..subcommand import SubcommandParser
 from .plots import pyplot, write_plots
 from .runs import find_runs
 from .table import markdown, rows, to_csv
@@ -16,15 +16,8 @@ from .table import markdown, rows, to_csv
 PLOTS_DIR = "llmc_report"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        """The usage, then one `llmc: error:` line as for every other failure (exit 2)."""
-        self.print_usage(sys.stderr)
-        self.exit(2, f"llmc: error: report: {message}\n")
-
-
 def parse_args(argv):
-    parser = _Parser(prog="llmc report", description="Compare finished runs: "
+    parser = SubcommandParser("report", description="Compare finished runs: "
                      "one table (markdown, or CSV) and plots.")
     parser.add_argument("paths", nargs="+", metavar="SAVE_DIR",
                         help="save paths of runs, or directories holding them (searched "

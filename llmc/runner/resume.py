@@ -19,7 +19,6 @@ of ranks is refused unless `save.overwrite`.
 """
 import hashlib
 import json
-import os
 import random
 import time
 from dataclasses import dataclass

@@ -3,7 +3,6 @@ in a real process (the locale decides how Python encodes file names and opens te
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
