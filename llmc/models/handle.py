@@ -173,7 +173,7 @@ class ModelHandle:
         """The model as a Hugging Face directory at `path` (which exists)."""
         self.model.to("cpu")
         for name, param in self.model.named_parameters():
-            require_finite_saved(name, param, self)
+            self._finite_to_save(name, param)
         fuse_experts(self._blocks(), self.adapter.experts)  # transformers' own layout
         try:
             self.model.save_pretrained(path, safe_serialization=True)
@@ -194,20 +194,21 @@ class ModelHandle:
                                 f"{self._why_not_finite(bad)}")
             self._finite.add(part)
 
+    def _finite_to_save(self, name: str, tensor):
+        """`tensor` once it is finite. Every weight a run saves is checked, in a block or not
+        (the head, the embeddings, the final norm: with evaluation off nothing else reads
+        them): else an error, and nothing is saved."""
+        if not bool(all_finite(tensor)):
+            raise LlmcError(f"the weight {name} holds {not_finite(tensor)}, so no model was "
+                            f"saved: {self._why_not_finite(tensor)}")
+        return tensor
+
     def _why_not_finite(self, tensor) -> str:
         source = getattr(self.model.config, "_name_or_path", "") or "the checkpoint"
         if tensor.dtype in (torch.float16, torch.bfloat16) and not torch.isnan(tensor).any():
             return (f"the checkpoint '{source}' holds values beyond {tensor.dtype}'s range, which "
                     "became inf when loaded in it; set model.torch_dtype: float32")
         return f"the checkpoint '{source}' is corrupt; download or convert it again"
-
-
-def require_finite_saved(name: str, tensor, handle) -> None:
-    """Every weight a run saves is finite, in a block or not (the head, the embeddings, the
-    final norm: with evaluation off nothing else reads them): else an error, nothing saved."""
-    if not bool(all_finite(tensor)):
-        raise LlmcError(f"the weight {name} holds {not_finite(tensor)}, so no model was saved: "
-                        f"{handle._why_not_finite(tensor)}")
 
 
 def all_finite(tensor, chunk: int = 1 << 24) -> torch.Tensor:

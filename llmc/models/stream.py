@@ -27,7 +27,7 @@ from loguru import logger
 
 from ..errors import LlmcError
 from .experts import is_fused_experts
-from .handle import ModelHandle, require_finite_saved
+from .handle import ModelHandle
 from .safetensors_io import TensorEntry, read_tensor, tensor_entries, write_tensors
 
 INDEX = "model.safetensors.index.json"
@@ -271,8 +271,8 @@ class StreamedHandle(ModelHandle):
                 self._point_at(path / name, part)
                 total += sum(self._slots[k].source.nbytes for k in keys)
             else:
-                total += write_tensors(path / name, (_checked(k, self._load(k, "cpu"), self)
-                                                     for k in keys))
+                total += write_tensors(path / name, ((k, self._finite_to_save(
+                    k, self._load(k, "cpu"))) for k in keys))
             weight_map.update({k: name for k in keys})
         (path / INDEX).write_text(json.dumps({"metadata": {"total_size": total},
                                               "weight_map": weight_map}, indent=2) + "\n")
@@ -289,10 +289,3 @@ class StreamedHandle(ModelHandle):
         config.save_pretrained(path)
         if model.can_generate():
             model.generation_config.save_pretrained(path)
-
-
-def _checked(key: str, tensor: torch.Tensor, handle) -> tuple:
-    """(key, tensor) once `tensor` is finite: the parts no block loop touched are checked as
-    they are written (llmc.models.handle.require_finite_saved)."""
-    require_finite_saved(key, tensor, handle)
-    return key, tensor
