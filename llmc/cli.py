@@ -187,9 +187,9 @@ def main(argv=None) -> int:
             from .config import load_config
 
             cfg = load_config(args.config, args.overrides)
-        from .pipeline import run
+        from .api import run
 
-        run(cfg)
+        run(cfg)  # the Python API's llmc.run: the CLI adds its one-line errors and signals
     except (Exception, KeyboardInterrupt, Terminated) as err:  # every way a run can end badly
         if distributed.env_world_size() > 1:
             # torchrun stops the other ranks with SIGTERM once one exits: this rank says what

@@ -1,108 +1,29 @@
-"""One run, start to end: data → pretrain eval → blockwise pruning → transformed eval → save."""
+"""The CLI's run, start to end: the checkpoint checked and loaded, data, then the stages
+(llmc.stages: pretrain eval, blockwise pruning, transformed eval), resume and torchrun around
+them, and the outputs committed."""
 import contextlib
 import dataclasses
-import math
-import random
 import shutil
 import time
 
-import numpy as np
-import torch
 from loguru import logger
 
 from .distributed import World, join
-from .data import calib_batches, eval_tokens, token_ids_sha256, token_stream_sha256
-from .eval import perplexity
-from .eval.tasks import TaskSuite, task_line
+from .data import calib_batches, eval_tokens
+from .eval.tasks import TaskSuite
 from .models import load_for_run, load_tokenizer, preflight
 from .errors import LlmcError
-from .provenance import InBackground, run_record, utc_now, versions
-from .achieved import run_summary, sparsity_report, unit_sparsity
-from .plot import plot_plan
-from .runner import Calibration, prune_blockwise, resolve_device
-from .runner.device import (current_rss, free_memory, peak_rss, peak_rss_since_reset,
-                            release_freed_memory, reset_peak_rss)
+from .provenance import InBackground, run_record, utc_now
+from .achieved import run_summary
+from .runner import resolve_device
+from .runner.device import current_rss, release_freed_memory, reset_peak_rss
 from .runner.resume import ResumeState, resume_fingerprint
-from .sparse import UnitPlan, build_method
+from .sparse import build_method
 from .sparse.allocation import plan_from_dict, plan_to_dict
 from .outputs import Layout, open_run
-from .save import (COLUMN_ORDERS, MODEL_DIR, PLAN_PLOT, RESULTS_SCHEMA, save_column_orders,
-                   save_model, write_results)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def evaluate(handle, eval_sets, cfg, device, position, results, world=World(), suite=None,
-             checkpoint_dir=None):
-    """Perplexity on each dataset, then the accuracy tasks (llmc.eval.tasks), at `position`.
-    lm-eval reads a streamed model from disk: the checkpoint (`checkpoint_dir`) before pruning;
-    after it, the saved output (run_harness_on_saved, once it is written)."""
-    ev = cfg.eval
-    per_block = ev.inference_per_block or not whole_model_fits(handle, device)
-    for name, tokens in eval_sets.items():
-        start = time.perf_counter()
-        ppl, speed = perplexity(handle, tokens, ev.seq_len, device, bs=ev.bs,
-                                max_windows=ev.max_windows, per_block=per_block,
-                                desc=f"{position} {name}", world=world)
-        logger.info(f"ppl {position} {name}: {ppl:.4f} ({speed:.0f} tokens/s)")
-        results["ppl"].setdefault(position, {})[name] = ppl
-        results["timings"][f"eval_{position}_{name}"] = time.perf_counter() - start
-        if position == "transformed" and not math.isfinite(ppl):
-            # A NaN or infinite perplexity is a broken model, not a result: nothing is saved.
-            dense = results["ppl"].get("pretrain", {}).get(name)
-            raise LlmcError(f"the pruned model's perplexity on {name} is {ppl}"
-                            f"{f' (dense: {dense:.4f})' if dense is not None else ''}: it is "
-                            "broken, so no outputs were saved; with model.torch_dtype float16, "
-                            "try bfloat16 or float32")
-    if suite is None:
-        return
-    if suite.cloze is not None:
-        start = time.perf_counter()
-        record_tasks(results, position, {"cloze": suite.run_cloze(handle, device, world)},
-                     time.perf_counter() - start, "cloze")
-    if suite.harness and not handle.streams:
-        start = time.perf_counter()
-        with handle.whole_on(device) as model:
-            metrics = suite.run_harness(model, device)
-        record_tasks(results, position, metrics, time.perf_counter() - start, "lm_eval")
-    elif suite.harness and position == "pretrain":
-        start = time.perf_counter()
-        dtype = str(handle.dtype).removeprefix("torch.")  # model.torch_dtype, as the run reads it
-        record_tasks(results, position, suite.run_harness(str(checkpoint_dir), device, dtype),
-                     time.perf_counter() - start, "lm_eval")
-
-
-def run_harness_on_saved(suite, saved_dir, device, results):
-    """lm-eval's tasks on the saved output: how a streamed model gets them after pruning."""
-    start = time.perf_counter()
-    record_tasks(results, "transformed", suite.run_harness(str(saved_dir), device),
-                 time.perf_counter() - start, "lm_eval")
-
-
-def record_tasks(results, position, metrics, seconds, timed_as):
-    """{task: metrics} at `position` into results (and the log); their time as
-    eval_<position>_<timed_as> (cloze, lm_eval)."""
-    for task, values in metrics.items():
-        logger.info(f"{position} {task_line(task, values)}")
-        results["tasks"].setdefault(position, {})[task] = values
-    results["timings"][f"eval_{position}_{timed_as}"] = seconds
-
-
-def whole_model_fits(handle, device) -> bool:
-    """A streamed model is evaluated whole (eval.inference_per_block: False) only when all of
-    it fits in half of the device's free memory; otherwise block by block, as it was pruned."""
-    if not handle.streams:
-        return True
-    free = free_memory(device)
-    if handle.weight_bytes <= free // 2:
-        return True
-    logger.info(f"evaluating block by block: the whole model ({handle.weight_bytes / 2**30:.1f} "
-                f"GiB) does not fit half of the {free / 2**30:.1f} GiB free on {device}")
-    return False
+from .save import MODEL_DIR, save_model, write_results
+from .stages import (allocate_and_evaluate, evaluate_pruned, new_results, prune_blocks,
+                     record_achieved, run_harness_on_saved, seed_everything)
 
 
 class FollowingRun:
@@ -143,24 +64,6 @@ def run(cfg) -> dict:
     world.barrier()
     logger.info(f"done: {run_summary(results, out.root)}")
     return results
-
-
-def allocate_and_evaluate(cfg, method, handle, batches, eval_sets, device, results, scratch,
-                          world, suite=None, checkpoint_dir=None):
-    """The plan, then the pretrain eval. Allocation first: it reads the dense model as the
-    pretrain eval does, and its problems (a plan out of range, a cached file for another model)
-    should surface before the eval."""
-    start = time.perf_counter()
-    calibration = Calibration(handle, batches, device, cfg.base.offload_activations,
-                              cache_dir=cfg.save.save_path, overwrite=cfg.save.overwrite,
-                              scratch=scratch, world=world,
-                              min_expert_tokens=cfg.calib.min_expert_tokens)
-    plan = method.allocate(cfg.sparse.weight, calibration)
-    results["timings"]["allocate"] = time.perf_counter() - start
-    if "pretrain" in cfg.eval.eval_pos:
-        evaluate(handle, eval_sets, cfg, device, "pretrain", results, world, suite,
-                 checkpoint_dir)
-    return plan
 
 
 def resume_state(cfg, checkpoint, handle, results, device, out, world):
@@ -204,16 +107,6 @@ def activations_dir(out, world):
     return directory / f"rank{world.rank}" if world.distributed else directory
 
 
-def report(handle, plan, results, out):
-    """The achieved sparsity (and a per-layer plan's plot) into `results`."""
-    if isinstance(plan, UnitPlan):  # one target per layer or Linear (OWL, MixGPT)
-        results["plan"]["achieved"] = unit_sparsity(handle, plan.targets)
-        if plot_plan(results["plan"], out.dir / PLAN_PLOT):
-            results["plan_plot"] = PLAN_PLOT
-    results["sparsity"] = sparsity_report(handle)
-    logger.info(f"achieved sparsity over all decoder Linears: {results['sparsity']['overall']:.4f}")
-
-
 def prune_and_record(cfg, out, device, world=World()) -> dict:
     """The run itself, writing its outputs into the staging directory `out.dir` (rank 0; the
     other ranks under torchrun compute their share and write nothing)."""
@@ -252,20 +145,15 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
     # read while the run computes (by rank 0, which records it)
     model_sha256 = InBackground(checkpoint.fingerprint) if world.leads else None
 
-    results = {"schema": RESULTS_SCHEMA, "run_id": out.run_id, "config": cfg.to_dict(),
-               "engine": loaded, "adapter": handle.adapter.describe(),
-               "ppl": {}, "tasks": {}, "timings": {},
-               "versions": versions(), "run": record,
-               "inputs": {"calib_tokens_sha256": token_ids_sha256(batches) if batches else None,
-                          "eval_tokens_sha256": {name: token_stream_sha256(tokens)
-                                                 for name, tokens in eval_sets.items()}}}
+    results = new_results(cfg, out.run_id, loaded, handle, record, batches, eval_sets)
     resume = resume_state(cfg, checkpoint, handle, results, device, out, world)
     point = resume.load(cfg.save.overwrite) if resume else None
     if point is not None:
         point = adopt(point, handle, resume, world)
     if point is None:
         plan = allocate_and_evaluate(cfg, method, handle, batches, eval_sets, device, results,
-                                     activations_dir(out, world), world, suite, checkpoint.path)
+                                     activations_dir(out, world), world, suite, checkpoint.path,
+                                     cache_dir=cfg.save.save_path)
         carried = {"ppl": results["ppl"], "tasks": results["tasks"],
                    "timings": dict(results["timings"]), "method": method.describe()}
     else:
@@ -284,47 +172,18 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
         model = point.model_sha256 if point else checkpoint_sha256(model_sha256, wait=False)
         resume.save(next_block, hidden, plan_record, carried, handle.shard_sha256, model)
 
-    start = time.perf_counter()
-    under_served = []
-    phases = prune_blockwise(handle, method, plan, batches, device,
-                             sparsity_out=cfg.sparse.sparsity_out,
-                             offload=cfg.base.offload_activations,
-                             resume_at=point.next_block if point else 0,
-                             resumed_hidden=point.hidden if point else None,
-                             after_block=checkpoint_block if resume else None,
-                             scratch=activations_dir(out, world), world=world,
-                             min_expert_tokens=cfg.calib.min_expert_tokens,
-                             under_served=under_served)
-    results["timings"]["prune_total"] = time.perf_counter() - start
-    if handle.adapter.experts:
-        results["experts"] = {"min_expert_tokens": cfg.calib.min_expert_tokens,
-                              "under_served": under_served}
-        if under_served:
-            logger.warning(f"{len(under_served)} expert(s) got fewer than "
-                           f"{cfg.calib.min_expert_tokens} calibration tokens and were measured "
-                           "on all tokens (results.json experts.under_served)")
-    if handle.streams and world.distributed:
-        world.barrier()  # rank 0 has written every block: the others read them from there on
-        if not world.leads:
-            handle.adopt_finished_blocks(handle.num_blocks)
-    results["timings"].update({f"prune_{k}": v for k, v in phases.items()})
+    prune_blocks(cfg, handle, method, plan, batches, device, results,
+                 activations_dir(out, world), world,
+                 resume_at=point.next_block if point else 0,
+                 resumed_hidden=point.hidden if point else None,
+                 after_block=checkpoint_block if resume else None)
     if resume is not None:
         results["timings"]["resume_fsync"] = resume.fsync_seconds
     results["method"] = carried["method"] if point else method.describe()
     results["plan"] = plan.describe()
     if world.leads:  # what rank 0 writes (every rank holds the same pruned weights)
-        report(handle, plan, results, out)
-        if handle.column_orders:
-            save_column_orders(handle.column_orders, out.dir)
-            results["column_orders"] = {"file": COLUMN_ORDERS,
-                                        "linears": len(handle.column_orders)}
-
-    if "transformed" in cfg.eval.eval_pos:
-        evaluate(handle, eval_sets, cfg, device, "transformed", results, world, suite)
-    # each rank's memory: its RSS once the model was loaded, and its peak up to here
-    results["run"]["loaded_rss_bytes"] = world.collect(loaded_rss)
-    results["run"]["peak_rss_bytes"] = world.collect(peak_rss())
-    results["run"]["peak_rss_after_load_bytes"] = world.collect(peak_rss_since_reset())
+        record_achieved(handle, plan, results, out.dir)
+    evaluate_pruned(cfg, handle, eval_sets, device, results, world, suite, loaded_rss)
     if not world.leads:
         return results
     if cfg.save.save_trans:

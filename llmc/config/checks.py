@@ -25,8 +25,10 @@ def check_seed(seed: int, key: str) -> None:
         raise ConfigError(f"{key} must be an integer in [0, 2^32), got {seed}")
 
 
-def validate(cfg: Config) -> Config:
-    """Everything checkable without loading a model or data. Raises one ConfigError."""
+def validate(cfg: Config, model_given: bool = False, calibration_given: bool = False) -> Config:
+    """Everything checkable without loading a model or data. Raises one ConfigError.
+    `model_given`, `calibration_given` (llmc.prune): the caller holds the model, or gives the
+    calibration data, so model.path and the calib data source are not read (not checked)."""
     check_seed(cfg.base.seed, "base.seed")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.base.device):
         raise ConfigError(f"base.device '{cfg.base.device}' must be auto, cpu, cuda or cuda:N")
@@ -35,13 +37,16 @@ def validate(cfg: Config) -> Config:
     if not cfg.base.collective_timeout > 0:
         raise ConfigError(f"base.collective_timeout must be > 0 seconds, got "
                           f"{cfg.base.collective_timeout}")
-    check_ranks(cfg.calib, env_world_size())
+    if not model_given:  # a model object is pruned by the one process that holds it
+        check_ranks(cfg.calib, env_world_size())
 
     # Checkpoints whose modeling code is not part of transformers (Baichuan) need permission
     # (model.type auto: checked against config.json's auto_map by the preflight).
+    # (A model object given to llmc.prune runs the code its caller already chose to run.)
     if cfg.model.type != "auto":
-        MODELS.lookup(cfg.model.type, "model.type").check_remote_code_allowed(
-            cfg.model.trust_remote_code)
+        adapter = MODELS.lookup(cfg.model.type, "model.type")
+        if not model_given:
+            adapter.check_remote_code_allowed(cfg.model.trust_remote_code)
     if cfg.model.load not in MODEL_LOADS:
         raise ConfigError(f"model.load '{cfg.model.load}' must be one of "
                           f"{', '.join(MODEL_LOADS)}{closest(cfg.model.load, MODEL_LOADS)}")
@@ -49,13 +54,15 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"model.torch_dtype '{cfg.model.torch_dtype}' must be one of "
                           f"{', '.join(DTYPES)}{closest(cfg.model.torch_dtype, DTYPES)}")
     path = cfg.model.path
-    if path and path.startswith("builtin:"):
+    if model_given:
+        pass
+    elif path and path.startswith("builtin:"):
         BUILTIN_MODELS.lookup(path[len("builtin:"):], "model.path builtin")
     else:
         _check_path(path, "model.path", "a local Hugging Face model directory "
                     "(or builtin:smollm2-135m)")
 
-    _validate_calib(cfg)
+    _validate_calib(cfg, calibration_given)
     _validate_eval(cfg)
     _validate_sparse(cfg)
     if not cfg.save.save_path:
@@ -63,7 +70,7 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def _validate_calib(cfg):
+def _validate_calib(cfg, calibration_given=False):
     calib = cfg.calib
     if calib.type != "txt":
         raise ConfigError(f"calib.type '{calib.type}': only 'txt' calibration data is supported")
@@ -87,6 +94,8 @@ def _validate_calib(cfg):
         if not method.calibrates(cfg.sparse):
             return  # the method uses no calibration data (e.g. Magnitude): nothing to check
         method.check_calibration(cfg.sparse, calib)
+    if calibration_given:
+        return  # the data is the caller's, not calib.name's
     _refuse_unread_path("calib", calib.name, spec.needs_path, calib.path, calib.download)
     if spec.needs_path and not calib.download:
         _check_path(calib.path, "calib.path", f"a local copy of '{calib.name}' "

@@ -16,17 +16,26 @@ def sparse_config(**raw) -> SparseCfg:
     return validate_sparse(build(SparseCfg, raw, "sparse"))
 
 
+def read_raw(path: str):
+    """The raw values of YAML file `path`: a mapping of sections, or a ConfigError."""
+    if not path:
+        raise ConfigError("no config given; pass --config FILE.yml")
+    raw = read_config_file(path)
+    if raw is None:
+        raise ConfigError(f"config file '{path}' holds no settings (it is empty or only "
+                          "comments); start from one in configs/sparse/")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config '{path}' must be a mapping of sections (base, model, calib, "
+                          f"eval, sparse, save) at its top level, got {_kind(raw)}")
+    return raw
+
+
 def load_config(path: Optional[str] = None, overrides=(), raw: Optional[dict] = None) -> Config:
     """Read YAML `path` (or take `raw`), apply overrides, build and validate a Config. The
     registries (methods, model types, datasets, samplers) fill themselves on first use."""
     if raw is None:
-        if not path:
-            raise ConfigError("no config given; pass --config FILE.yml")
-        raw = read_config_file(path)
-        if raw is None:
-            raise ConfigError(f"config file '{path}' holds no settings (it is empty or only "
-                              "comments); start from one in configs/sparse/")
-    if not isinstance(raw, dict):
+        raw = read_raw(path)
+    elif not isinstance(raw, dict):
         raise ConfigError(f"config '{path}' must be a mapping of sections (base, model, calib, "
                           f"eval, sparse, save) at its top level, got {_kind(raw)}")
     for assignment in overrides:

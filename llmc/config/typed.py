@@ -95,6 +95,16 @@ def apply_override(raw: dict, assignment: str, schema=None) -> None:
         raise ConfigError(f"{where}: empty key in '{_shown(dotted)}'; write section.key=value, "
                           "e.g. sparse.weight.sparsity=0.6")
     value = parse_yaml(text, where, command_line=True) if text.strip() else None
+    set_dotted(raw, dotted, value, where, schema)
+
+
+def set_dotted(raw: dict, dotted: str, value, where: str, schema=None) -> None:
+    """Set the key at `dotted` (a.b.c) in the raw dict to `value` (already parsed), as
+    apply_override does; `where` names the override in errors."""
+    keys = [key.strip() for key in dotted.split(".")]
+    if not all(keys):
+        raise ConfigError(f"{where}: empty key in '{_shown(dotted)}'; write section.key, "
+                          "e.g. sparse.weight.sparsity")
     node = raw
     for depth, key in enumerate(keys[:-1]):
         child = node.get(key)

@@ -18,7 +18,7 @@ from .preproc import encode
 from .sources import DatasetSpec, HubSplit, load_local
 from .token_hash import token_ids_sha256, token_stream_sha256
 
-__all__ = ["calib_batches", "eval_tokens", "batch_windows", "builtin_split", "load_local",
+__all__ = ["calib_batches", "batches_from_rows", "eval_tokens", "batch_windows", "builtin_split", "load_local",
            "DatasetSpec", "HubSplit", "token_ids_sha256", "token_stream_sha256"]
 
 
@@ -26,15 +26,21 @@ def calib_batches(cfg, tokenizer) -> List:
     """Calibration windows drawn by `cfg.preproc` from `cfg.name`'s calibration rows (hub,
     local `cfg.path`, or the built-in corpus), grouped into batches of `cfg.bs` windows."""
     spec = DATASETS.lookup(cfg.name, "calib.name")
-    sampler = PREPROCS.lookup(cfg.preproc, "calib.preproc")
     rows = spec.calib_rows(cfg.download, cfg.path)
-    windows = sampler(rows, tokenizer, cfg.n_samples, cfg.seq_len, cfg.seed, spec.key)
+    return batches_from_rows(cfg, tokenizer, rows, spec.key, f"'{cfg.name}'")
+
+
+def batches_from_rows(cfg, tokenizer, rows, key: str, source: str) -> List:
+    """calib_batches from `rows` (a datasets.Dataset whose column `key` holds the text; `source`
+    names them in the log): the windows `cfg.preproc` draws, in batches of `cfg.bs`."""
+    sampler = PREPROCS.lookup(cfg.preproc, "calib.preproc")
+    windows = sampler(rows, tokenizer, cfg.n_samples, cfg.seq_len, cfg.seed, key)
     check_windows(windows, cfg, sampler.variable_length)
     batches = batch_windows(windows, cfg.bs)
     lengths = sorted({w.shape[1] for w in windows})
     length_text = (f"{lengths[0]}" if len(lengths) == 1 else f"{lengths[0]}..{lengths[-1]}")
     logger.info(f"calibration: {len(windows)} windows of {length_text} tokens "
-                f"({sum(w.shape[1] for w in windows)} tokens) from '{cfg.name}' by "
+                f"({sum(w.shape[1] for w in windows)} tokens) from {source} by "
                 f"{cfg.preproc}, in {len(batches)} batches")
     return batches
 

@@ -180,6 +180,12 @@ class ModelHandle:
         finally:
             unfuse_experts(self._blocks(), self.adapter.experts)
 
+    def release(self) -> nn.Module:
+        """The model as its owner had it (llmc.prune hands it back): fused experts in
+        transformers' own layout again. The handle is not used afterwards."""
+        fuse_experts(self._blocks(), self.adapter.experts)
+        return self.model
+
     def _check_finite(self, named_parts) -> None:
         """NaN/inf in the weights of a part not yet checked is an LlmcError naming the
         parameter: nothing computed from it would mean anything. Read-only; one reduction per

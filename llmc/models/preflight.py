@@ -304,14 +304,19 @@ class Checkpoint:
     def check_token_ids(self, named_tensors) -> None:
         """Token ids the model's embedding has no row for would stop a forward with an
         IndexError (CPU) or a device assert (CUDA): refused here, after tokenizing."""
-        for where, tensor in named_tensors:
-            largest = int(tensor.max()) if tensor.numel() else -1
-            if largest >= self.vocab_size:
-                raise LlmcError(f"the tokenizer in model.path '{self.shown}' gives token id "
-                                f"{largest} on the {where} text, but the model has "
-                                f"only {self.vocab_size} token embeddings (config.json "
-                                "vocab_size): the tokenizer does not belong to these weights; "
-                                "use the checkpoint's own tokenizer files")
+        check_token_ids(named_tensors, self.vocab_size, f"the tokenizer in model.path "
+                        f"'{self.shown}'", "use the checkpoint's own tokenizer files")
+
+
+def check_token_ids(named_tensors, vocab_size: int, source: str, fix: str) -> None:
+    """Every id in each (where, token ids) below `vocab_size`, or an LlmcError naming `source`
+    (what gave the ids) and `fix`."""
+    for where, tensor in named_tensors:
+        largest = int(tensor.max()) if tensor.numel() else -1
+        if largest >= vocab_size:
+            raise LlmcError(f"{source} gives token id {largest} on the {where} text, but the "
+                            f"model has only {vocab_size} token embeddings (config.json "
+                            f"vocab_size): the tokenizer does not belong to these weights; {fix}")
 
 
 def embedding_rows(skeleton, config) -> int:

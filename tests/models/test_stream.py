@@ -212,13 +212,13 @@ def test_a_streamed_run_holds_one_part_at_a_time(cli, stream_config, monkeypatch
 
 def test_whole_model_eval_falls_back_to_blocks_when_the_model_does_not_fit(
         cli, stream_config, monkeypatch):
-    import llmc.pipeline
+    import llmc.stages
 
     whole = stream_config("llama", "Magnitude", "stream", eval_cfg={"eval_pos": ["pretrain"]},
                           name="whole")
     code, whole_log = cli("--config", whole)
     assert code == 0 and "evaluating block by block" not in whole_log
-    monkeypatch.setattr(llmc.pipeline, "free_memory", lambda device: 1000)
+    monkeypatch.setattr(llmc.stages, "free_memory", lambda device: 1000)
     small = stream_config("llama", "Magnitude", "stream", eval_cfg={"eval_pos": ["pretrain"]},
                           name="small")
     code, small_log = cli("--config", small)

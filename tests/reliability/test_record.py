@@ -10,7 +10,7 @@ import yaml
 
 from saved_run import saved_weights
 from conftest import error_line
-from llmc import pipeline
+from llmc import stages
 from llmc.strict_json import dumps_strict
 
 
@@ -57,13 +57,13 @@ def test_results_record_where_and_with_what_the_run_ran(cli, run_config, tmp_pat
 
 def test_a_pretrain_ppl_that_is_nan_is_recorded_as_null_with_the_reason(cli, run_config, tmp_path,
                                                                          monkeypatch):
-    real = pipeline.perplexity
+    real = stages.perplexity
 
     def nan_before_pruning(*args, desc, **kwargs):
         ppl, speed = real(*args, desc=desc, **kwargs)
         return (math.nan if desc.startswith("pretrain") else ppl), speed
 
-    monkeypatch.setattr(pipeline, "perplexity", nan_before_pruning)
+    monkeypatch.setattr(stages, "perplexity", nan_before_pruning)
     code, err = cli("--config", run_config)
     assert code == 0, err
     results = strict_load(tmp_path / "save" / "results.json")
@@ -74,7 +74,7 @@ def test_a_pretrain_ppl_that_is_nan_is_recorded_as_null_with_the_reason(cli, run
 
 def test_a_pruned_model_with_nan_ppl_fails_and_saves_nothing(cli, run_config, tmp_path,
                                                              monkeypatch):
-    monkeypatch.setattr(pipeline, "perplexity", lambda *a, desc, **k: (
+    monkeypatch.setattr(stages, "perplexity", lambda *a, desc, **k: (
         math.inf if desc.startswith("transformed") else 20.0, 1.0))
     code, err = cli("--config", run_config)
     assert code == 2
