@@ -22,8 +22,9 @@ from .sparse import build_method
 from .sparse.allocation import plan_from_dict, plan_to_dict
 from .outputs import Layout, open_run
 from .save import MODEL_DIR, save_model, write_results
-from .stages import (allocate_and_evaluate, evaluate_pruned, new_results, prune_blocks,
-                     record_achieved, run_harness_on_saved, seed_everything)
+from .stages import (allocate_and_evaluate, bench_saved, evaluate_pruned, grids_to_pack,
+                     new_results, prune_blocks, record_achieved, refuse_bench_of_streamed,
+                     run_harness_on_saved, save_packed, seed_everything)
 
 
 class FollowingRun:
@@ -132,8 +133,12 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
     if method.records_column_orders(cfg.sparse) and cfg.model.load == "auto":
         why = "sparse.ria.reallocation keeps each Linear's column order with a model in memory"
         model_cfg = dataclasses.replace(cfg.model, load="memory")
+    if cfg.save.format == "compressed-tensors" and cfg.model.load == "auto":
+        why = "save.format: compressed-tensors takes the grids from the dense model in memory"
+        model_cfg = dataclasses.replace(cfg.model, load="memory")
     handle, loaded = load_for_run(model_cfg, checkpoint.weights.files, out.layout.shards, world)
     loaded["why"] = why or loaded["why"]
+    refuse_bench_of_streamed(cfg, handle)
     if (suite and suite.harness and handle.streams and "transformed" in cfg.eval.eval_pos
             and not cfg.save.save_trans):
         raise LlmcError("eval.tasks: lm-eval reads a streamed model from disk, so after pruning "
@@ -172,6 +177,7 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
         model = point.model_sha256 if point else checkpoint_sha256(model_sha256, wait=False)
         resume.save(next_block, hidden, plan_record, carried, handle.shard_sha256, model)
 
+    packing = grids_to_pack(cfg, handle, method, world)
     prune_blocks(cfg, handle, method, plan, batches, device, results,
                  activations_dir(out, world), world,
                  resume_at=point.next_block if point else 0,
@@ -188,6 +194,8 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
         return results
     if cfg.save.save_trans:
         saved = save_model(handle, tokenizer, out.dir)
+        save_packed(saved, packing, results)
+        bench_saved(cfg, handle, checkpoint.path, saved, device, results)
         results["saved_model"] = str(out.root / MODEL_DIR)  # where it is read after the commit
         if suite and suite.harness and handle.streams and "transformed" in cfg.eval.eval_pos:
             run_harness_on_saved(suite, saved, device, results)

@@ -18,6 +18,7 @@ from .distributed import World
 from .errors import LlmcError
 from .eval import perplexity
 from .eval.tasks import task_line
+from .packed import dense_grids, write_packed
 from .plot import plot_plan
 from .runner import Calibration, prune_blockwise
 from .data import token_ids_sha256, token_stream_sha256
@@ -131,6 +132,45 @@ def allocate_and_evaluate(cfg, method, handle, batches, eval_sets, device, resul
         evaluate(handle, eval_sets, cfg, device, "pretrain", results, world, suite,
                  checkpoint_dir)
     return plan
+
+
+def grids_to_pack(cfg, handle, method, world=World()):
+    """(grids, bits) of a packed save (save.format: compressed-tensors: llmc.packed), taken from
+    the dense weights before pruning by the rank that saves; None otherwise."""
+    if cfg.save.format != "compressed-tensors" or not cfg.save.save_trans or not world.leads:
+        return None
+    if handle.adapter.experts:
+        raise LlmcError("save.format: compressed-tensors: this model's experts are saved fused "
+                        "(3-D tensors), which llmc does not pack; use save.format: hf")
+    return dense_grids(handle, method), method.quantization_bits(cfg.sparse)
+
+
+def save_packed(saved_dir, packing, results) -> None:
+    """The saved model at `saved_dir` rewritten packed, when `packing` (grids_to_pack) says."""
+    if packing is not None:
+        results["saved_format"] = write_packed(saved_dir, *packing)
+
+
+def bench_saved(cfg, handle, dense_dir, saved_dir, device, results) -> None:
+    """save.bench: the saved model measured against the checkpoint (`dense_dir`) it was pruned
+    from, with llmc bench-model's default settings, into results["bench"]."""
+    if not cfg.save.bench:
+        return
+    from .bench.cli import compare_models
+    from .bench.measure import Settings
+
+    start = time.perf_counter()
+    record, table = compare_models([dense_dir, saved_dir], device, Settings())
+    logger.info(f"what the pruned model buys (save.bench):\n{table}")
+    results["bench"] = record
+    results["timings"]["bench"] = time.perf_counter() - start
+
+
+def refuse_bench_of_streamed(cfg, handle) -> None:
+    if cfg.save.bench and handle.streams:
+        raise LlmcError("save.bench loads the dense and the pruned model whole, and this model "
+                        "is streamed (it does not fit in memory, or model.load: stream); run "
+                        "llmc bench-model on a machine that holds it")
 
 
 def prune_blocks(cfg, handle, method, plan, batches, device, results, scratch, world=World(),

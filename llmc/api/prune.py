@@ -27,8 +27,8 @@ from ..runner import resolve_device
 from ..runner.device import current_rss, release_freed_memory, reset_peak_rss
 from ..save import MODEL_DIR, save_model, write_results
 from ..sparse import build_method
-from ..stages import (allocate_and_evaluate, evaluate_pruned, new_results, prune_blocks,
-                      record_achieved, seed_everything)
+from ..stages import (allocate_and_evaluate, bench_saved, evaluate_pruned, grids_to_pack,
+                      new_results, prune_blocks, record_achieved, save_packed, seed_everything)
 from .caller_state import caller_state_kept
 from .calibration import Calibration, calibration_batches
 from .model_given import check_against_run, check_model_object, handle_of
@@ -70,16 +70,16 @@ def prune(model, tokenizer=None, config: Optional[ConfigSource] = None, *,
         checkpoint = preflight(cfg, method.calibrates(cfg.sparse))
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
         model = load_model(cfg.model).release()
-        why, fingerprint = "llmc.prune loaded model.path into memory", checkpoint.fingerprint
+        why = "llmc.prune loaded model.path into memory"
     else:
         cfg, writes = prune_config(config, overrides, calibration_given=given)
         _refuse_streaming(cfg)
-        why, fingerprint = "a model object given to llmc.prune", None
+        why, checkpoint = "a model object given to llmc.prune", None
     home = check_model_object(model)
     with caller_state_kept(model):
         try:
             record, column_orders = _prune_in_memory(model, tokenizer, cfg, calibration, home,
-                                                     why, fingerprint, writes)
+                                                     why, checkpoint, writes)
         finally:
             model.to(home)
     return Result(model, record, column_orders)
@@ -124,9 +124,9 @@ def _device_for(cfg, home: torch.device) -> torch.device:
     return resolve_device(cfg.base.device)
 
 
-def _prune_in_memory(model, tokenizer, cfg, calibration, home, why, fingerprint, writes):
+def _prune_in_memory(model, tokenizer, cfg, calibration, home, why, checkpoint, writes):
     """The CLI's run (llmc.pipeline.prune_and_record) on a model in memory: (record, column
-    orders). `fingerprint`: the checkpoint's sha256s, when the model came from one; `writes`:
+    orders). `checkpoint`: the preflight's, when the model came from one; `writes`:
     whether the outputs go to save.save_path."""
     started = time.perf_counter()
     device = _device_for(cfg, home)
@@ -162,6 +162,7 @@ def _prune_in_memory(model, tokenizer, cfg, calibration, home, why, fingerprint,
         cache_dir = cfg.save.save_path if place.out is not None else None
         plan = allocate_and_evaluate(cfg, method, handle, batches, eval_sets, device, results,
                                      place.scratch, suite=suite, cache_dir=cache_dir)
+        packing = grids_to_pack(cfg, handle, method)
         prune_blocks(cfg, handle, method, plan, batches, device, results, place.scratch)
         results["method"] = method.describe()
         results["plan"] = plan.describe()
@@ -169,10 +170,13 @@ def _prune_in_memory(model, tokenizer, cfg, calibration, home, why, fingerprint,
         evaluate_pruned(cfg, handle, eval_sets, device, results, suite=suite,
                         loaded_rss=loaded_rss)
         if place.out is not None and cfg.save.save_trans:
-            save_model(handle, tokenizer, place.out.dir)
+            saved = save_model(handle, tokenizer, place.out.dir)
+            save_packed(saved, packing, results)
+            if checkpoint is not None:  # save.bench (refused for a model object)
+                bench_saved(cfg, handle, checkpoint.path, saved, device, results)
             results["saved_model"] = str(place.out.root / MODEL_DIR)
         results["timings"]["total"] = time.perf_counter() - started
-        results["inputs"]["model"] = fingerprint() if fingerprint else None
+        results["inputs"]["model"] = checkpoint.fingerprint() if checkpoint else None
         results["run"]["finished_utc"] = utc_now()
         if place.out is not None:
             write_results(place.out.dir, results, results["config"])

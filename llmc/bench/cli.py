@@ -52,6 +52,17 @@ def bench(argv) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     settings = Settings(args.prompt, args.new_tokens, list(args.batch), args.repeats)
+    record, table = compare_models(dirs, device, settings)
+    sys.stdout.write(table + "\n")
+    if args.json:
+        Path(args.json).write_text(dumps_strict(record))
+    return 0
+
+
+def compare_models(dirs, device, settings: Settings):
+    """(record, markdown table) of the models at `dirs`, measured one after the other in this
+    process, each figure also as a ratio to the first (`llmc bench-model`, and a run's
+    save.bench)."""
     figures = []
     for directory in dirs:
         logger.info(f"measuring {directory} on {device}")
@@ -60,10 +71,7 @@ def bench(argv) -> int:
              else f"CPU, {torch.get_num_threads()} thread(s)")
     header = (f"on {where}; prompt {settings.prompt}, {settings.new_tokens} new tokens, "
               f"median of {settings.repeats}; ratios to {dirs[0]}")
-    sys.stdout.write(markdown(figures, settings.batches, header) + "\n")
-    if args.json:
-        record = {"device": where, "settings": dataclasses.asdict(settings),
-                  "models": [{**f, "ratios": r}
-                             for f, r in zip(figures, ratios(figures, settings.batches))]}
-        Path(args.json).write_text(dumps_strict(record))
-    return 0
+    record = {"device": where, "settings": dataclasses.asdict(settings),
+              "models": [{**f, "ratios": r}
+                         for f, r in zip(figures, ratios(figures, settings.batches))]}
+    return record, markdown(figures, settings.batches, header)

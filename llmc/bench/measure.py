@@ -43,11 +43,29 @@ def load(directory: Path, device: torch.device):
         raise LlmcError(f"bench-model: {directory} is not a saved model (no config.json and "
                         "weight files); give transformed_model/ directories or checkpoints")
     try:
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype="auto")
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype="auto",
+                                                     **_packed_loading(directory))
     except Exception as err:  # transformers raises many kinds for a broken directory
         raise LlmcError(f"bench-model: {directory} does not load as a causal LM "
                         f"({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
     return model.to(device).eval()
+
+
+def _packed_loading(directory: Path) -> dict:
+    """from_pretrained's arguments for a packed model (save.format: compressed-tensors): its
+    weights dequantized as they load, since no low-bit kernel runs them here: the bench measures
+    its checkpoint bytes, and its speed and memory as the float model it dequantizes to."""
+    import json
+
+    quantization = json.loads((directory / "config.json").read_text()).get(
+        "quantization_config") or {}
+    if quantization.get("quant_method") != "compressed-tensors":
+        return {}
+    try:
+        from transformers import CompressedTensorsConfig
+    except ImportError:  # transformers before compressed-tensors support
+        return {}
+    return {"quantization_config": CompressedTensorsConfig(dequantize=True)}
 
 
 def _timed(call, device: torch.device) -> float:

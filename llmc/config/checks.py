@@ -67,7 +67,52 @@ def validate(cfg: Config, model_given: bool = False, calibration_given: bool = F
     _validate_sparse(cfg)
     if not cfg.save.save_path:
         raise ConfigError("save.save_path is empty; set a directory for results")
+    _validate_save_format(cfg)
+    _validate_bench(cfg, model_given)
     return cfg
+
+
+def _validate_bench(cfg, model_given):
+    if not cfg.save.bench:
+        return
+    if not cfg.save.save_trans:
+        raise ConfigError("save.bench measures the saved model, and save.save_trans is off; set "
+                          "save.save_trans: True, or remove save.bench")
+    if model_given:
+        raise ConfigError("save.bench compares the saved model with the checkpoint it was "
+                          "pruned from, and a model object has none on disk; give llmc.prune "
+                          "the checkpoint's path, or run llmc bench-model on the two directories")
+    if env_world_size() > 1:
+        raise ConfigError("save.bench runs in one process, not under torchrun; run llmc "
+                          "bench-model on the saved model afterwards")
+
+
+def _validate_save_format(cfg):
+    from ..packed import FORMATS, require_library
+
+    save = cfg.save
+    if save.format not in FORMATS:
+        raise ConfigError(f"save.format '{save.format}' must be one of {', '.join(FORMATS)}"
+                          f"{closest(save.format, FORMATS)}")
+    if save.format == "hf":
+        return
+    if not save.save_trans:
+        raise ConfigError("save.format: compressed-tensors says how the model is saved, and "
+                          "save.save_trans is off; set save.save_trans: True, or remove "
+                          "save.format")
+    sp = cfg.sparse
+    bits = 16 if sp.refine or sp.update else METHODS[sp.method].quantization_bits(sp)
+    if bits >= 16:
+        raise ConfigError("save.format: compressed-tensors saves the weights a run quantized "
+                          "(sparse.wbits: 2..8 with SparseGPT, MixGPT, or OWL over them, and no "
+                          f"refine/update step) packed; this run ({sp.method}"
+                          f"{' + steps' if sp.refine or sp.update else ''}) quantizes nothing: "
+                          "set sparse.wbits, or save.format: hf")
+    if cfg.model.load == "stream":
+        raise ConfigError("save.format: compressed-tensors takes each quantized Linear's grid "
+                          "from its dense weights before pruning, which llmc does for a model "
+                          "held in memory; set model.load: auto or memory")
+    require_library()
 
 
 def _validate_calib(cfg, calibration_given=False):

@@ -181,6 +181,12 @@ class SaveCfg:
     save_trans: bool = False
     save_path: str = "./save"
     overwrite: bool = False
+    # how the model is saved: hf (float weights, as loaded) or compressed-tensors (the
+    # quantized Linears of a wbits run packed: llmc.packed)
+    format: str = "hf"
+    # after saving, measure the saved model against the checkpoint (llmc bench-model's
+    # defaults) into results.json's `bench`
+    bench: bool = False
 
 
 @dataclass

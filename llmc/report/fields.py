@@ -9,6 +9,7 @@ from typing import Iterator, Tuple
 from ..errors import LlmcError
 
 OBJECT, TEXT, NUMBER, NUMBERS = "an object", "a string", "a number", "a list of numbers"
+LIST = "a list"
 
 # dotted path ("*": any key) -> its type; parents before children
 FIELDS = {
@@ -22,6 +23,7 @@ FIELDS = {
     "sparsity": OBJECT, "sparsity.overall": NUMBER, "sparsity.per_block": NUMBERS,
     "sparsity.per_linear": OBJECT, "sparsity.per_linear.*": NUMBER,
     "timings": OBJECT, "timings.*": NUMBER, "inputs": OBJECT, "inputs.model": OBJECT,
+    "bench": OBJECT, "bench.models": LIST,
 }
 
 
@@ -36,6 +38,8 @@ def _has_type(value, kind: str) -> bool:
         return isinstance(value, str)
     if kind == NUMBER:
         return _is_number(value)
+    if kind == LIST:
+        return isinstance(value, list)
     return isinstance(value, list) and all(v is None or _is_number(v) for v in value)
 
 

@@ -1,14 +1,17 @@
 """The report's pictures (matplotlib, the `[plot]` extra): perplexity and accuracy against the
 sparsity reached, one line per method, one panel per dataset or task, the dense figure as a
-dashed line; and the sparsity of each decoder layer, one line per run."""
+dashed line; the sparsity of each decoder layer, one line per run; and perplexity against the
+decode speed-up save.bench measured, one point per run."""
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from .runs import Run, is_number, layer_sparsity, measurements
+from .runs import DECODE_SPEEDUP, Run, bench_ratios, is_number, layer_sparsity, measurements
 
 PPL_PLOT = "ppl_vs_sparsity.png"
 ACCURACY_PLOT = "accuracy_vs_sparsity.png"
 LAYER_PLOT = "layer_sparsity.png"
+SPEED_PLOT = "ppl_vs_decode_speedup.png"
+Series = Dict[str, List[Tuple[float, float]]]  # {method label: [(x, y)]}
 ACCURACY = "acc"  # the task metric plotted (every paper's zero-shot table reports it)
 
 
@@ -42,10 +45,35 @@ def write_plots(runs: List[Run], directory) -> List[Path]:
         written.append(_against_sparsity(plt, panels, "accuracy", directory / ACCURACY_PLOT))
     if any(layer_sparsity(run.results) for run in runs):
         written.append(_layers(plt, runs, directory / LAYER_PLOT))
+    speed = _against_speedup(runs, datasets)
+    if speed:
+        written.append(_speed(plt, speed, directory / SPEED_PLOT))
     return written
 
 
-Series = Dict[str, List[Tuple[float, float]]]
+def _against_speedup(runs, datasets) -> Dict[str, Series]:
+    """{dataset: {method label: [(decode speed-up at batch 1, perplexity)]}} of the runs that
+    measured what they buy (save.bench)."""
+    panels: Dict[str, Series] = {}
+    for run in runs:
+        speedup = bench_ratios(run.results).get(DECODE_SPEEDUP)
+        for column, value in measurements(run.results, "transformed").items():
+            if column in datasets and is_number(value) and speedup is not None:
+                series = panels.setdefault(column.removesuffix(" ppl"), {})
+                series.setdefault(run.label, []).append((speedup, value))
+    return panels
+
+
+def _speed(plt, panels, path) -> Path:
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.0), squeeze=False)
+    for ax, (name, series) in zip(axes[0], sorted(panels.items())):
+        for label, points in sorted(series.items()):
+            ax.scatter([x for x, _ in points], [y for _, y in points], label=label)
+        ax.axvline(1.0, color="gray", linestyle="--", linewidth=1, label="dense speed")
+        ax.set_yscale("log")
+        _label(ax, name, "decode speed-up at batch 1 (x dense, save.bench)", "perplexity")
+    return _save(plt, fig, path)
+
 
 
 def _panels(runs, wanted, suffix) -> Dict[str, Tuple[Series, List[float]]]:

@@ -114,6 +114,24 @@ def measurements(results: dict, position: str) -> Dict[str, float]:
     return found
 
 
+# results.json bench ratio -> report column (the pruned model's figure / the dense model's)
+BENCH_COLUMNS = {"checkpoint_bytes": "checkpoint x", "peak_memory_bytes": "memory x",
+                 "prefill_tokens_per_s_bs1": "prefill x bs1",
+                 "prefill_tokens_per_s_bs8": "prefill x bs8",
+                 "decode_tokens_per_s_bs1": "decode x bs1",
+                 "decode_tokens_per_s_bs8": "decode x bs8"}
+DECODE_SPEEDUP = "decode x bs1"  # what the speed plot puts on its x axis
+
+
+def bench_ratios(results: dict) -> Dict[str, float]:
+    """{column: ratio to the dense model} of what save.bench measured (the last model it
+    measured is the saved one); empty when the run measured nothing."""
+    models = (results.get("bench") or {}).get("models") or []
+    ratios = (models[-1].get("ratios") or {}) if models and isinstance(models[-1], dict) else {}
+    return {column: ratios[key] for key, column in BENCH_COLUMNS.items()
+            if is_number(ratios.get(key))}
+
+
 def dense_key(results: dict) -> Optional[str]:
     """What a dense figure depends on: the input weights and the evaluation settings (not when
     they were measured); None for a run that recorded no model hash (the first layout)."""

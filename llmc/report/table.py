@@ -1,10 +1,12 @@
 """One row per run: what was pruned how, then every perplexity and task metric (dense and
-pruned), the sparsity reached and the prune time; as markdown or CSV."""
+pruned), what the saved model buys against the dense one (save.bench's ratios: checkpoint,
+memory, prefill and decode speed), the sparsity reached and the prune time; as markdown or
+CSV."""
 import csv
 import io
 from typing import List
 
-from .runs import Run, identity, is_number, measurements
+from .runs import Run, bench_ratios, identity, is_number, measurements
 
 IDENTITY = ["method", "base", "steps", "sparsity", "type", "wbits", "model", "calibration"]
 TAIL = ["achieved sparsity", "prune s"]
@@ -20,6 +22,7 @@ def rows(runs: List[Run]) -> List[dict]:
         for column, value in run.dense.items():
             row[f"{column} (dense)"] = value
         row.update(measurements(run.results, "transformed"))
+        row.update(bench_ratios(run.results))  # what the pruned model buys (save.bench)
         row["achieved sparsity"] = (run.results.get("sparsity") or {}).get("overall")
         row["prune s"] = (run.results.get("timings") or {}).get("prune_total")
         table.append(row)

@@ -73,6 +73,17 @@ class Sparsifier:
         return False
 
     @classmethod
+    def quantization_bits(cls, sparse_cfg) -> int:
+        """The bits of the grid its kept weights end on (`weight_grid`), or 16: not quantized."""
+        return 16
+
+    def weight_grid(self, weight):
+        """(scale, zero) per output row of the grid the kept weights of the dense `weight` end
+        on (w = scale * (q - zero), integer 0 <= q < 2^bits), or None when it quantizes
+        nothing: what a packed save (save.format: compressed-tensors) writes."""
+        return None
+
+    @classmethod
     def check_calibration(cls, sparse_cfg, calib_cfg) -> None:
         """Checks of the method's settings against calib (e.g. windows it needs)."""
 

@@ -175,6 +175,13 @@ class OWL(Sparsifier):
     def records_column_orders(cls, sparse_cfg) -> bool:
         return cls._base_class(sparse_cfg).records_column_orders(sparse_cfg)
 
+    @classmethod
+    def quantization_bits(cls, sparse_cfg) -> int:
+        return cls._base_class(sparse_cfg).quantization_bits(sparse_cfg)
+
+    def weight_grid(self, weight):
+        return self.base.weight_grid(weight)
+
     def cost(self, rows, columns):
         return self.base.cost(rows, columns)
 

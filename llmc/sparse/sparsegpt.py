@@ -161,6 +161,17 @@ class SparseGPT(Sparsifier):
         weight[:, dead] = 0
         return obs_prune(weight, upper, target, self.settings.blocksize, quantizer, saliency)
 
+    @classmethod
+    def quantization_bits(cls, sparse_cfg) -> int:
+        return sparse_cfg.settings_for(cls).wbits
+
+    def weight_grid(self, weight):
+        """prune_weight's grid: fitted on the dense weight in float32, as it is there."""
+        if self.settings.wbits >= 16:
+            return None
+        quantizer = MinMaxQuantizer(weight.to(torch.float32, copy=True), self.settings.wbits)
+        return quantizer.scale, quantizer.zero
+
     def saliency(self, hessian_diag):
         """The unstructured mask's score (see obs_prune); MixGPT swaps in its own."""
         return obs_saliency
