@@ -6,7 +6,8 @@ compressed-tensors installed) and vLLM load it as a low-bit model: each quantize
 `quantization_config` that says so (per-channel, asymmetric, `wbits` bits).
 
 The grid is the method's own (Sparsifier.weight_grid: scale and zero per row, fitted on the dense
-weight), taken before pruning; a saved weight is packed only when every value is exactly
+weight), taken before pruning (a streamed model: one more read of the checkpoint, block by
+block, before a resumed run adopts its pruned blocks); a saved weight is packed only when every value is exactly
 scale * (q - zero) on it, so the packed model dequantizes to the run's weights bit for bit.
 The library is an optional extra: pip install -e ".[deploy]"."""
 import json
@@ -34,9 +35,9 @@ def require_library() -> None:
 
 def dense_grids(handle, method) -> Dict[str, Grid]:
     """{Linear path: grid} of every block Linear the method quantizes, from the dense weights
-    (before pruning; the model is in memory)."""
+    (before pruning; a streamed model's blocks are read from the checkpoint one at a time)."""
     grids = {}
-    for (index, name), weight in handle.block_weights().items():
+    for (index, name), weight in handle.each_block_weight():
         grid = method.weight_grid(weight.data)
         if grid is not None:
             grids[f"{handle.block_path(index)}.{name}"] = grid

@@ -133,9 +133,6 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
     if method.records_column_orders(cfg.sparse) and cfg.model.load == "auto":
         why = "sparse.ria.reallocation keeps each Linear's column order with a model in memory"
         model_cfg = dataclasses.replace(cfg.model, load="memory")
-    if cfg.save.format == "compressed-tensors" and cfg.model.load == "auto":
-        why = "save.format: compressed-tensors takes the grids from the dense model in memory"
-        model_cfg = dataclasses.replace(cfg.model, load="memory")
     handle, loaded = load_for_run(model_cfg, checkpoint.weights.files, out.layout.shards, world)
     loaded["why"] = why or loaded["why"]
     refuse_bench_of_streamed(cfg, handle)
@@ -151,6 +148,8 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
     model_sha256 = InBackground(checkpoint.fingerprint) if world.leads else None
 
     results = new_results(cfg, out.run_id, loaded, handle, record, batches, eval_sets)
+    # a packed save's grids, from the dense weights: before a resumed run adopts pruned blocks
+    packing = grids_to_pack(cfg, handle, method, world)
     resume = resume_state(cfg, checkpoint, handle, results, device, out, world)
     point = resume.load(cfg.save.overwrite) if resume else None
     if point is not None:
@@ -177,7 +176,6 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
         model = point.model_sha256 if point else checkpoint_sha256(model_sha256, wait=False)
         resume.save(next_block, hidden, plan_record, carried, handle.shard_sha256, model)
 
-    packing = grids_to_pack(cfg, handle, method, world)
     prune_blocks(cfg, handle, method, plan, batches, device, results,
                  activations_dir(out, world), world,
                  resume_at=point.next_block if point else 0,

@@ -136,7 +136,8 @@ def allocate_and_evaluate(cfg, method, handle, batches, eval_sets, device, resul
 
 def grids_to_pack(cfg, handle, method, world=World()):
     """(grids, bits) of a packed save (save.format: compressed-tensors: llmc.packed), taken from
-    the dense weights before pruning by the rank that saves; None otherwise."""
+    the dense weights before pruning (and before resuming) by the rank that saves; None
+    otherwise."""
     if cfg.save.format != "compressed-tensors" or not cfg.save.save_trans or not world.leads:
         return None
     if handle.adapter.experts:

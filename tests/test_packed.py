@@ -91,6 +91,28 @@ def test_a_half_precision_model_given_to_prune_packs_exactly(dtype, tmp_path, ti
     assert results["compressed-tensors"].record["saved_format"]["bits"] == 4
 
 
+def test_a_streamed_run_packs_the_same_files_as_one_in_memory(cli, run_config, tmp_path):
+    files = {}
+    for load in ("memory", "stream"):
+        save = tmp_path / load
+        code, err = cli("--config", run_config, "--set", f"save.save_path={save}",
+                        "--set", "save.format=compressed-tensors", "--set", f"model.load={load}",
+                        "--set", "sparse.method=SparseGPT", "--set", "sparse.wbits=4",
+                        "--set", "sparse.blocksize=16", "--set", "eval.eval_pos=[]")
+        assert code == 0, err
+        model_dir = save / "transformed_model"
+        files[load] = {}
+        for file in sorted(model_dir.glob("*.safetensors")):
+            files[load].update(load_file(file))
+        config = json.loads((model_dir / "config.json").read_text())
+        files[load]["targets"] = config["quantization_config"]["config_groups"]["group_0"][
+            "targets"]
+    assert files["stream"].keys() == files["memory"].keys()
+    for name, tensor in files["memory"].items():
+        other = files["stream"][name]
+        assert (other == tensor) if name == "targets" else torch.equal(other, tensor), name
+
+
 def test_packing_a_hand_made_grid():
     from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
 
@@ -116,8 +138,6 @@ def test_packing_a_hand_made_grid():
     ({"sparse.method": "SparseGPT"}, "quantizes nothing"),
     ({"sparse.method": "SparseGPT", "sparse.wbits": 4, "save.save_trans": False},
      "save.save_trans is off"),
-    ({"sparse.method": "SparseGPT", "sparse.wbits": 4, "model.load": "stream"},
-     "set model.load: auto or memory"),
     ({"save.format": "gguf"}, "save.format 'gguf' must be one of hf, compressed-tensors"),
 ])
 def test_what_the_format_cannot_hold_is_one_error(settings, message, run_config, cli):

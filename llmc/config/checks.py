@@ -108,10 +108,6 @@ def _validate_save_format(cfg):
                           f"refine/update step) packed; this run ({sp.method}"
                           f"{' + steps' if sp.refine or sp.update else ''}) quantizes nothing: "
                           "set sparse.wbits, or save.format: hf")
-    if cfg.model.load == "stream":
-        raise ConfigError("save.format: compressed-tensors takes each quantized Linear's grid "
-                          "from its dense weights before pruning, which llmc does for a model "
-                          "held in memory; set model.load: auto or memory")
     require_library()
 
 
