@@ -11,7 +11,7 @@ from loguru import logger
 from ..errors import LlmcError
 from ..strict_json import dumps_strict
 from ..subcommand import SubcommandParser
-from .compare import markdown, ratios
+from .compare import markdown, over_rounds, ratios
 from .measure import Settings, measure
 
 
@@ -30,10 +30,14 @@ def parse_args(argv):
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every model this many times in turn (A B C, A B C, ...) "
+                             "and keep each figure's median over the rounds: a drift of the "
+                             "machine then falls on all models alike")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
-    if min(args.prompt, args.new_tokens, args.repeats, *args.batch) < 1:
-        parser.error("--prompt, --new-tokens, --repeats and --batch must be >= 1")
+    if min(args.prompt, args.new_tokens, args.repeats, args.rounds, *args.batch) < 1:
+        parser.error("--prompt, --new-tokens, --repeats, --rounds and --batch must be >= 1")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device):
         parser.error(f"--device {args.device}: give auto, cpu, cuda or cuda:N")
     return args
@@ -52,26 +56,31 @@ def bench(argv) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     settings = Settings(args.prompt, args.new_tokens, list(args.batch), args.repeats)
-    record, table = compare_models(dirs, device, settings)
+    record, table = compare_models(dirs, device, settings, args.rounds)
     sys.stdout.write(table + "\n")
     if args.json:
         Path(args.json).write_text(dumps_strict(record))
     return 0
 
 
-def compare_models(dirs, device, settings: Settings):
+def compare_models(dirs, device, settings: Settings, rounds: int = 1):
     """(record, markdown table) of the models at `dirs`, measured one after the other in this
-    process, each figure also as a ratio to the first (`llmc bench-model`, and a run's
-    save.bench)."""
-    figures = []
-    for directory in dirs:
-        logger.info(f"measuring {directory} on {device}")
-        figures.append(measure(directory, device, settings))
+    process (`rounds` times in turn, medians kept), each figure also as a ratio to the first
+    (`llmc bench-model`, and a run's save.bench)."""
+    measured = [[] for _ in dirs]
+    for round_index in range(rounds):
+        for directory, runs in zip(dirs, measured):
+            logger.info(f"measuring {directory} on {device}"
+                        f"{f' (round {round_index + 1} of {rounds})' if rounds > 1 else ''}")
+            runs.append(measure(directory, device, settings))
+    figures = [over_rounds(runs, settings.batches) for runs in measured]
     where = (f"{torch.cuda.get_device_name(device)}" if device.type == "cuda"
              else f"CPU, {torch.get_num_threads()} thread(s)")
     header = (f"on {where}; prompt {settings.prompt}, {settings.new_tokens} new tokens, "
-              f"median of {settings.repeats}; ratios to {dirs[0]}")
-    record = {"device": where, "settings": dataclasses.asdict(settings),
+              f"median of {settings.repeats}"
+              f"{f', then of {rounds} rounds over the models in turn' if rounds > 1 else ''}; "
+              f"ratios to {dirs[0]}")
+    record = {"device": where, "settings": dataclasses.asdict(settings), "rounds": rounds,
               "models": [{**f, "ratios": r}
                          for f, r in zip(figures, ratios(figures, settings.batches))]}
     return record, markdown(figures, settings.batches, header)

@@ -1,6 +1,7 @@
 """Saved models side by side: each figure of llmc.bench.measure as a ratio to the first model
 (the baseline, usually the dense one), measured in the same process; a markdown table and the
 results as JSON."""
+import statistics
 from typing import Dict, List
 
 # (column, key in the figures, higher is better); the speeds per batch size are added per run
@@ -12,6 +13,25 @@ MB = 2 ** 20
 def speed_keys(batches: List[int]) -> List[str]:
     return ([f"prefill_tokens_per_s_bs{b}" for b in batches]
             + [f"decode_tokens_per_s_bs{b}" for b in batches])
+
+
+def over_rounds(rounds: List[Dict[str, object]], batches: List[int]) -> Dict[str, object]:
+    """One model's figures from its measurements in successive rounds (each round measures
+    every model once, in order, so a drift of the machine falls on all of them alike): the
+    median of each speed, peak memory and timing over the rounds, every round's value kept
+    under `per_round`."""
+    if len(rounds) == 1:
+        return rounds[0]
+    keys = speed_keys(batches) + ["peak_memory_bytes"]
+    combined = {**rounds[0], "rounds": len(rounds), "per_round": {}}
+    for key in keys:
+        values = [r.get(key) for r in rounds]
+        combined["per_round"][key] = values
+        known = [v for v in values if v is not None]
+        combined[key] = statistics.median(known) if known else None
+    combined["seconds"] = {key: statistics.median(r["seconds"][key] for r in rounds)
+                           for key in rounds[0]["seconds"]}
+    return combined
 
 
 def ratios(figures: List[Dict[str, object]], batches: List[int]) -> List[Dict[str, float]]:

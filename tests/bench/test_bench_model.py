@@ -2,6 +2,7 @@
 the table's structure, ratios computed from the recorded figures, the JSON keys, one error line
 for a directory that is not a model. No timing is asserted (docs/testing.md)."""
 import json
+import statistics
 
 import pytest
 import torch
@@ -62,6 +63,24 @@ def test_the_table_and_the_json_hold_every_figure_and_its_ratio(models, tmp_path
         for key, ratio in model["ratios"].items():  # each ratio from the recorded figures
             assert ratio == pytest.approx(model[key] / first[key]), key
     assert second["ratios"]["nonzero_parameters"] < 1.0 == first["ratios"]["nonzero_parameters"]
+
+
+def test_rounds_measure_the_models_in_turn_and_keep_medians(models, tmp_path, capsys):
+    dense, pruned, _ = models
+    out = tmp_path / "bench.json"
+    assert main(["bench-model", dense, pruned, *FAST, "--rounds", "3", "--json", out]) == 0
+    err = capsys.readouterr().err
+    order = [line.split("measuring ")[1].split(" on ")[0] for line in err.splitlines()
+             if "measuring " in line]
+    assert order == [dense, pruned] * 3  # in turn, not one model's rounds together
+    record = json.loads(out.read_text())
+    assert record["rounds"] == 3
+    for model in record["models"]:
+        assert model["rounds"] == 3
+        for key, values in model["per_round"].items():
+            assert len(values) == 3 and model[key] == statistics.median(values), key
+        for key, ratio in model["ratios"].items():
+            assert ratio == pytest.approx(model[key] / record["models"][0][key]), key
 
 
 def test_ratios_are_none_where_a_figure_is_missing():
