@@ -21,10 +21,10 @@ from .runner.resume import ResumeState, resume_fingerprint
 from .sparse import build_method
 from .sparse.allocation import plan_from_dict, plan_to_dict
 from .outputs import Layout, open_run
-from .save import MODEL_DIR, save_model, write_results
-from .stages import (allocate_and_evaluate, bench_saved, evaluate_pruned, grids_to_pack,
-                     new_results, prune_blocks, record_achieved, refuse_bench_of_streamed,
-                     run_harness_on_saved, save_packed, seed_everything)
+from .save import write_results
+from .stages import (allocate_and_evaluate, evaluate_pruned, grids_to_pack, new_results,
+                     prune_blocks, record_achieved, refuse_bench_of_streamed,
+                     run_harness_on_saved, save_pruned, seed_everything)
 
 
 class FollowingRun:
@@ -191,10 +191,8 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
     if not world.leads:
         return results
     if cfg.save.save_trans:
-        saved = save_model(handle, tokenizer, out.dir)
-        save_packed(saved, packing, results)
-        bench_saved(cfg, handle, checkpoint.path, saved, device, results)
-        results["saved_model"] = str(out.root / MODEL_DIR)  # where it is read after the commit
+        saved = save_pruned(cfg, handle, tokenizer, out, packing, checkpoint.path, device,
+                            results)
         if suite and suite.harness and handle.streams and "transformed" in cfg.eval.eval_pos:
             run_harness_on_saved(suite, saved, device, results)
     results["timings"]["total"] = time.perf_counter() - started

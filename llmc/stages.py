@@ -24,7 +24,8 @@ from .runner import Calibration, prune_blockwise
 from .data import token_ids_sha256, token_stream_sha256
 from .provenance import versions
 from .runner.device import free_memory, peak_rss, peak_rss_since_reset
-from .save import COLUMN_ORDERS, PLAN_PLOT, RESULTS_SCHEMA, save_column_orders
+from .save import (COLUMN_ORDERS, MODEL_DIR, PLAN_PLOT, RESULTS_SCHEMA, save_column_orders,
+                   save_model)
 from .sparse import UnitPlan
 
 
@@ -146,10 +147,18 @@ def grids_to_pack(cfg, handle, method, world=World()):
     return dense_grids(handle, method), method.quantization_bits(cfg.sparse)
 
 
-def save_packed(saved_dir, packing, results) -> None:
-    """The saved model at `saved_dir` rewritten packed, when `packing` (grids_to_pack) says."""
+def save_pruned(cfg, handle, tokenizer, out, packing, dense_dir, device, results):
+    """transformed_model/ written into the staging directory `out.dir`: saved, rewritten packed
+    when `packing` (grids_to_pack) says, measured against `dense_dir` (the checkpoint; None: a
+    model object) with save.bench; results["saved_model"] is where it is read after the commit.
+    Returns the directory written."""
+    saved = save_model(handle, tokenizer, out.dir)
     if packing is not None:
-        results["saved_format"] = write_packed(saved_dir, *packing)
+        results["saved_format"] = write_packed(saved, *packing)
+    if dense_dir is not None:
+        bench_saved(cfg, handle, dense_dir, saved, device, results)
+    results["saved_model"] = str(out.root / MODEL_DIR)
+    return saved
 
 
 def bench_saved(cfg, handle, dense_dir, saved_dir, device, results) -> None:

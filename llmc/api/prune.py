@@ -25,10 +25,10 @@ from ..outputs import open_run
 from ..provenance import run_record, utc_now
 from ..runner import resolve_device
 from ..runner.device import current_rss, release_freed_memory, reset_peak_rss
-from ..save import MODEL_DIR, save_model, write_results
+from ..save import write_results
 from ..sparse import build_method
-from ..stages import (allocate_and_evaluate, bench_saved, evaluate_pruned, grids_to_pack,
-                      new_results, prune_blocks, record_achieved, save_packed, seed_everything)
+from ..stages import (allocate_and_evaluate, evaluate_pruned, grids_to_pack, new_results,
+                      prune_blocks, record_achieved, save_pruned, seed_everything)
 from .caller_state import caller_state_kept
 from .calibration import Calibration, calibration_batches
 from .model_given import check_against_run, check_model_object, handle_of
@@ -170,11 +170,8 @@ def _prune_in_memory(model, tokenizer, cfg, calibration, home, why, checkpoint, 
         evaluate_pruned(cfg, handle, eval_sets, device, results, suite=suite,
                         loaded_rss=loaded_rss)
         if place.out is not None and cfg.save.save_trans:
-            saved = save_model(handle, tokenizer, place.out.dir)
-            save_packed(saved, packing, results)
-            if checkpoint is not None:  # save.bench (refused for a model object)
-                bench_saved(cfg, handle, checkpoint.path, saved, device, results)
-            results["saved_model"] = str(place.out.root / MODEL_DIR)
+            save_pruned(cfg, handle, tokenizer, place.out, packing,
+                        checkpoint.path if checkpoint else None, device, results)
         results["timings"]["total"] = time.perf_counter() - started
         results["inputs"]["model"] = checkpoint.fingerprint() if checkpoint else None
         results["run"]["finished_utc"] = utc_now()

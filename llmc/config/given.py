@@ -86,10 +86,7 @@ def prune_config(config: ConfigSource, overrides: Overrides = None, *, model_giv
     return _validated(raw, model_given, calibration_given), writes
 
 
-def _raw_with(raw, overrides: Overrides, model_path: Optional[str]) -> dict:
-    if not isinstance(raw, dict):
-        raise ConfigError("config must be a mapping of sections (base, model, calib, eval, "
-                          f"sparse, save) at its top level, got {type(raw).__name__}")
+def _raw_with(raw: dict, overrides: Overrides, model_path: Optional[str]) -> dict:
     apply_overrides(raw, overrides)
     if model_path is not None:
         set_dotted(raw, "model.path", model_path, "the model path given to llmc.prune", Config)

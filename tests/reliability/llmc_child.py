@@ -25,7 +25,7 @@ matplotlib.use("Agg")  # as llmc.plot does, before pyplot
 import matplotlib.pyplot  # noqa: E402,F401
 
 import llmc.cli
-import llmc.pipeline
+import llmc.stages
 
 _forkserver = None
 
@@ -97,13 +97,13 @@ def run_cli(argv, env, stderr_path, kill_at_op=None):
     os.environ.update(env)
     sys.stderr = open(stderr_path, "w", buffering=1)
     if kill_at_op is not None:
-        save_model = llmc.pipeline.save_model
+        save_model = llmc.stages.save_model  # what the run saves through (llmc.stages.save_pruned)
 
         def save_model_then_count(*args, **kwargs):
             _kill_self_at_op(kill_at_op)
             return save_model(*args, **kwargs)
 
-        llmc.pipeline.save_model = save_model_then_count
+        llmc.stages.save_model = save_model_then_count
     sys.exit(llmc.cli.main(argv))
 
 
