@@ -41,7 +41,15 @@ def run_summary(results: dict, root) -> str:
     steps = [method[k]["name"] for k in ("refine", "update") if k in method]
     base = method.get("base", {}).get("name")
     name = method["name"] + (f" over {base}" if base else "")
-    lines = [f"{' + '.join([name] + steps)} at {target} on {config['model']['path']}"]
+    pruned = f"{' + '.join([name] + steps)} at {target}"
+    structure = results.get("structure")
+    if structure is not None:  # sparse.structure ran first (llmc.structure)
+        blocks, parameters = structure["blocks"], structure["parameters"]
+        made = (f"{structure['method']['name']} (blocks {blocks['before']} -> {blocks['after']}, "
+                f"parameters {parameters['before'] / 1e6:.1f}M -> "
+                f"{parameters['after'] / 1e6:.1f}M)")
+        pruned = made if method["name"] == "none" else f"{made}, then {pruned}"
+    lines = [f"{pruned} on {config['model']['path']}"]
     ppl = results.get("ppl", {})
     for dataset in sorted({d for position in ppl.values() for d in position}):
         before = ppl.get("pretrain", {}).get(dataset)

@@ -133,6 +133,9 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
     if method.records_column_orders(cfg.sparse) and cfg.model.load == "auto":
         why = "sparse.ria.reallocation keeps each Linear's column order with a model in memory"
         model_cfg = dataclasses.replace(cfg.model, load="memory")
+    elif cfg.sparse.structure is not None and cfg.model.load == "auto":
+        why = "sparse.structure makes the model smaller in memory"
+        model_cfg = dataclasses.replace(cfg.model, load="memory")
     handle, loaded = load_for_run(model_cfg, checkpoint.weights.files, out.layout.shards, world)
     loaded["why"] = why or loaded["why"]
     refuse_bench_of_streamed(cfg, handle)

@@ -69,6 +69,7 @@ class Registry(Mapping):
 
 METHODS = Registry("method", "llmc.sparse")
 STEPS = Registry("step", "llmc.sparse")  # sparse.refine / sparse.update (llmc.sparse.steps)
+STRUCTURES = Registry("structured method", "llmc.structure")  # sparse.structure
 MODELS = Registry("model type", "llmc.models")
 DATASETS = Registry("dataset", "llmc.data")
 PREPROCS = Registry("preproc", "llmc.data")

@@ -21,9 +21,13 @@ from .eval.tasks import task_line
 from .packed import dense_grids, write_packed
 from .plot import plot_plan
 from .runner import Calibration, prune_blockwise
+from .runner.restructure import restructure_blockwise
+from .models.slicing import parameter_count
+from .structure import build_structure
 from .data import token_ids_sha256, token_stream_sha256
 from .provenance import versions
 from .runner.device import free_memory, peak_rss, peak_rss_since_reset
+from .bench.measure import checkpoint_bytes
 from .save import (COLUMN_ORDERS, MODEL_DIR, PLAN_PLOT, RESULTS_SCHEMA, save_column_orders,
                    save_model)
 from .sparse import UnitPlan
@@ -122,6 +126,12 @@ def allocate_and_evaluate(cfg, method, handle, batches, eval_sets, device, resul
     pretrain eval does, and its problems (a plan out of range, a cached file for another model)
     should surface before the eval. `cache_dir`: where allocation may keep its measurements
     (the save path), or None."""
+    structure = build_structure(cfg.sparse)
+    if structure is not None:  # the dense model's eval, then it is made smaller
+        if "pretrain" in cfg.eval.eval_pos:
+            evaluate(handle, eval_sets, cfg, device, "pretrain", results, world, suite,
+                     checkpoint_dir)
+        restructure(cfg, structure, handle, batches, device, results, scratch)
     start = time.perf_counter()
     calibration = Calibration(handle, batches, device, cfg.base.offload_activations,
                               cache_dir=cache_dir, overwrite=cfg.save.overwrite,
@@ -129,10 +139,34 @@ def allocate_and_evaluate(cfg, method, handle, batches, eval_sets, device, resul
                               min_expert_tokens=cfg.calib.min_expert_tokens)
     plan = method.allocate(cfg.sparse.weight, calibration)
     results["timings"]["allocate"] = time.perf_counter() - start
-    if "pretrain" in cfg.eval.eval_pos:
+    if "pretrain" in cfg.eval.eval_pos and structure is None:
         evaluate(handle, eval_sets, cfg, device, "pretrain", results, world, suite,
                  checkpoint_dir)
     return plan
+
+
+def restructure(cfg, structure, handle, batches, device, results, scratch) -> None:
+    """sparse.structure's pass: the model made smaller in place (llmc.runner.restructure);
+    what was removed, and the parameters and bytes before and after, into results["structure"]."""
+    start = time.perf_counter()
+    before = {"blocks": handle.num_blocks, "parameters": parameter_count(handle.model),
+              "weight_bytes": handle.weight_bytes}
+    done = restructure_blockwise(handle, structure, batches, device,
+                                 cfg.base.offload_activations, scratch)
+    after = {"blocks": handle.num_blocks, "parameters": parameter_count(handle.model),
+             "weight_bytes": handle.weight_bytes}
+    results["structure"] = {
+        "method": structure.describe(), "blocks_removed": done["blocks_removed"],
+        "widths": [{"block": index, "removed_kv_groups": widths.removed_groups,
+                    "removed_channels": widths.removed_channels,
+                    "bias_added": sorted(widths.added_bias)}
+                   for index, widths in done["widths"].items()],
+        **{key: {"before": before[key], "after": after[key]} for key in before},
+        **structure.record()}
+    results["timings"]["structure"] = time.perf_counter() - start
+    logger.info(f"{structure.NAME}: {before['blocks']} -> {after['blocks']} blocks "
+                f"(removed {done['blocks_removed']}), {before['parameters']:,} -> "
+                f"{after['parameters']:,} parameters")
 
 
 def grids_to_pack(cfg, handle, method, world=World()):
@@ -153,6 +187,10 @@ def save_pruned(cfg, handle, tokenizer, out, packing, dense_dir, device, results
     model object) with save.bench; results["saved_model"] is where it is read after the commit.
     Returns the directory written."""
     saved = save_model(handle, tokenizer, out.dir)
+    if "structure" in results:
+        results["structure"]["checkpoint_bytes"] = {
+            "before": checkpoint_bytes(Path(dense_dir)) if dense_dir is not None else None,
+            "after": checkpoint_bytes(saved)}
     if packing is not None:
         results["saved_format"] = write_packed(saved, *packing)
     if dense_dir is not None:

@@ -1,7 +1,8 @@
 """What the shell sweeps (scripts/sweep_*.sh) ask of llmc, in one process each:
 
     python -m llmc.sweep_support methods
-        the registered methods' names, one line (sweep_methods.sh's default METHODS)
+        the registered methods' names, one line (sweep_methods.sh's default METHODS; not
+        `none`, which prunes no weight)
     python -m llmc.sweep_support check CONFIG [--set KEY=VALUE ...] [--each KEY=VALUE ...]
         validates CONFIG with the common --set overrides plus each --each one in turn, so that a
         typo fails before the first run rather than hours in; prints the eval_pos for the runs
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
     try:
         if args.command == "methods":
             from .registry import METHODS
-            print(" ".join(sorted(METHODS)))
+            print(" ".join(sorted(name for name in METHODS if METHODS[name].PRUNES)))
         else:
             print(check(args.config, args.common, args.each))
     except LlmcError as err:

@@ -42,7 +42,8 @@ def test_config_loads(name, tmp_path):
     text = (CONFIGS / name).read_text()
     overrides = _filled_in(text, tmp_path) + [f"save.save_path={tmp_path / 'save'}"]
     cfg = load(str(CONFIGS / name), overrides)
-    # named after its method or a step it adds (dsnot.yml: Wanda refined by DSnoT)
-    names = [cfg.sparse.method, cfg.sparse.refine, cfg.sparse.update]
+    # named after its method, a step it adds (dsnot.yml: Wanda refined by DSnoT) or its
+    # structured method (structured/shortgpt.yml)
+    names = [cfg.sparse.structure, cfg.sparse.method, cfg.sparse.refine, cfg.sparse.update]
     assert any(n and n.lower() in Path(name).stem.lower() for n in names)
     assert ("/path/to" in text) == (not cfg.model.path.startswith("builtin:"))

@@ -10,6 +10,7 @@ from ..distributed import check_ranks, env_world_size
 from ..errors import ConfigError
 from ..registry import BUILTIN_MODELS, DATASETS, METHODS, MODELS, PREPROCS, closest
 from ..sparse.steps import check_steps
+from ..structure import structure_class
 
 
 def _check_path(path, key, what):
@@ -239,6 +240,11 @@ def _validate_tasks(ev):
 
 def _validate_sparse(cfg):
     validate_sparse(cfg.sparse)
+    if cfg.sparse.structure is not None and (cfg.model.load == "stream" or env_world_size() > 1):
+        # the pass slices blocks and rewrites the config of a model held in memory
+        raise ConfigError(f"sparse.structure: {cfg.sparse.structure} makes the model smaller in "
+                          "memory on one process; set model.load: auto or memory and run "
+                          "without torchrun")
     if METHODS[cfg.sparse.method].records_column_orders(cfg.sparse):
         # the orders are kept with the model in memory (llmc.models.handle.column_orders)
         if cfg.model.load == "stream" or env_world_size() > 1:
@@ -265,6 +271,9 @@ def validate_sparse(sp: SparseCfg) -> SparseCfg:
             raise ConfigError(f"sparse.weight.sparsity_type '{kind}': N:M needs 0 < N < M "
                               "(N of every M consecutive weights are zeroed), e.g. '2:4'")
         sp.weight.sparsity_type = f"{n}:{m}"
+    structure = structure_class(sp)
+    if structure is not None:
+        sp.settings_for(structure).check(sp.weight)
     method.check_config(sp)
     check_steps(sp, method)
     _refuse_settings_not_in_effect(sp)
@@ -279,9 +288,10 @@ def _refuse_settings_not_in_effect(sp: SparseCfg) -> None:
     used = sp.in_effect()
     declared = declared_settings()
     parts = [part.__name__ for part in METHODS[sp.method].parts(sp)]
-    chosen = sp.method if parts == [sp.method] else f"{sp.method} (over {', '.join(parts[1:])})"
+    chosen = sp.method if len(parts) == 1 else f"{sp.method} (over {', '.join(parts[1:])})"
     steps = [f"{kind}: {getattr(sp, kind)}" for kind in ("refine", "update") if getattr(sp, kind)]
-    chosen = " + ".join([chosen] + steps)
+    structure = [f"structure: {sp.structure}"] if sp.structure else []
+    chosen = " + ".join(structure + [chosen] + steps)
     for key in sp.settings:
         users = declared[key][2]
         if key not in used:

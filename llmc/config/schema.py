@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ..errors import ConfigError
-from ..registry import DATASETS, METHODS, STEPS
+from ..registry import DATASETS, METHODS, STEPS, STRUCTURES
 from .typed import field_default, to_dict, yaml_key
 
 EVAL_POSITIONS = ("pretrain", "transformed")
@@ -119,6 +119,7 @@ def declared_settings() -> Dict[str, Tuple[object, object, Tuple[str, ...]]]:
     found = {}
     declarers = [(name, METHODS[name]) for name in sorted(METHODS)]
     declarers += [(f"{STEPS[name].KIND}: {name}", STEPS[name]) for name in sorted(STEPS)]
+    declarers += [(f"structure: {name}", STRUCTURES[name]) for name in sorted(STRUCTURES)]
     for name, declarer in declarers:
         settings = declarer.Settings
         hints = typing.get_type_hints(settings)
@@ -137,7 +138,9 @@ def declared_settings() -> Dict[str, Tuple[object, object, Tuple[str, ...]]]:
 
 @dataclass
 class SparseCfg:
-    method: str = "Wanda"
+    # a structured method run first (blocks, heads, channels removed: llmc.structure), or null
+    structure: Optional[str] = None
+    method: str = "Wanda"  # `none`: no unstructured pruning (a structured run alone)
     weight: WeightCfg = field(default_factory=WeightCfg)
     sparsity_out: bool = False  # True: next block sees the pruned block's outputs
     refine: Optional[str] = None  # a mask refinement after the method's score (dsnot)
@@ -157,7 +160,10 @@ class SparseCfg:
         """The classes whose settings this run uses: the method, what it composes (OWL: its
         base), and its steps (refine, update)."""
         from ..sparse.steps import step_classes
-        return METHODS.lookup(self.method, "sparse.method").parts(self) + step_classes(self)
+        structure = (STRUCTURES.lookup(self.structure, "sparse.structure"),) if self.structure \
+            else ()
+        return (structure + METHODS.lookup(self.method, "sparse.method").parts(self)
+                + step_classes(self))
 
     def in_effect(self) -> Dict[str, Any]:
         """{YAML key: value} of every setting the run uses, defaults included."""
@@ -171,7 +177,8 @@ class SparseCfg:
     def as_yaml(self) -> dict:
         """As written in YAML: the common keys and the settings in effect (not other methods')."""
         steps = {kind: getattr(self, kind) for kind in ("refine", "update") if getattr(self, kind)}
-        return {"method": self.method, "weight": to_dict(self.weight),
+        structure = {"structure": self.structure} if self.structure else {}
+        return {**structure, "method": self.method, "weight": to_dict(self.weight),
                 "sparsity_out": self.sparsity_out, **steps,
                 **{key: to_dict(value) for key, value in self.in_effect().items()}}
 

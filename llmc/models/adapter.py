@@ -17,6 +17,22 @@ from ..errors import ConfigError, LlmcError
 
 
 @dataclass(frozen=True)
+class Widths:
+    """Where a block's widths live, for structured width pruning (llmc.models.slicing): the
+    config keys that size them and the Linears (relative to a block) that hold them."""
+    channels: str  # config key of the MLP's intermediate width (intermediate_size)
+    channel_in: Tuple[str, ...]  # Linears whose output rows are the channels (gate, up)
+    channel_out: str  # the Linear reading them, one input column each (down)
+    channel_bias: str = ""  # config key giving the MLP's Linears biases ("" none)
+    # config keys of the query heads, key-value heads and head dimension (() none: the
+    # config cannot say fewer heads)
+    heads: Tuple[str, ...] = ()
+    queries: Tuple[str, str, str] = ("", "", "")  # the q, k, v Linears
+    attention_out: str = ""  # the Linear reading the heads (o_proj)
+    attention_bias: str = ""  # config key giving the attention's Linears biases ("" none)
+
+
+@dataclass(frozen=True)
 class Adapter:
     name: str
     model_types: Tuple[str, ...]  # config.model_type values this table describes
@@ -50,6 +66,9 @@ class Adapter:
     # is more than that module (Gemma 2: final-logit soft-capping): (config, logits) -> logits.
     # The streamed eval applies it; None: the logits are the last module's output.
     logits: Optional[Callable] = None
+    # Which config keys size the heads and MLP channels, and the Linears that hold them
+    # (structured width pruning); None: this table does not say.
+    widths: Optional[Widths] = None
 
     def describe(self) -> dict:
         """The table, for results.json (a discovered one is recorded with every run)."""

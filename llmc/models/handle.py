@@ -112,6 +112,17 @@ class ModelHandle:
                 for name in self.linear_names(index):
                     yield (index, name), block.get_submodule(name).weight
 
+    def forget_block(self, index: int) -> None:
+        """Block `index` changed shape (llmc.models.slicing): its groups and finite check anew."""
+        self._groups.pop(index, None)
+        self._finite.discard(self.block_path(index))
+
+    def forget_blocks(self) -> None:
+        """Blocks were removed: every block's groups and finite check anew."""
+        self._groups.clear()
+        self._finite = {part for part in self._finite
+                        if not part.startswith(f"{self.adapter.blocks}.")}
+
     def check(self) -> None:
         """Every Linear of every block is in exactly one input group (see Adapter.check)."""
         self.adapter.check(self.model)

@@ -6,7 +6,7 @@ it normalises after attention (do_layer_norm_before False), so there is no final
 Absent modules are skipped; the projections and lm_head are never pruned (they are not in a block).
 """
 from ..registry import MODELS
-from .adapter import Adapter
+from .adapter import Adapter, Widths
 
 MODELS.register("OPT")(Adapter(
     name="OPT",
@@ -22,4 +22,7 @@ MODELS.register("OPT")(Adapter(
         ("fc2",),
     ),
     position_limit=("max_position_embeddings",),  # learned positions: a table this long
+    # its config has no head dimension: the heads cannot be fewer than hidden_size says
+    widths=Widths(channels="ffn_dim", channel_in=("fc1",), channel_out="fc2",
+                  channel_bias="enable_bias"),
 ))

@@ -10,4 +10,5 @@ MODELS.register("Phi3")(dataclasses.replace(
     LLAMA, name="Phi3", model_types=("phi3",),
     groups=(("self_attn.qkv_proj",), ("self_attn.o_proj",), ("mlp.gate_up_proj",),
             ("mlp.down_proj",)),
+    widths=None,  # q|k|v and gate|up fused: width pruning would slice inside one Linear
 ))

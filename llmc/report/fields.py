@@ -24,6 +24,10 @@ FIELDS = {
     "sparsity.per_linear": OBJECT, "sparsity.per_linear.*": NUMBER,
     "timings": OBJECT, "timings.*": NUMBER, "inputs": OBJECT, "inputs.model": OBJECT,
     "bench": OBJECT, "bench.models": LIST,
+    "structure": OBJECT, "structure.method": OBJECT, "structure.method.name": TEXT,
+    "structure.blocks": OBJECT, "structure.blocks.*": NUMBER, "structure.blocks_removed": NUMBERS,
+    "structure.widths": LIST, "structure.parameters": OBJECT, "structure.parameters.*": NUMBER,
+    "structure.checkpoint_bytes": OBJECT, "structure.checkpoint_bytes.*": NUMBER,
 }
 
 

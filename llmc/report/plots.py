@@ -1,16 +1,19 @@
 """The report's pictures (matplotlib, the `[plot]` extra): perplexity and accuracy against the
 sparsity reached, one line per method, one panel per dataset or task, the dense figure as a
 dashed line; the sparsity of each decoder layer, one line per run; and perplexity against the
-decode speed-up save.bench measured, one point per run."""
+decode speed-up save.bench measured, one point per run; perplexity against the fraction of
+parameters a structured method removed, one line per method."""
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from .runs import DECODE_SPEEDUP, Run, bench_ratios, is_number, layer_sparsity, measurements
+from .runs import (DECODE_SPEEDUP, Run, bench_ratios, is_number, layer_sparsity, measurements,
+                   structure_figures)
 
 PPL_PLOT = "ppl_vs_sparsity.png"
 ACCURACY_PLOT = "accuracy_vs_sparsity.png"
 LAYER_PLOT = "layer_sparsity.png"
 SPEED_PLOT = "ppl_vs_decode_speedup.png"
+REMOVED_PLOT = "ppl_vs_params_removed.png"
 Series = Dict[str, List[Tuple[float, float]]]  # {method label: [(x, y)]}
 ACCURACY = "acc"  # the task metric plotted (every paper's zero-shot table reports it)
 
@@ -45,6 +48,11 @@ def write_plots(runs: List[Run], directory) -> List[Path]:
         written.append(_against_sparsity(plt, panels, "accuracy", directory / ACCURACY_PLOT))
     if any(layer_sparsity(run.results) for run in runs):
         written.append(_layers(plt, runs, directory / LAYER_PLOT))
+    removed = _against_removed(runs, datasets)
+    if removed:
+        written.append(_against_sparsity(plt, removed, "perplexity", directory / REMOVED_PLOT,
+                                         log_scale=True,
+                                         xlabel="fraction of parameters removed (structure)"))
     speed = _against_speedup(runs, datasets)
     if speed:
         written.append(_speed(plt, speed, directory / SPEED_PLOT))
@@ -61,6 +69,23 @@ def _against_speedup(runs, datasets) -> Dict[str, Series]:
             if column in datasets and is_number(value) and speedup is not None:
                 series = panels.setdefault(column.removesuffix(" ppl"), {})
                 series.setdefault(run.label, []).append((speedup, value))
+    return panels
+
+
+def _against_removed(runs, datasets) -> Dict[str, Tuple[Series, List[float]]]:
+    """{dataset: ({method label: [(fraction of parameters removed, perplexity)]}, dense
+    values)} of the runs a structured method made smaller (sparse.structure)."""
+    panels: Dict[str, Tuple[Series, List[float]]] = {}
+    for run in runs:
+        removed = structure_figures(run.results).get("params removed")
+        if removed is None:
+            continue
+        for column, value in measurements(run.results, "transformed").items():
+            if column in datasets and is_number(value):
+                series, dense = panels.setdefault(column.removesuffix(" ppl"), ({}, []))
+                series.setdefault(run.label, []).append((removed, value))
+                if is_number(run.dense.get(column)):
+                    dense.append(run.dense[column])
     return panels
 
 
@@ -91,7 +116,8 @@ def _panels(runs, wanted, suffix) -> Dict[str, Tuple[Series, List[float]]]:
     return panels
 
 
-def _against_sparsity(plt, panels, ylabel, path, log_scale=False) -> Path:
+def _against_sparsity(plt, panels, ylabel, path, log_scale=False,
+                      xlabel="sparsity reached (decoder Linears)") -> Path:
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.0), squeeze=False)
     for ax, (name, (series, dense)) in zip(axes[0], sorted(panels.items())):
         for label, points in sorted(series.items()):
@@ -102,7 +128,7 @@ def _against_sparsity(plt, panels, ylabel, path, log_scale=False) -> Path:
                        label="dense" if value == min(dense) else None)
         if log_scale:
             ax.set_yscale("log")
-        _label(ax, name, "sparsity reached (decoder Linears)", ylabel)
+        _label(ax, name, xlabel, ylabel)
     return _save(plt, fig, path)
 
 

@@ -33,6 +33,8 @@ class Run:
         unstructured."""
         row = identity(self.results)
         name = row["method"] + (f"/{row['base']}" if row["base"] else "")
+        if row["structure"]:  # sparse.structure ran first
+            name = row["structure"] if name == "none" else f"{row['structure']} + {name}"
         name += f" + {row['steps']}" if row["steps"] else ""
         return name + (f" {row['type']}" if row["type"] != "unstructured" else "")
 
@@ -96,7 +98,9 @@ def identity(results: dict) -> dict:
     calibrates = (results.get("inputs") or {}).get("calib_tokens_sha256", True) is not None
     calibration = (f"{calib.get('name')} {calib.get('n_samples')}x{calib.get('seq_len')}"
                    if calibrates and calib else "none")
-    return {"method": method.get("name") or "", "base": base, "steps": steps,
+    structure = ((results.get("structure") or {}).get("method") or {}).get("name") or ""
+    return {"structure": structure, "method": method.get("name") or "", "base": base,
+            "steps": steps,
             "sparsity": weight.get("sparsity", ""), "type": weight.get("sparsity_type", ""),
             "wbits": wbits, "model": (config.get("model") or {}).get("path", ""),
             "calibration": calibration}
@@ -111,6 +115,38 @@ def measurements(results: dict, position: str) -> Dict[str, float]:
         for metric, value in (metrics or {}).items():
             if metric not in SKIPPED_METRICS:
                 found[f"{task} {metric}"] = value
+    return found
+
+
+def structure_figures(results: dict) -> Dict[str, object]:
+    """What sparse.structure removed (`removed`: blocks, or KV groups and channels per block),
+    the parameters and checkpoint bytes before (`(dense)`) and after, and the fraction of the
+    parameters removed; empty for a run without one."""
+    structure = results.get("structure")
+    if not isinstance(structure, dict):
+        return {}
+    found: Dict[str, object] = {}
+    removed = []
+    blocks = structure.get("blocks") or {}
+    if structure.get("blocks_removed"):
+        removed.append(f"{len(structure['blocks_removed'])} of {blocks.get('before')} blocks")
+    widths = structure.get("widths") or []
+    if widths:
+        groups = {len(w.get("removed_kv_groups") or []) for w in widths}
+        channels = {len(w.get("removed_channels") or []) for w in widths}
+        removed.append(f"{'/'.join(map(str, sorted(groups)))} KV groups, "
+                       f"{'/'.join(map(str, sorted(channels)))} channels per block")
+    found["removed"] = ", ".join(removed) or "nothing"
+    for key, column in (("parameters", "parameters"), ("checkpoint_bytes", "checkpoint bytes")):
+        figures = structure.get(key) or {}
+        if is_number(figures.get("before")):
+            found[f"{column} (dense)"] = figures["before"]
+        if is_number(figures.get("after")):
+            found[column] = figures["after"]
+    parameters = structure.get("parameters") or {}
+    if is_number(parameters.get("before")) and is_number(parameters.get("after")) and \
+            parameters["before"]:
+        found["params removed"] = 1 - parameters["after"] / parameters["before"]
     return found
 
 

@@ -1,14 +1,15 @@
 """One row per run: what was pruned how, then every perplexity and task metric (dense and
-pruned), what the saved model buys against the dense one (save.bench's ratios: checkpoint,
+pruned), what a structured method removed (parameters and checkpoint bytes before and after),
+what the saved model buys against the dense one (save.bench's ratios: checkpoint,
 memory, prefill and decode speed), the sparsity reached and the prune time; as markdown or
 CSV."""
 import csv
 import io
 from typing import List
 
-from .runs import Run, bench_ratios, identity, is_number, measurements
+from .runs import Run, bench_ratios, identity, is_number, measurements, structure_figures
 
-IDENTITY = ["method", "base", "steps", "sparsity", "type", "wbits", "model", "calibration"]
+IDENTITY = ["structure", "method", "base", "steps", "sparsity", "type", "wbits", "model", "calibration"]
 TAIL = ["achieved sparsity", "prune s"]
 STDERR = "_stderr"
 
@@ -22,6 +23,7 @@ def rows(runs: List[Run]) -> List[dict]:
         for column, value in run.dense.items():
             row[f"{column} (dense)"] = value
         row.update(measurements(run.results, "transformed"))
+        row.update(structure_figures(run.results))  # what sparse.structure removed
         row.update(bench_ratios(run.results))  # what the pruned model buys (save.bench)
         row["achieved sparsity"] = (run.results.get("sparsity") or {}).get("overall")
         row["prune s"] = (run.results.get("timings") or {}).get("prune_total")
@@ -42,7 +44,9 @@ def columns(table: List[dict]) -> List[str]:
                 if name not in measured:
                     measured.append(name)
     present = {column for row in table for column in row}
-    return ["run", *IDENTITY, *[c for c in measured if c in present], *TAIL]
+    # a report of runs without a structured method reads as before it existed
+    identity = [c for c in IDENTITY if c != "structure" or any(row.get(c) for row in table)]
+    return ["run", *identity, *[c for c in measured if c in present], *TAIL]
 
 
 def _cell(value) -> str:
@@ -71,10 +75,11 @@ def markdown(table: List[dict]) -> str:
 
 def to_csv(table: List[dict]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns(table), lineterminator="\n")
+    fields = columns(table)
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in table:
-        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items() if k in fields})
     return out.getvalue()
 
 

@@ -90,6 +90,26 @@ class InputVariances(_Accumulator):
         self.tokens += tokens
 
 
+@STATISTICS.register("input_moments")
+class InputMoments(_Accumulator):
+    """Per input column j, over every calibration token: [token count, sum X_j, sum X_j^2]
+    (float64, 3 x columns), from which FLAP's mean and fluctuation come (llmc.structure.width).
+    Sums, which torchrun's ranks add."""
+    SUMMED = True
+
+    def __init__(self, columns: int, device):
+        super().__init__(columns, device)
+        self.value = torch.zeros((3, columns), dtype=torch.float64, device=device)
+
+    def add(self, x: torch.Tensor) -> None:
+        batch, x = _tokens(x)
+        self.windows += batch
+        x = x.double()
+        self.value[0] += x.shape[0]
+        self.value[1] += x.sum(dim=0)
+        self.value[2] += (x * x).sum(dim=0)
+
+
 @STATISTICS.register("hessian")
 class Hessian(_Accumulator):
     """H = (2/N) sum over the N windows of X X^T (X: a window's inputs, columns x tokens), the

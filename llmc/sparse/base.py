@@ -35,6 +35,7 @@ class Sparsifier:
             """Raise one ConfigError for a bad value, before any heavy work."""
 
     needs: Tuple[str, ...] = ()
+    PRUNES = True  # False: it prunes no weight (`none`: a structured run alone)
     SCORED = False  # it gives `score` (a mask refinement can start from it)
     UPDATES = False  # its own prune changes the kept weights (a weight update cannot follow)
 
@@ -90,9 +91,11 @@ class Sparsifier:
     @classmethod
     def calibrates(cls, sparse_cfg) -> bool:
         """Whether a run needs calibration data (Magnitude alone does not; with a step that
-        needs statistics, such as `update: admm`, it does)."""
+        needs statistics, such as `update: admm`, it does; nor does a structured method's pass
+        run before it: sparse.structure)."""
         from .steps import step_classes  # steps compose methods: imported when asked
-        return bool(cls.needs) or any(step.needs for step in step_classes(sparse_cfg))
+        return (bool(cls.needs) or any(step.needs for step in step_classes(sparse_cfg))
+                or sparse_cfg.structure is not None)
 
     def allocate(self, weight_cfg, calibration):
         """The plan of per-Linear targets. Uniform here; OWL / MixGPT measure the dense model

@@ -16,17 +16,23 @@ from llmc.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-CONFIGS = sorted(Path(__file__).parents[2].glob("configs/sparse/*.yml"))
+CONFIGS = (sorted(Path(__file__).parents[2].glob("configs/sparse/*.yml"))
+           + sorted(Path(__file__).parents[2].glob("configs/structured/*.yml")))
 TEXTS = [random_text(300, seed) for seed in range(4)]
 # What a CLI run and llmc.prune record differently by nature: when and where they ran, how the
 # model came (a checkpoint's files, hashed; an object), and where things are on disk.
 NOT_COMPARED = {"run_id", "timings", "run", "saved_model", "plan_plot"}
 
 
-def tiny_overrides(calib_path):
-    """A shipped config shrunk to a tiny model: local calibration, no evaluation."""
+def tiny_overrides(calib_path, config=None):
+    """A shipped config shrunk to a tiny model: local calibration, no evaluation; a structured
+    method's amounts for 2 blocks of 64 channels."""
+    structure = (yaml.safe_load(Path(config).read_text())["sparse"].get("structure")
+                 if config else None)
+    amounts = ({"sparse.width.channels": 16} if structure == "Width" else
+               {"sparse.depth.remove": 1} if structure else {})
     return {"calib.name": "wikitext2", "calib.path": str(calib_path), "calib.n_samples": 4,
-            "calib.seq_len": 32, "eval.eval_pos": []}
+            "calib.seq_len": 32, "eval.eval_pos": [], **amounts}
 
 
 def unsaved(config):
@@ -62,6 +68,8 @@ def comparable(record):
                       "save": None}
     kept["engine"] = {**kept["engine"], "why": None}
     kept["inputs"] = {**kept["inputs"], "model": None}
+    if "structure" in kept:  # the bytes of the saved checkpoint: llmc.prune saved none here
+        kept["structure"] = {**kept["structure"], "checkpoint_bytes": None}
     if "column_orders" in kept:
         kept["column_orders"] = {**kept["column_orders"], "file": None}
     return without_seconds(json.loads(json.dumps(kept)))  # as results.json has it (lists)
@@ -78,7 +86,7 @@ def without_seconds(value):
 def test_prune_equals_the_cli_bitwise(config, tiny_checkpoint, tmp_path, tiny_tokenizer,
                                       monkeypatch):
     directory, calib = tiny_checkpoint
-    overrides = tiny_overrides(calib)
+    overrides = tiny_overrides(calib, config)
     results, cli_weights = cli_run(config, directory, overrides, tmp_path / "cli")
 
     model = AutoModelForCausalLM.from_pretrained(directory)
@@ -91,6 +99,7 @@ def test_prune_equals_the_cli_bitwise(config, tiny_checkpoint, tmp_path, tiny_to
     assert result.model is model
     state = model.state_dict()
     assert set(state) >= set(cli_weights)
+    assert set(state) == set(cli_weights)  # a structured run: the same smaller model
     for name, saved in cli_weights.items():
         assert torch.equal(state[name], saved), name
     assert comparable(result.record) == comparable(results)

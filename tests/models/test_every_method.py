@@ -18,6 +18,9 @@ from llmc.registry import METHODS, STEPS
 from llmc.runner import Calibration, prune_blockwise
 from llmc.sparse import UniformPlan, build_method
 
+# every registered method that prunes weights (`none` prunes none: tests/sparse/test_none.py)
+PRUNING_METHODS = sorted(name for name in METHODS if METHODS[name].PRUNES)
+
 # One thread for speed alone (see conftest.one_torch_thread); no result depends on it.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -39,7 +42,7 @@ def _setup(method_name, arch):
 
 
 @pytest.mark.parametrize("arch", ONE_PER_ADAPTER)
-@pytest.mark.parametrize("method_name", sorted(METHODS))
+@pytest.mark.parametrize("method_name", PRUNING_METHODS)
 def test_method_prunes_every_block_linear_to_target_and_eval_works(method_name, arch):
     handle, batches, cfg = _setup(method_name, arch)
     model, adapter = handle.model, handle.adapter
@@ -70,7 +73,7 @@ def test_method_prunes_every_block_linear_to_target_and_eval_works(method_name, 
 
 
 @pytest.mark.parametrize("arch", ONE_PER_ADAPTER)
-@pytest.mark.parametrize("method_name", sorted(METHODS))
+@pytest.mark.parametrize("method_name", PRUNING_METHODS)
 def test_method_allocation_runs_on_every_architecture(method_name, arch):
     """A method's allocation step (OWL measures the dense model through the runner's block
     loop) gives every block Linear a target, averaging the configured sparsity."""

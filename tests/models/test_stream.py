@@ -17,6 +17,9 @@ from conftest import (ONE_PER_ADAPTER, TINY_ARCHS, arch_adapter, arch_model, err
                       random_text, save_model_dir)
 from llmc.registry import METHODS
 
+# every registered method that prunes weights (`none` prunes none: tests/sparse/test_none.py)
+PRUNING_METHODS = sorted(name for name in METHODS if METHODS[name].PRUNES)
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -87,7 +90,7 @@ MOE = [arch for arch in ONE_PER_ADAPTER if arch_adapter(arch).experts]
 
 
 @pytest.mark.parametrize("arch", STREAMABLE)
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", PRUNING_METHODS)
 def test_streamed_run_equals_in_memory_run(cli, stream_config, arch, method):
     sparse = {"mixgpt": {"sensitivity": {"max_iter": 2}}} \
         if method == "MixGPT" else None

@@ -1,0 +1,99 @@
+"""The structured pass: one dense forward of the calibration windows through the blocks, one
+block on the device at a time, in which a structured method (llmc.structure) observes each
+block's hidden states or statistics; the widths it chooses are sliced out of each block as it
+is done with (the next block sees the dense outputs, as FLAP's code), and the blocks it chooses
+are deleted at the end (llmc.models.slicing). It knows no method by name."""
+from contextlib import ExitStack
+
+import torch
+from loguru import logger
+from tqdm import tqdm
+
+from ..errors import LlmcError
+from ..models.slicing import (biases_expressible, block_shape, check_expressible, remove_blocks,
+                              resize_config, slice_block)
+from .blockwise import calibration_home, check_block_outputs
+from .capture import block_output, capture_block_inputs
+from .stats import GroupStatistics
+
+
+def _width_plan(handle, structure):
+    """(Linears measured, Shape, Kept) of a width method (checked expressible before any
+    forward; a bias the config cannot give is left out), or ((), None, None)."""
+    table = handle.adapter.widths
+    if not structure.needs:
+        return (), None, None
+    if table is None:
+        raise LlmcError(f"sparse.structure: {structure.NAME} needs the adapter's width table "
+                        f"(which config keys size the heads and MLP channels), which "
+                        f"{handle.adapter.name} has not; use ShortGPT or Contiguous")
+    measured = structure.measures(table)
+    if not measured:
+        return (), None, None
+    shape = block_shape(handle)
+    kept = biases_expressible(handle, shape, structure.kept(shape))
+    check_expressible(handle, shape, kept)
+    return measured, shape, kept
+
+
+def _last_hidden(modules, out):
+    """The model's last hidden state from the last block's output: the post-block modules but
+    the head (the final norm), as transformers' output_hidden_states ends; a projection to
+    another width (OPT-350m's project_out) is left out, as a cosine needs one width."""
+    for module in modules[:-1]:
+        projected = module(out)
+        if projected.shape != out.shape:
+            break
+        out = projected
+    return out
+
+
+@torch.no_grad()
+def restructure_blockwise(handle, structure, batches, device, offload="auto",
+                          scratch=None) -> dict:
+    """Run `structure`'s pass over `handle`'s model and make the model smaller in place.
+    Returns {"blocks_removed": [indices of the model as it was], "widths": {block index:
+    BlockWidths}}."""
+    count = handle.num_blocks
+    structure.start(count)
+    measured, shape, kept = _width_plan(handle, structure)
+    widths = {}
+    with ExitStack() as stack:
+        home = stack.enter_context(calibration_home(handle, batches, device, offload, scratch))
+        inputs = capture_block_inputs(handle, batches, device, home)
+        logger.info(f"structured pass of {structure.NAME} over {count} blocks and "
+                    f"{len(inputs)} calibration batches on {device}")
+        for index in tqdm(range(count), desc=f"{structure.NAME} pass"):
+            with ExitStack() as on_hand:
+                block = on_hand.enter_context(handle.block_on(index, device))
+                post = (on_hand.enter_context(handle.post_blocks_on(device))
+                        if structure.HIDDEN and index == count - 1 else None)
+                statistics = (GroupStatistics(block, [(name,) for name in measured],
+                                              structure.needs, device) if measured else None)
+                finite = torch.ones((), dtype=torch.bool, device=device)
+                try:
+                    for batch, hidden in enumerate(inputs.hidden):
+                        args, kwargs = inputs.call(batch, index)
+                        hidden = hidden.to(device)
+                        out = block_output(block(hidden, *args, **kwargs))
+                        finite &= torch.isfinite(out).all()
+                        if structure.HIDDEN:
+                            structure.observe(index, batch, hidden,
+                                              out if post is None else _last_hidden(post, out))
+                        inputs.replace(batch, out)
+                finally:
+                    if statistics is not None:
+                        statistics.remove_hooks(check=False)
+                check_block_outputs(handle, index, finite)
+                if statistics is not None:
+                    statistics.check_reached()
+                    linears = {name: block.get_submodule(name) for name in measured}
+                    widths[index] = structure.block_widths(shape, kept, linears, statistics)
+                    del statistics
+                    slice_block(handle, index, shape, widths[index])
+    if widths:
+        resize_config(handle, shape, kept)
+    removed = structure.blocks_to_remove(count)
+    if removed:
+        remove_blocks(handle, removed)
+    return {"blocks_removed": removed, "widths": widths}
