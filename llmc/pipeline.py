@@ -23,7 +23,7 @@ from .sparse.allocation import plan_from_dict, plan_to_dict
 from .outputs import Layout, open_run
 from .save import write_results
 from .stages import (allocate_and_evaluate, evaluate_pruned, grids_to_pack, new_results,
-                     prune_blocks, record_achieved, refuse_bench_of_streamed,
+                     prune_blocks, record_achieved, refuse_bench_of_streamed, refuse_unpackable,
                      run_harness_on_saved, save_pruned, seed_everything)
 
 
@@ -139,6 +139,7 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
     handle, loaded = load_for_run(model_cfg, checkpoint.weights.files, out.layout.shards, world)
     loaded["why"] = why or loaded["why"]
     refuse_bench_of_streamed(cfg, handle)
+    refuse_unpackable(cfg, handle)
     if (suite and suite.harness and handle.streams and "transformed" in cfg.eval.eval_pos
             and not cfg.save.save_trans):
         raise LlmcError("eval.tasks: lm-eval reads a streamed model from disk, so after pruning "
@@ -151,8 +152,9 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
     model_sha256 = InBackground(checkpoint.fingerprint) if world.leads else None
 
     results = new_results(cfg, out.run_id, loaded, handle, record, batches, eval_sets)
-    # a packed save's grids, from the dense weights: before a resumed run adopts pruned blocks
-    packing = grids_to_pack(cfg, handle, method, world)
+    # a packed save's grids, from the dense weights: a streamed run's before a resume adopts
+    # pruned blocks; one in memory's after the structured pass (which may make it smaller)
+    packing = grids_to_pack(cfg, handle, method, world) if handle.streams else None
     resume = resume_state(cfg, checkpoint, handle, results, device, out, world)
     point = resume.load(cfg.save.overwrite) if resume else None
     if point is not None:
@@ -161,6 +163,8 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
         plan = allocate_and_evaluate(cfg, method, handle, batches, eval_sets, device, results,
                                      activations_dir(out, world), world, suite, checkpoint.path,
                                      cache_dir=cfg.save.save_path)
+        if not handle.streams:
+            packing = grids_to_pack(cfg, handle, method, world)
         carried = {"ppl": results["ppl"], "tasks": results["tasks"],
                    "timings": dict(results["timings"]), "method": method.describe()}
     else:

@@ -131,7 +131,7 @@ def allocate_and_evaluate(cfg, method, handle, batches, eval_sets, device, resul
         if "pretrain" in cfg.eval.eval_pos:
             evaluate(handle, eval_sets, cfg, device, "pretrain", results, world, suite,
                      checkpoint_dir)
-        restructure(cfg, structure, handle, batches, device, results, scratch)
+        restructure(cfg, structure, handle, batches, device, results, scratch, world)
     start = time.perf_counter()
     calibration = Calibration(handle, batches, device, cfg.base.offload_activations,
                               cache_dir=cache_dir, overwrite=cfg.save.overwrite,
@@ -145,14 +145,15 @@ def allocate_and_evaluate(cfg, method, handle, batches, eval_sets, device, resul
     return plan
 
 
-def restructure(cfg, structure, handle, batches, device, results, scratch) -> None:
+def restructure(cfg, structure, handle, batches, device, results, scratch,
+                world=World()) -> None:
     """sparse.structure's pass: the model made smaller in place (llmc.runner.restructure);
     what was removed, and the parameters and bytes before and after, into results["structure"]."""
     start = time.perf_counter()
     before = {"blocks": handle.num_blocks, "parameters": parameter_count(handle.model),
               "weight_bytes": handle.weight_bytes}
     done = restructure_blockwise(handle, structure, batches, device,
-                                 cfg.base.offload_activations, scratch)
+                                 cfg.base.offload_activations, scratch, world)
     after = {"blocks": handle.num_blocks, "parameters": parameter_count(handle.model),
              "weight_bytes": handle.weight_bytes}
     results["structure"] = {
@@ -175,10 +176,15 @@ def grids_to_pack(cfg, handle, method, world=World()):
     otherwise."""
     if cfg.save.format != "compressed-tensors" or not cfg.save.save_trans or not world.leads:
         return None
-    if handle.adapter.experts:
+    refuse_unpackable(cfg, handle)
+    return dense_grids(handle, method), method.quantization_bits(cfg.sparse)
+
+
+def refuse_unpackable(cfg, handle) -> None:
+    """A packed save this model cannot have: an error before any heavy work."""
+    if cfg.save.format == "compressed-tensors" and handle.adapter.experts:
         raise LlmcError("save.format: compressed-tensors: this model's experts are saved fused "
                         "(3-D tensors), which llmc does not pack; use save.format: hf")
-    return dense_grids(handle, method), method.quantization_bits(cfg.sparse)
 
 
 def save_pruned(cfg, handle, tokenizer, out, packing, dense_dir, device, results):

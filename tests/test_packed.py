@@ -42,7 +42,10 @@ def saved_runs(cli, run_config, tmp_path, *settings):
     ("--set", "sparse.method=OWL", "--set", "sparse.base=SparseGPT", "--set", "sparse.wbits=3",
      "--set", "sparse.blocksize=16", "--set", "sparse.weight.sparsity_type=2:4",
      "--set", "sparse.owl.lambda=0"),
-], ids=["sparsegpt-4bit", "owl-sparsegpt-3bit-2:4"])
+    # a block removed first: the grids are the smaller model's (llmc.structure)
+    ("--set", "sparse.structure=ShortGPT", "--set", "sparse.depth.remove=1",
+     "--set", "sparse.method=SparseGPT", "--set", "sparse.wbits=4", "--set", "sparse.blocksize=16"),
+], ids=["sparsegpt-4bit", "owl-sparsegpt-3bit-2:4", "shortgpt-sparsegpt-4bit"])
 def test_the_packed_model_dequantizes_to_the_runs_weights_bit_for_bit(cli, run_config, tmp_path,
                                                                        settings):
     plain, packed = saved_runs(cli, run_config, tmp_path, *settings)
@@ -69,7 +72,9 @@ def test_the_packed_model_dequantizes_to_the_runs_weights_bit_for_bit(cli, run_c
     assert (weights["num_bits"], weights["strategy"], weights["symmetric"]) == (
         bits, "channel", False)
     results = json.loads((packed / "results.json").read_text())
-    assert results["saved_format"]["linears"] == 14 and results["saved_format"]["bits"] == bits
+    assert results["saved_format"]["linears"] == 7 * config["num_hidden_layers"]
+    assert results["saved_format"]["bits"] == bits
+    assert config["num_hidden_layers"] == (1 if "sparse.structure=ShortGPT" in settings else 2)
     assert results["saved_format"]["weight_bytes"] < results["saved_format"]["weight_bytes_before"]
 
 

@@ -39,7 +39,15 @@ CASES = {
     "owl-2of4": {"method": "OWL", "weight": {"sparsity_type": "4:8"}, "owl": {"lambda": 0.2}},
     # 3 probes: a round of 2 (one per rank), then one of 1 (rank 0 alone)
     "mixgpt": {"method": "MixGPT", "mixgpt": {"sensitivity": {"max_iter": 3, "tol": 0}}},
+    # a structured pass first (3 blocks: one removed), then the method on the smaller model
+    "shortgpt-wanda": {"structure": "ShortGPT", "depth": {"remove": 1}, "method": "Wanda",
+                       "model_layers": 3},
+    "contiguous": {"structure": "Contiguous", "depth": {"remove": 1}, "method": "none",
+                   "weight": {"sparsity": 0}, "model_layers": 3},
+    "width-wanda": {"structure": "Width", "width": {"heads": 1, "channels": 16},
+                    "method": "Wanda"},
 }
+STRUCTURED = [name for name, sparse in CASES.items() if "structure" in sparse]
 
 
 def before_torchruns_report(stderr: str) -> str:
@@ -68,11 +76,15 @@ def setup(tmp_path_factory, tiny_tokenizer):
     evaluation.write_text("".join(json.dumps({"text": random_text(90, 50 + s)}) + "\n"
                                   for s in range(5)))
     model = save_model_dir(arch_model("llama", seed=3), tiny_tokenizer, root / "model")
+    deeper = save_model_dir(arch_model("llama", seed=3, layers=3), tiny_tokenizer,
+                            root / "model-3")
 
     def make(name, sparse, save_path=None, **sections):
+        sparse = dict(sparse)
+        path = deeper if sparse.pop("model_layers", 2) == 3 else model
         config = {
             "base": {"seed": 0, "device": "cpu", **sections.pop("base", {})},
-            "model": {"type": "Llama", "path": model, **sections.pop("model", {})},
+            "model": {"type": "Llama", "path": path, **sections.pop("model", {})},
             "calib": {"name": "wikitext2", "path": str(calib), "n_samples": N_SAMPLES,
                       "seq_len": 32, "preproc": "wikitext2_gptq"},
             "eval": {"name": "wikitext2", "path": str(evaluation), "seq_len": 32,
@@ -199,6 +211,25 @@ def test_sparsegpt_masks_and_weights_agree(runs, case):
         for key in ("probes", "converged"):
             assert one_results["method"]["sensitivity"][key] == \
                 two_results["method"]["sensitivity"][key] == (3 if key == "probes" else False)
+
+
+@pytest.mark.parametrize("case", STRUCTURED)
+def test_a_structured_pass_removes_the_same_parts_on_two_ranks(runs, case):
+    """The ranks' hidden-state measures and statistics are summed before the method chooses:
+    the same blocks, KV groups and channels as one process, the measures within float
+    rounding; the method after it then as its own case above."""
+    (one_results, one), (two_results, two) = runs[case]
+    ones, twos = one_results["structure"], two_results["structure"]
+    for key in ("blocks_removed", "widths", "blocks", "parameters"):
+        assert ones[key] == twos[key], key
+    for key in ("block_influence", "angular_distance"):
+        assert all(abs(a - b) <= 1e-6 * abs(a) for a, b in zip(ones.get(key, []),
+                                                               twos.get(key, []))), key
+    assert sorted(one) == sorted(two)  # the same smaller model
+    for name in linears(one):
+        masks = ((one[name] == 0) == (two[name] == 0)).float().mean().item()
+        assert masks >= 0.999, (name, masks)
+    assert_same_ppl(one_results, two_results)
 
 
 def test_outputs_are_written_once_by_rank_0(runs, setup):

@@ -28,7 +28,8 @@ from ..runner.device import current_rss, release_freed_memory, reset_peak_rss
 from ..save import write_results
 from ..sparse import build_method
 from ..stages import (allocate_and_evaluate, evaluate_pruned, grids_to_pack, new_results,
-                      prune_blocks, record_achieved, save_pruned, seed_everything)
+                      prune_blocks, record_achieved, refuse_unpackable, save_pruned,
+                      seed_everything)
 from .caller_state import caller_state_kept
 from .calibration import Calibration, calibration_batches
 from .model_given import check_against_run, check_model_object, handle_of
@@ -145,6 +146,7 @@ def _prune_in_memory(model, tokenizer, cfg, calibration, home, why, checkpoint, 
                         f"{' and '.join(needs_tokenizer)}: pass the model's tokenizer")
     with handle_of(model, cfg.model) as handle, _place_for(cfg, writes) as place:
         vocab_size = check_against_run(handle, cfg, calibrates)
+        refuse_unpackable(cfg, handle)
         batches = (calibration_batches(calibration, cfg.calib, tokenizer)[0]
                    if calibrates else [])
         eval_sets = ({name: eval_tokens(name, cfg.eval, tokenizer) for name in cfg.eval.names}

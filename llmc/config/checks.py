@@ -240,11 +240,10 @@ def _validate_tasks(ev):
 
 def _validate_sparse(cfg):
     validate_sparse(cfg.sparse)
-    if cfg.sparse.structure is not None and (cfg.model.load == "stream" or env_world_size() > 1):
+    if cfg.sparse.structure is not None and cfg.model.load == "stream":
         # the pass slices blocks and rewrites the config of a model held in memory
         raise ConfigError(f"sparse.structure: {cfg.sparse.structure} makes the model smaller in "
-                          "memory on one process; set model.load: auto or memory and run "
-                          "without torchrun")
+                          "memory; set model.load: auto or memory")
     if METHODS[cfg.sparse.method].records_column_orders(cfg.sparse):
         # the orders are kept with the model in memory (llmc.models.handle.column_orders)
         if cfg.model.load == "stream" or env_world_size() > 1:

@@ -9,6 +9,7 @@ import torch
 from loguru import logger
 from tqdm import tqdm
 
+from ..distributed import World
 from ..errors import LlmcError
 from ..models.slicing import (biases_expressible, block_shape, check_expressible, remove_blocks,
                               resize_config, slice_block)
@@ -50,10 +51,15 @@ def _last_hidden(modules, out):
 
 @torch.no_grad()
 def restructure_blockwise(handle, structure, batches, device, offload="auto",
-                          scratch=None) -> dict:
+                          scratch=None, world=World()) -> dict:
     """Run `structure`'s pass over `handle`'s model and make the model smaller in place.
     Returns {"blocks_removed": [indices of the model as it was], "widths": {block index:
-    BlockWidths}}."""
+    BlockWidths}}.
+
+    Under torchrun (`world`) each rank forwards its share of the windows; the statistics and
+    what the method accumulated (`totals`) are summed over the ranks before it chooses, so
+    every rank removes the same parts."""
+    batches = world.share(batches)
     count = handle.num_blocks
     structure.start(count)
     measured, shape, kept = _width_plan(handle, structure)
@@ -87,12 +93,16 @@ def restructure_blockwise(handle, structure, batches, device, offload="auto",
                 check_block_outputs(handle, index, finite)
                 if statistics is not None:
                     statistics.check_reached()
+                    statistics.combine(world)
                     linears = {name: block.get_submodule(name) for name in measured}
                     widths[index] = structure.block_widths(shape, kept, linears, statistics)
                     del statistics
                     slice_block(handle, index, shape, widths[index])
     if widths:
         resize_config(handle, shape, kept)
+    totals = structure.totals()
+    if totals is not None:  # every rank's windows counted, in one order
+        structure.take_totals(world.sum(totals))
     removed = structure.blocks_to_remove(count)
     if removed:
         remove_blocks(handle, removed)

@@ -61,6 +61,15 @@ class Structure:
         """One batch of the hidden states entering block `index` and leaving it (the last
         block's: after the final norm, as transformers' output_hidden_states reports them)."""
 
+    def totals(self) -> Optional[torch.Tensor]:
+        """What `observe` accumulated, as one float64 tensor (None: nothing): under torchrun
+        the runner sums it over the ranks and hands it back (`take_totals`) before
+        `blocks_to_remove`, as it combines statistics."""
+        return None
+
+    def take_totals(self, totals: torch.Tensor) -> None:
+        """Every rank's `totals`, summed."""
+
     def blocks_to_remove(self, num_blocks: int) -> List[int]:
         return []
 

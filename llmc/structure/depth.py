@@ -73,6 +73,17 @@ class _Depth(Structure):
     def means(self, count: int) -> List[float]:
         return [self.sums[i] / self.tokens[i] for i in range(count)]
 
+    def totals(self):
+        keys = sorted(self.sums)
+        return torch.tensor([self.sums[k] for k in keys] + [float(self.tokens[k]) for k in keys],
+                            dtype=torch.float64)
+
+    def take_totals(self, totals):
+        keys = sorted(self.sums)
+        values = totals.tolist()
+        self.sums = dict(zip(keys, values[:len(keys)]))
+        self.tokens = {k: int(v) for k, v in zip(keys, values[len(keys):])}
+
     def count(self, num_blocks: int) -> int:
         n = count_of(self.settings.depth.remove, num_blocks, "sparse.depth.remove")
         if n >= num_blocks:
