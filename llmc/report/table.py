@@ -9,7 +9,8 @@ from typing import List
 
 from .runs import Run, bench_ratios, identity, is_number, measurements, structure_figures
 
-IDENTITY = ["structure", "method", "base", "steps", "sparsity", "type", "wbits", "model", "calibration"]
+IDENTITY = ["structure", "method", "base", "steps", "sparsity", "type", "wbits", "model",
+            "calibration"]
 TAIL = ["achieved sparsity", "prune s"]
 STDERR = "_stderr"
 

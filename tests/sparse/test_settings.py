@@ -91,7 +91,8 @@ def test_a_method_needing_an_unknown_statistic_fails_when_built(toy_method):
     toy_method.needs = ("activations_of_the_moon",)
     try:
         with pytest.raises(ConfigError, match="needs the statistic 'activations_of_the_moon'.*"
-                                              "known: hessian, input_gram, input_moments, input_norms"):
+                                              "known: hessian, input_gram, input_moments, "
+                                              "input_norms"):
             build_method(sparse_config(method="Toy"))
     finally:
         toy_method.needs = ("input_norms",)
