@@ -138,9 +138,9 @@ def declared_settings() -> Dict[str, Tuple[object, object, Tuple[str, ...]]]:
 
 @dataclass
 class SparseCfg:
+    method: str = "Wanda"  # `none`: no unstructured pruning (a structured run alone)
     # a structured method run first (blocks, heads, channels removed: llmc.structure), or null
     structure: Optional[str] = None
-    method: str = "Wanda"  # `none`: no unstructured pruning (a structured run alone)
     weight: WeightCfg = field(default_factory=WeightCfg)
     sparsity_out: bool = False  # True: next block sees the pruned block's outputs
     refine: Optional[str] = None  # a mask refinement after the method's score (dsnot)
