@@ -176,7 +176,6 @@ def grids_to_pack(cfg, handle, method, world=World()):
     otherwise."""
     if cfg.save.format != "compressed-tensors" or not cfg.save.save_trans or not world.leads:
         return None
-    refuse_unpackable(cfg, handle)
     return dense_grids(handle, method), method.quantization_bits(cfg.sparse)
 
 

@@ -21,6 +21,7 @@ from typing import Dict
 import torch
 
 from ..config.typed import setting
+from ..errors import LlmcError
 from .base import BlockWidths, Structure, check_amount, count_of, register
 from .depth import least
 
@@ -80,8 +81,7 @@ class Width(Structure):
     def kept(self, shape):
         """(KV groups, channels) every block keeps, and whether each output Linear gains a
         bias; an amount that leaves nothing is an error."""
-        from ..errors import LlmcError
-        from ..models.slicing import Kept
+        from ..models.slicing import Kept  # models imports the registries that import this
 
         width = self.settings.width
         if width.heads and not shape.kv_heads:
