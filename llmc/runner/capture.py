@@ -126,7 +126,10 @@ def capture_block_inputs(handle, batches, device, home) -> BlockInputs:
             recorded.append((hidden, rest, kw))
             if index == len(blocks) - 1:
                 raise _Captured()
-            return hidden  # the next block's stand-in ignores it
+            # The next block's stand-in ignores it. A model that takes item [0] of a block's
+            # output (transformers 4's tuples: OPT, BLOOM) hands the next one a tensor of one
+            # axis fewer: from then on a leading axis of 1 keeps it from running out of axes.
+            return hidden.unsqueeze(0) if hidden.dim() < recorded[0][0].dim() else hidden
         return forward
 
     with handle.pre_blocks_on(device):
