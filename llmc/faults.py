@@ -17,6 +17,7 @@ from .errors import LlmcError
 
 POINTS = (
     "run:started",           # lock held, leftovers cleaned, staging directory made
+    "structure:sliced",      # a structured pass has sliced a block (streamed: shard written)
     "block:written",         # a finished block's shard written, its resume state not yet
     "block:checkpointed",    # the resume state names the next block
     "save:plan-written",     # plan.png in the staging directory

@@ -2,7 +2,6 @@
 (llmc.stages: pretrain eval, blockwise pruning, transformed eval), resume and torchrun around
 them, and the outputs committed."""
 import contextlib
-import dataclasses
 import shutil
 import time
 
@@ -17,6 +16,7 @@ from .provenance import InBackground, run_record, utc_now
 from .achieved import run_summary
 from .runner import resolve_device
 from .runner.device import current_rss, release_freed_memory, reset_peak_rss
+from .runner.restructure import reapply_structure
 from .runner.resume import ResumeState, resume_fingerprint
 from .sparse import build_method
 from .sparse.allocation import plan_from_dict, plan_to_dict
@@ -77,21 +77,28 @@ def resume_state(cfg, checkpoint, handle, results, device, out, world):
     return ResumeState(out.layout.resume, fingerprint, handle.num_blocks, world)
 
 
-def adopt(point, handle, resume, world):
-    """The interrupted run's finished blocks, or None (start over) when they are not all there
-    (for any rank)."""
+def adopt(point, handle, resume, world, dense_grids=None):
+    """(point, grids): the interrupted run's finished blocks adopted, the model first made as
+    small as its structured pass made it (the record in `point.carried`), and a packed save's
+    grids taken in between, from the dense smaller blocks (`dense_grids()`, or None); the
+    point is None (start over) when anything is not there (for any rank)."""
+    grids = None
     try:
+        record = point.carried.get("structure")
+        if record is not None:
+            reapply_structure(handle, record, point.shard_sha256)
+        grids = dense_grids() if dense_grids is not None else None
         handle.adopt_finished_blocks(point.next_block, point.shard_sha256)
         adopted = True
     except (LlmcError, OSError, ValueError, KeyError) as err:
         logger.warning(f"cannot resume: {err}; starting over")
         adopted = False
     if world.all_true(adopted):
-        return point
+        return point, grids
     if world.leads:
         resume.clear()
     world.barrier()
-    return None
+    return None, None
 
 
 def checkpoint_sha256(background, wait: bool = True):
@@ -129,15 +136,7 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
     # the tasks' data (lm-eval's downloads, the cloze paragraphs) before the model as well
     suite = TaskSuite(cfg.eval, tokenizer, world) if cfg.eval.eval_pos and cfg.eval.tasks else None
     release_freed_memory()  # what tokenizing the corpora left, before the model's parts come
-    model_cfg, why = cfg.model, None
-    if method.records_column_orders(cfg.sparse) and cfg.model.load == "auto":
-        why = "sparse.ria.reallocation keeps each Linear's column order with a model in memory"
-        model_cfg = dataclasses.replace(cfg.model, load="memory")
-    elif cfg.sparse.structure is not None and cfg.model.load == "auto":
-        why = "sparse.structure makes the model smaller in memory"
-        model_cfg = dataclasses.replace(cfg.model, load="memory")
-    handle, loaded = load_for_run(model_cfg, checkpoint.weights.files, out.layout.shards, world)
-    loaded["why"] = why or loaded["why"]
+    handle, loaded = load_for_run(cfg.model, checkpoint.weights.files, out.layout.shards, world)
     refuse_bench_of_streamed(cfg, handle)
     refuse_unpackable(cfg, handle)
     if (suite and suite.harness and handle.streams and "transformed" in cfg.eval.eval_pos
@@ -152,27 +151,41 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
     model_sha256 = InBackground(checkpoint.fingerprint) if world.leads else None
 
     results = new_results(cfg, out.run_id, loaded, handle, record, batches, eval_sets)
-    # a packed save's grids, from the dense weights: a streamed run's before a resume adopts
-    # pruned blocks; one in memory's after the structured pass (which may make it smaller)
-    packing = grids_to_pack(cfg, handle, method, world) if handle.streams else None
+    # a packed save's grids, from the dense weights of the model as it is pruned: a streamed
+    # run's before a resume adopts pruned blocks, and after the structured pass (which may
+    # make it smaller; resumed: after it is applied again)
+    def dense_grids():
+        return grids_to_pack(cfg, handle, method, world)
+
+    structured = cfg.sparse.structure is not None
+    packing = dense_grids() if handle.streams and not structured else None
     resume = resume_state(cfg, checkpoint, handle, results, device, out, world)
     point = resume.load(cfg.save.overwrite) if resume else None
     if point is not None:
-        point = adopt(point, handle, resume, world)
+        point, grids = adopt(point, handle, resume, world, dense_grids if structured else None)
+        packing = grids if structured else packing
+        if point is None and structured:  # the skeleton may be smaller: a fresh one
+            handle = load_for_run(cfg.model, checkpoint.weights.files, out.layout.shards,
+                                  world)[0]
     if point is None:
         plan = allocate_and_evaluate(cfg, method, handle, batches, eval_sets, device, results,
                                      activations_dir(out, world), world, suite, checkpoint.path,
                                      cache_dir=cfg.save.save_path)
-        if not handle.streams:
-            packing = grids_to_pack(cfg, handle, method, world)
+        if not handle.streams or structured:
+            packing = dense_grids()
+        if resume is not None:  # the blocks the states count: those of the smaller model
+            resume.num_blocks = handle.num_blocks
         carried = {"ppl": results["ppl"], "tasks": results["tasks"],
-                   "timings": dict(results["timings"]), "method": method.describe()}
+                   "timings": dict(results["timings"]), "method": method.describe(),
+                   **({"structure": results["structure"]} if structured else {})}
     else:
         # Allocation and the pretrain eval were done by the interrupted run: their results
         # come back with the plan, so the resumed run records what an uninterrupted one does.
         plan, carried = plan_from_dict(point.plan), point.carried
         results["ppl"], results["resumed_at_block"] = dict(carried["ppl"]), point.next_block
         results["tasks"] = dict(carried.get("tasks", {}))
+        if structured:
+            results["structure"] = dict(carried["structure"])
         results["timings"].update(carried["timings"])
         point.restore_rng()
     plan_record = plan_to_dict(plan)

@@ -238,7 +238,8 @@ def prune_blocks(cfg, handle, method, plan, batches, device, results, scratch, w
                              resume_at=resume_at, resumed_hidden=resumed_hidden,
                              after_block=after_block, scratch=scratch, world=world,
                              min_expert_tokens=cfg.calib.min_expert_tokens,
-                             under_served=under_served)
+                             under_served=under_served,
+                             column_orders=method.records_column_orders(cfg.sparse))
     results["timings"]["prune_total"] = time.perf_counter() - start
     if handle.adapter.experts:
         results["experts"] = {"min_expert_tokens": cfg.calib.min_expert_tokens,

@@ -96,11 +96,18 @@ def test_a_half_precision_model_given_to_prune_packs_exactly(dtype, tmp_path, ti
     assert results["compressed-tensors"].record["saved_format"]["bits"] == 4
 
 
-def test_a_streamed_run_packs_the_same_files_as_one_in_memory(cli, run_config, tmp_path):
+@pytest.mark.parametrize("structure", [
+    (), ("--set", "sparse.structure=ShortGPT", "--set", "sparse.depth.remove=1"),
+    ("--set", "sparse.structure=Width", "--set", "sparse.width.heads=1",
+     "--set", "sparse.width.channels=16")], ids=["dense", "shortgpt", "width"])
+def test_a_streamed_run_packs_the_same_files_as_one_in_memory(cli, run_config, tmp_path,
+                                                              structure):
+    """The grids of a streamed run come from the dense weights of the model it prunes: the
+    checkpoint's, or the smaller model's once a structured pass has made it."""
     files = {}
     for load in ("memory", "stream"):
         save = tmp_path / load
-        code, err = cli("--config", run_config, "--set", f"save.save_path={save}",
+        code, err = cli("--config", run_config, *structure, "--set", f"save.save_path={save}",
                         "--set", "save.format=compressed-tensors", "--set", f"model.load={load}",
                         "--set", "sparse.method=SparseGPT", "--set", "sparse.wbits=4",
                         "--set", "sparse.blocksize=16", "--set", "eval.eval_pos=[]")

@@ -37,6 +37,9 @@ CASES = {
     "sparsegpt-2of4": {"method": "SparseGPT", "weight": {"sparsity_type": "2:4"}},
     "owl": {"method": "OWL", "owl": {"lambda": 0.08}},
     "owl-2of4": {"method": "OWL", "weight": {"sparsity_type": "4:8"}, "owl": {"lambda": 0.2}},
+    # RIA's reallocation: each owner records its Linears' column orders, rank 0 saves them all
+    "ria-realloc-stream": {"method": "RIA", "ria": {"reallocation": True},
+                           "weight": {"sparsity": 0.5, "sparsity_type": "2:4"}},
     # 3 probes: a round of 2 (one per rank), then one of 1 (rank 0 alone)
     "mixgpt": {"method": "MixGPT", "mixgpt": {"sensitivity": {"max_iter": 3, "tol": 0}}},
     # a structured pass first (3 blocks: one removed), then the method on the smaller model
@@ -46,6 +49,9 @@ CASES = {
                    "weight": {"sparsity": 0}, "model_layers": 3},
     "width-wanda": {"structure": "Width", "width": {"heads": 1, "channels": 16},
                     "method": "Wanda"},
+    # streamed: rank 0 writes each sliced block, the other rank reads it once written
+    "width-wanda-stream": {"structure": "Width", "width": {"heads": 1, "channels": 16},
+                           "method": "Wanda"},
 }
 STRUCTURED = [name for name, sparse in CASES.items() if "structure" in sparse]
 
@@ -108,6 +114,8 @@ def runs(setup):
 
     paired = {}
     def base(name):
+        if name.endswith("-stream"):
+            return {"model": {"load": "stream"}}
         return {"base": {"offload_activations": "disk"}} if name.endswith("-disk") else {}
 
     distributed = [setup(f"{name}-2", sparse, **base(name)) for name, sparse in CASES.items()]
@@ -219,6 +227,8 @@ def test_a_structured_pass_removes_the_same_parts_on_two_ranks(runs, case):
     the same blocks, KV groups and channels as one process, the measures within float
     rounding; the method after it then as its own case above."""
     (one_results, one), (two_results, two) = runs[case]
+    load = "stream" if case.endswith("-stream") else "memory"
+    assert one_results["engine"]["load"] == two_results["engine"]["load"] == load
     ones, twos = one_results["structure"], two_results["structure"]
     for key in ("blocks_removed", "widths", "blocks", "parameters"):
         assert ones[key] == twos[key], key
@@ -229,6 +239,25 @@ def test_a_structured_pass_removes_the_same_parts_on_two_ranks(runs, case):
     for name in linears(one):
         masks = ((one[name] == 0) == (two[name] == 0)).float().mean().item()
         assert masks >= 0.999, (name, masks)
+    assert_same_ppl(one_results, two_results)
+
+
+def test_reallocation_orders_are_gathered_and_saved_by_rank_0(runs, setup):
+    """Streamed on 2 ranks: column_orders.safetensors names every block Linear, as one
+    process's does, and each saved weight is 2:4 in its order; the masks agree as Wanda's."""
+    from safetensors.torch import load_file
+
+    (one_results, one), (two_results, two) = runs["ria-realloc-stream"]
+    assert two_results["engine"]["load"] == "stream"
+    orders = [load_file(setup.root / f"ria-realloc-stream-{n}" / "column_orders.safetensors")
+              for n in (1, 2)]
+    assert orders[0].keys() == orders[1].keys() and len(orders[1]) == 7 * 2
+    for name, order in orders[1].items():
+        weight = two[f"{name}.weight"]
+        zeros = (weight[:, order] == 0).reshape(weight.shape[0], -1, 4).sum(-1)
+        assert (zeros == 2).all(), name
+    same = sum(torch.equal(orders[0][k], orders[1][k]) for k in orders[0])
+    assert same >= len(orders[0]) - 2  # an order differs only where input norms nearly tie
     assert_same_ppl(one_results, two_results)
 
 

@@ -240,16 +240,6 @@ def _validate_tasks(ev):
 
 def _validate_sparse(cfg):
     validate_sparse(cfg.sparse)
-    if cfg.sparse.structure is not None and cfg.model.load == "stream":
-        # the pass slices blocks and rewrites the config of a model held in memory
-        raise ConfigError(f"sparse.structure: {cfg.sparse.structure} makes the model smaller in "
-                          "memory; set model.load: auto or memory")
-    if METHODS[cfg.sparse.method].records_column_orders(cfg.sparse):
-        # the orders are kept with the model in memory (llmc.models.handle.column_orders)
-        if cfg.model.load == "stream" or env_world_size() > 1:
-            raise ConfigError("sparse.ria.reallocation records each Linear's column order, "
-                              "which is kept for a model held in memory on one process; set "
-                              "model.load: auto or memory and run without torchrun")
 
 
 def validate_sparse(sp: SparseCfg) -> SparseCfg:

@@ -27,7 +27,14 @@ class Widths:
     # config keys of the query heads, key-value heads and head dimension (() none: the
     # config cannot say fewer heads)
     heads: Tuple[str, ...] = ()
-    queries: Tuple[str, str, str] = ("", "", "")  # the q, k, v Linears
+    # the q, k, v Linears; or one Linear holding q|k|v stacked in its rows (Phi-3's qkv_proj)
+    queries: Tuple[str, ...] = ("", "", "")
+    # how many blocks of channels each channel_in Linear stacks in its rows (Phi-3's
+    # gate_up_proj: gate then up, 2)
+    channel_stack: int = 1
+    # module attributes (relative to a block) the modeling code keeps the KV head count in,
+    # read in forward (Phi-3's self_attn.num_key_value_heads): set to the kept groups
+    kv_head_attributes: Tuple[str, ...] = ()
     attention_out: str = ""  # the Linear reading the heads (o_proj)
     attention_bias: str = ""  # config key giving the attention's Linears biases ("" none)
 

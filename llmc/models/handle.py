@@ -117,6 +117,13 @@ class ModelHandle:
         self._groups.pop(index, None)
         self._finite.discard(self.block_path(index))
 
+    def reshape_block(self, index: int, change) -> None:
+        """`change(block)` makes block `index` smaller (llmc.models.slicing: its Linears
+        replaced by narrower ones); its groups and finite check anew. A streamed handle
+        materialises the block for it and writes the result out (llmc.models.stream)."""
+        change(self.block(index))
+        self.forget_block(index)
+
     def forget_blocks(self) -> None:
         """Blocks were removed: every block's groups and finite check anew."""
         self._groups.clear()

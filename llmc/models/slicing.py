@@ -6,8 +6,8 @@ What may change is what the family's config can say: the adapter's `widths` tabl
 config keys and Linears, and every change is checked by building the family's model from the
 new config on the meta device (no memory) and comparing its tensors' names and shapes with the
 model's (`check_rebuilds`). The biases that config keys switch on (attention_bias, mlp_bias)
-come from that model too: Linears the config now gives a bias get zeros, then the bias a
-structured method folded in (llmc.structure.width)."""
+come from that model too (`target_biases`): a Linear gets the bias a structured method folded
+in (llmc.structure.width), or zeros where the smaller config gives it one it lacks."""
 import copy
 import dataclasses
 from dataclasses import dataclass
@@ -88,21 +88,29 @@ def head_rows(groups: List[int], shape: Shape):
     return torch.cat(queries), torch.cat(kv)
 
 
-def slice_block(handle, index: int, shape: Shape, widths) -> None:
-    """Block `index` keeps the KV groups and channels `widths` (a BlockWidths) names; the
-    biases it adds are folded into their Linears (created where there was none)."""
-    table, block = handle.adapter.widths, handle.block(index)
+def slice_block(block: nn.Module, table, shape: Shape, widths, biases=()) -> None:
+    """`block` keeps the KV groups and channels `widths` (a BlockWidths) names; the biases it
+    adds are folded into their Linears (created where there was none), and every Linear named
+    in `biases` (those the smaller config gives a bias: target_biases) that still has none gets
+    zeros. Shapes only change, so it works alike on real and meta-device tensors."""
     if widths.kept_groups is not None:
         queries, kv = head_rows(widths.kept_groups, shape)
-        q, k, v = table.queries
-        keep_rows(block, q, queries)
-        keep_rows(block, k, kv)
-        keep_rows(block, v, kv)
+        if len(table.queries) == 1:  # q|k|v stacked in one Linear's rows
+            q_rows, kv_rows = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+            keep_rows(block, table.queries[0],
+                      torch.cat([queries, q_rows + kv, q_rows + kv_rows + kv]))
+        else:
+            for name, rows in zip(table.queries, (queries, kv, kv)):
+                keep_rows(block, name, rows)
         keep_columns(block, table.attention_out, queries)
+        for path in table.kv_head_attributes:
+            parent, _, leaf = path.rpartition(".")
+            setattr(block.get_submodule(parent), leaf, len(widths.kept_groups))
     if widths.kept_channels is not None:
         channels = torch.tensor(widths.kept_channels)
+        stacked = torch.cat([channels + i * shape.channels for i in range(table.channel_stack)])
         for name in table.channel_in:
-            keep_rows(block, name, channels)
+            keep_rows(block, name, stacked)
         keep_columns(block, table.channel_out, channels)
     for name, added in widths.added_bias.items():
         linear = block.get_submodule(name)
@@ -111,7 +119,30 @@ def slice_block(handle, index: int, shape: Shape, widths) -> None:
             bias = bias + linear.bias.data.double()
         linear.bias = nn.Parameter(bias.to(linear.weight.dtype),
                                    requires_grad=linear.weight.requires_grad)
-    handle.forget_block(index)
+    for name in biases:
+        linear = block.get_submodule(name)
+        if linear.bias is None:
+            linear.bias = nn.Parameter(
+                torch.zeros(linear.out_features, dtype=linear.weight.dtype,
+                            device=linear.weight.device),
+                requires_grad=linear.weight.requires_grad)
+
+
+def target_biases(handle, shape: Shape, kept: "Kept") -> Dict[int, List[str]]:
+    """{block index: the Linears (relative to it) that a model built from the smaller config
+    (the widths and bias keys `kept` says) gives a bias}: slice_block adds zeros where the
+    model has none, so the model holds exactly the smaller config's tensors."""
+    config = copy.deepcopy(handle.model.config)
+    _set_widths(config, handle.adapter.widths, shape, kept)
+    rebuilt = _rebuilt(handle.model, config)
+    found = {}
+    for index in range(handle.num_blocks):
+        prefix, block = f"{handle.block_path(index)}.", handle.block(index)
+        names = [name[len(prefix):-len(".bias")] for name in rebuilt
+                 if name.startswith(prefix) and name.endswith(".bias")]
+        found[index] = [name for name in names
+                        if isinstance(block.get_submodule(name), nn.Linear)]
+    return found
 
 
 def _set_widths(config, table, shape: Shape, kept: "Kept") -> None:
@@ -175,12 +206,16 @@ def check_expressible(handle, shape: Shape, kept: Kept) -> None:
     prefix = f"{handle.block_path(0)}."
     rows = kept.groups * shape.head_dim
     expected = {table.channel_out: (None, kept.channels),
-                **{name: (kept.channels, None) for name in table.channel_in}}
+                **{name: (kept.channels * table.channel_stack, None)
+                   for name in table.channel_in}}
     if table.heads:
-        q, k, v = table.queries
-        expected.update({q: (rows * (shape.heads // shape.kv_heads), None), k: (rows, None),
-                         v: (rows, None), table.attention_out: (None, rows * (
-                             shape.heads // shape.kv_heads))})
+        query_rows = rows * (shape.heads // shape.kv_heads)
+        if len(table.queries) == 1:
+            expected[table.queries[0]] = (query_rows + 2 * rows, None)
+        else:
+            expected.update(zip(table.queries, ((query_rows, None), (rows, None),
+                                                (rows, None))))
+        expected[table.attention_out] = (None, query_rows)
     for name, (out, into) in expected.items():
         found = rebuilt.get(f"{prefix}{name}.weight")
         if found is None or (out is not None and found[0] != out) or (
@@ -193,17 +228,9 @@ def check_expressible(handle, shape: Shape, kept: Kept) -> None:
 
 def resize_config(handle, shape: Shape, kept: Kept) -> None:
     """The config says the new widths (heads as KV groups, the head dimension explicitly) and
-    switches on the bias keys `kept` asks for; every block Linear the rebuilt model gives a
-    bias and this one lacks gets zeros; then check_rebuilds."""
+    switches on the bias keys `kept` asks for; then check_rebuilds (every block sliced, with the
+    zero biases of target_biases)."""
     _set_widths(handle.model.config, handle.adapter.widths, shape, kept)
-    rebuilt = _rebuilt(handle.model)
-    for index in range(handle.num_blocks):
-        prefix = f"{handle.block_path(index)}."
-        for name, module in handle.block(index).named_modules():
-            expected = rebuilt.get(f"{prefix}{name}.bias")
-            if isinstance(module, nn.Linear) and module.bias is None and expected is not None:
-                module.bias = nn.Parameter(torch.zeros(expected, dtype=module.weight.dtype),
-                                           requires_grad=module.weight.requires_grad)
     check_rebuilds(handle.model)
 
 

@@ -31,6 +31,12 @@ from .handle import ModelHandle
 from .safetensors_io import TensorEntry, read_tensor, tensor_entries, write_tensors
 
 INDEX = "model.safetensors.index.json"
+# A block as a structured pass left it (smaller, not yet pruned), beside the finished blocks'
+# shards: a resumed run reads the blocks it has not finished from there.
+SLICED = "sliced-{:05d}.safetensors"
+# The column orders (RIA's reallocation: handle.column_orders) of a finished block's Linears,
+# beside its shard: a resumed run reads them back with the block.
+ORDERS = "orders-{:05d}.safetensors"
 
 
 class NotStreamable(LlmcError):
@@ -70,6 +76,11 @@ def _link_or_copy(source: Path, target: Path) -> None:
         os.link(source, target)
     except OSError:  # a filesystem without hard links
         shutil.copyfile(source, target)
+
+
+def _meta_like(tensor: torch.Tensor, is_parameter: bool) -> torch.Tensor:
+    meta = torch.empty_like(tensor, device="meta")
+    return nn.Parameter(meta, requires_grad=tensor.requires_grad) if is_parameter else meta
 
 
 def _stamp(tensor: torch.Tensor) -> tuple:
@@ -217,6 +228,13 @@ class StreamedHandle(ModelHandle):
         A rank that does not write drops it: rank 0 writes the same block."""
         if self.writes:
             self._write_part(f"block {index}")
+            prefix = f"{self.block_path(index)}."
+            orders = sorted((path, order) for path, order in self.column_orders.items()
+                            if path.startswith(prefix))
+            if orders:
+                file, digest = self.shard_dir / ORDERS.format(index), hashlib.sha256()
+                write_tensors(file, orders, digest=digest)
+                self.shard_sha256[file.name] = digest.hexdigest()
 
     def _write_part(self, part: str) -> None:
         self.shard_dir.mkdir(parents=True, exist_ok=True)
@@ -235,16 +253,97 @@ class StreamedHandle(ModelHandle):
         """Read blocks 0 .. count-1 from the shards an earlier, interrupted run wrote
         (`verified`: their sha256s, which the resume state checked, kept for its next save)."""
         for index in range(count):
-            part = f"block {index}"
-            file = self.shard_dir / self.shard_name(part)
-            if not file.is_file():
-                raise LlmcError(f"the resume state says block {index} is done, but its shard "
-                                f"{file} is missing")
-            if verified is not None and file.name not in verified:
-                raise LlmcError(f"the resume state says block {index} is done, but records no "
-                                f"sha256 for its shard {file}")
-            self._point_at(file, part)
+            self._adopt(index, self.shard_dir / self.shard_name(f"block {index}"), "done",
+                        verified)
+            orders = self.shard_dir / ORDERS.format(index)
+            if (orders.name in verified) if verified is not None else orders.is_file():
+                self.column_orders.update({path: read_tensor(entry) for path, entry in
+                                           tensor_entries(orders).items()})
         self.shard_sha256.update(verified or {})
+
+    def _adopt(self, index: int, file: Path, what: str, verified) -> None:
+        if not file.is_file():
+            raise LlmcError(f"the resume state says block {index} is {what}, but its shard "
+                            f"{file} is missing")
+        if verified is not None and file.name not in verified:
+            raise LlmcError(f"the resume state says block {index} is {what}, but records no "
+                            f"sha256 for its shard {file}")
+        self._point_at(file, f"block {index}")
+
+    # ---------------------------------------------------------------- a model made smaller
+    def reshape_block(self, index: int, change) -> None:
+        """`change(block)` on block `index` read in full onto the CPU (llmc.models.slicing makes
+        it smaller); the smaller block is written to its own shard (SLICED), read from there on,
+        and kept until the run commits (a resumed run reads the blocks it has not finished
+        from it). A rank that does not write changes the skeleton alone and reads the shard
+        once rank 0 has written it (adopt_reshaped_blocks)."""
+        if not self.writes:
+            self.reshape_skeleton(index, change)
+            return
+        path, part = self.block_path(index), f"block {index}"
+        self._check_unheld(path)
+        for key in self._keys_under([path]):
+            self._install(key, self._load(key, "cpu"))
+        try:
+            change(self.block(index))
+            self._remap_slots()
+            self.shard_dir.mkdir(parents=True, exist_ok=True)
+            file, digest = self.shard_dir / SLICED.format(index), hashlib.sha256()
+            write_tensors(file, [(k, self._current(k)) for k in self._parts[part]],
+                          digest=digest)
+            self.shard_sha256[file.name] = digest.hexdigest()
+            self._point_at(file, part)
+        finally:
+            for key in self._keys_under([path]):
+                self._install(key, self._slots[key].skeleton)
+        self.forget_block(index)
+
+    def reshape_skeleton(self, index: int, change) -> None:
+        """`change(block)` on block `index`'s skeleton (meta-device tensors: shapes only); its
+        new tensors have no source until adopt_reshaped_blocks points them at its shard."""
+        self._check_unheld(self.block_path(index))
+        change(self.block(index))
+        self._remap_slots()
+        self.forget_block(index)
+
+    def adopt_reshaped_blocks(self, indices, verified: Optional[Dict[str, str]] = None) -> None:
+        """Read blocks `indices` from the smaller blocks' shards (SLICED) a structured pass
+        wrote: rank 0 during this run, or an interrupted run (`verified`: their sha256s)."""
+        for index in indices:
+            self._adopt(index, self.shard_dir / SLICED.format(index), "sliced", verified)
+        self.shard_sha256.update(verified or {})
+
+    def forget_blocks(self) -> None:
+        """Blocks were removed (llmc.models.slicing): the rest keep their tensors' sources
+        under their new names."""
+        super().forget_blocks()
+        self._check_unheld("")
+        self._remap_slots()
+
+    def _check_unheld(self, path: str) -> None:
+        if any(not path or key.startswith(path + ".") for key in self._held):
+            raise RuntimeError(f"the model's structure changes at '{path}' while a part of it "
+                               "is on hand")
+
+    def _remap_slots(self) -> None:
+        """The slots after the model's structure changed: a tensor keeps its slot where its
+        module, name and shape are the ones it had (under a new key where blocks were
+        renumbered); one a change created gets a meta skeleton and no source yet. Then the
+        saved keys and the parts anew."""
+        by_place = {(id(slot.module), slot.leaf): slot for slot in self._slots.values()}
+        named = [(k, t, True) for k, t in self.model.named_parameters(remove_duplicate=False)]
+        named += [(k, t, False) for k, t in self.model.named_buffers(remove_duplicate=False)]
+        slots = {}
+        for key, tensor, is_parameter in named:
+            path, _, leaf = key.rpartition(".")
+            module = self.model.get_submodule(path)
+            slot = by_place.get((id(module), leaf))
+            if slot is None or slot.skeleton.shape != tensor.shape:
+                slot = _Slot(module, leaf, is_parameter, _meta_like(tensor, is_parameter), None)
+            slots[key] = slot
+        self._slots = slots
+        self._saved = self._saved_keys()
+        self._parts = self._part_keys()
 
     def _point_at(self, file: Path, part: str) -> None:
         entries = tensor_entries(file)

@@ -132,6 +132,16 @@ def prune_block(handle, block, block_index, method, plan, statistics=None, world
     return owner
 
 
+def share_column_orders(handle, index: int, world) -> None:
+    """Every rank receives the column orders (RIA's reallocation) the owners of block
+    `index`'s Linears recorded, so the rank that saves holds them all."""
+    prefix = f"{handle.block_path(index)}."
+    mine = {path: order for path, order in handle.column_orders.items()
+            if path.startswith(prefix)}
+    for recorded in world.collect(mine):
+        handle.column_orders.update(recorded)
+
+
 def share_pruned(block, owner, world) -> None:
     """Every rank receives each Linear's pruned weight from the rank that pruned it."""
     for rank in range(world.size):
@@ -148,7 +158,7 @@ def share_pruned(block, owner, world) -> None:
 def prune_blockwise(handle, method, plan, batches, device, sparsity_out=False,
                     offload="auto", resume_at=0, resumed_hidden=None, after_block=None,
                     scratch=None, world=World(), min_expert_tokens=0,
-                    under_served=None) -> dict:
+                    under_served=None, column_orders=False) -> dict:
     """Prune every decoder block of `handle`'s model (kept on CPU) in place. Returns timings in
     seconds.
 
@@ -167,7 +177,8 @@ def prune_blockwise(handle, method, plan, batches, device, sparsity_out=False,
     pruned by their owners; `resumed_hidden` and `after_block`'s activations are this rank's.
 
     MoE experts routed fewer than `min_expert_tokens` calibration tokens are measured on all
-    of them and listed in `under_served` (llmc.runner.gather)."""
+    of them and listed in `under_served` (llmc.runner.gather). `column_orders`: the method
+    records column orders (handle.column_orders), which the ranks then share block by block."""
     batches = world.share(batches)
     timings = {"capture": 0.0, "forward": 0.0, "combine": 0.0, "prune": 0.0, "share": 0.0,
                "write": 0.0, "checkpoint": 0.0}
@@ -200,6 +211,8 @@ def prune_blockwise(handle, method, plan, batches, device, sparsity_out=False,
                 pruned = time.perf_counter()
                 if world.distributed:
                     share_pruned(block, owner, world)
+                    if column_orders:
+                        share_column_orders(handle, index, world)
                 end = time.perf_counter()
                 if inputs is not None:  # after pruning, so a method's own finer diagnosis wins
                     check_block_outputs(handle, index, finite)

@@ -4,6 +4,7 @@ block's hidden states or statistics; the widths it chooses are sliced out of eac
 is done with (the next block sees the dense outputs, as FLAP's code), and the blocks it chooses
 are deleted at the end (llmc.models.slicing). It knows no method by name."""
 from contextlib import ExitStack
+from functools import partial
 
 import torch
 from loguru import logger
@@ -11,8 +12,10 @@ from tqdm import tqdm
 
 from ..distributed import World
 from ..errors import LlmcError
-from ..models.slicing import (biases_expressible, block_shape, check_expressible, remove_blocks,
-                              resize_config, slice_block)
+from ..faults import pause_point
+from ..models.slicing import (Kept, biases_expressible, block_shape, check_expressible,
+                              remove_blocks, resize_config, slice_block, target_biases)
+from ..structure.base import BlockWidths
 from .blockwise import calibration_home, check_block_outputs
 from .capture import block_output, capture_block_inputs
 from .stats import GroupStatistics
@@ -63,6 +66,7 @@ def restructure_blockwise(handle, structure, batches, device, offload="auto",
     count = handle.num_blocks
     structure.start(count)
     measured, shape, kept = _width_plan(handle, structure)
+    biases = target_biases(handle, shape, kept) if measured else {}
     widths = {}
     with ExitStack() as stack:
         home = stack.enter_context(calibration_home(handle, batches, device, offload, scratch))
@@ -97,9 +101,17 @@ def restructure_blockwise(handle, structure, batches, device, offload="auto",
                     linears = {name: block.get_submodule(name) for name in measured}
                     widths[index] = structure.block_widths(shape, kept, linears, statistics)
                     del statistics
-                    slice_block(handle, index, shape, widths[index])
+            if index in widths:  # the dense block is done with: sliced (a streamed one written)
+                handle.reshape_block(index, partial(slice_block, table=handle.adapter.widths,
+                                                    shape=shape, widths=widths[index],
+                                                    biases=biases[index]))
+                pause_point("structure:sliced", index)
     if widths:
         resize_config(handle, shape, kept)
+        if handle.streams and world.distributed:
+            world.barrier()  # rank 0 has written every sliced block: the others read them
+            if not world.leads:
+                handle.adopt_reshaped_blocks(sorted(widths))
     totals = structure.totals()
     if totals is not None:  # every rank's windows counted, in one order
         structure.take_totals(world.sum(totals))
@@ -107,3 +119,42 @@ def restructure_blockwise(handle, structure, batches, device, offload="auto",
     if removed:
         remove_blocks(handle, removed)
     return {"blocks_removed": removed, "widths": widths}
+
+
+def reapply_structure(handle, record: dict, verified) -> None:
+    """A resumed streamed run's skeleton made what the interrupted run's structured pass made
+    it (`record`: its results.json "structure"), without a forward: the same blocks sliced (on
+    the meta device) and read from the shards that pass wrote (`verified`: their sha256s, as
+    the resume state checked them), the same blocks removed."""
+    widths = record["widths"]
+    if widths:
+        shape = block_shape(handle)
+        table = handle.adapter.widths
+        removed_groups = {len(w["removed_kv_groups"]) for w in widths}
+        removed_channels = {len(w["removed_channels"]) for w in widths}
+        if len(removed_groups) != 1 or len(removed_channels) != 1:
+            raise ValueError("the recorded widths are not uniform")
+        added = {name for w in widths for name in w["bias_added"]}
+        kept = Kept(shape.kv_heads - removed_groups.pop(), shape.channels - removed_channels.pop(),
+                    attention_bias=table.attention_out in added,
+                    channel_bias=table.channel_out in added)
+        biases = target_biases(handle, shape, kept)
+        for w in widths:
+            block_widths = BlockWidths(
+                kept_groups=_kept(w["removed_kv_groups"], shape.kv_heads),
+                kept_channels=_kept(w["removed_channels"], shape.channels),
+                added_bias={name: torch.zeros(handle.hidden_size, device="meta")
+                            for name in w["bias_added"]})
+            handle.reshape_skeleton(w["block"], partial(
+                slice_block, table=table, shape=shape, widths=block_widths,
+                biases=biases[w["block"]]))
+        resize_config(handle, shape, kept)
+        handle.adopt_reshaped_blocks([w["block"] for w in widths], verified)
+    if record["blocks_removed"]:
+        remove_blocks(handle, record["blocks_removed"])
+
+
+def _kept(removed, count):
+    """The indices kept of `count` when `removed` are not (None: nothing removed)."""
+    gone = set(removed)
+    return [i for i in range(count) if i not in gone] if gone else None

@@ -175,7 +175,8 @@ class ResumeState:
         point = ResumePoint(next_block, hidden, state["plan"], state["carried"], state["rng"],
                             shards, state["model_sha256"])
         if self.world.leads:
-            logger.info(f"resuming at block {point.next_block} of {self.num_blocks}: blocks 0 "
+            logger.info(f"resuming at block {point.next_block} of "
+                        f"{state.get('num_blocks', self.num_blocks)}: blocks 0 "
                         f"to {point.next_block - 1} were finished by an interrupted run")
         return point
 

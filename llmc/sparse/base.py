@@ -69,8 +69,9 @@ class Sparsifier:
 
     @classmethod
     def records_column_orders(cls, sparse_cfg) -> bool:
-        """Whether its masks are N:M in a permuted column order it records (COLUMN_ORDER); such
-        a run is held in memory on one process."""
+        """Whether its masks are N:M in a permuted column order it records (COLUMN_ORDER): the
+        runner keeps the orders with the model (handle.column_orders), shares them between
+        ranks and, streamed, writes them with each finished block."""
         return False
 
     @classmethod

@@ -154,3 +154,71 @@ def test_a_run_held_in_memory_leaves_an_interrupted_streamed_runs_state(
     code, stderr = cli(*argv, *OVERWRITE)
     assert code == 0 and "resuming at block 2 of 4" in stderr
     assert not (tmp_path / "save/.llmc/scratch").exists()
+
+
+# A structured pass first (the smaller model then pruned block by block): killed during the
+# pass it starts over; killed after a block of the smaller model, the rerun makes the skeleton
+# as small again from the interrupted run's record, reads the sliced blocks it had not
+# finished from their shards, and ends with the uninterrupted weights.
+STRUCTURED = {
+    "shortgpt": ("--set", "sparse.structure=ShortGPT", "--set", "sparse.depth.remove=2"),
+    "width": ("--set", "sparse.structure=Width", "--set", "sparse.width.heads=1",
+              "--set", "sparse.width.channels=16", "--set", "sparse.method=SparseGPT"),
+    # saved packed: the resumed run's grids come from the sliced blocks' shards
+    "width-packed": ("--set", "sparse.structure=Width", "--set", "sparse.width.heads=1",
+                     "--set", "sparse.width.channels=16", "--set", "sparse.method=SparseGPT",
+                     "--set", "sparse.wbits=4", "--set", "save.format=compressed-tensors"),
+}
+
+
+@pytest.mark.parametrize("structure,point,resumed_at", [
+    ("shortgpt", "block:checkpointed@0", (1, 2)),
+    ("width", "structure:sliced@2", None),
+    ("width", "block:checkpointed@1", (2, 4)),
+    ("width", "block:written@2", (2, 4)),
+    ("width-packed", "block:checkpointed@2", (3, 4))])
+def test_a_killed_structured_run_resumes_to_the_uninterrupted_weights(
+        cli, four_block_config, tmp_path, structure, point, resumed_at):
+    config, model = four_block_config
+    argv = ["--config", config, *model, *PRETRAIN, *STRUCTURED[structure]]
+    reference = tmp_path / "reference"
+    code, stderr = cli(*argv, "--set", f"save.save_path={reference}")
+    assert code == 0, stderr
+
+    save = tmp_path / "save"
+    kill_at(tmp_path, [*argv, "--set", f"save.save_path={save}"], point)
+    code, stderr = cli(*argv, "--set", f"save.save_path={save}")
+    assert code == 0, stderr
+    results = assert_same_run(reference, save)
+    assert results["structure"] == committed(reference)["structure"]
+    if resumed_at is None:
+        assert "resuming" not in stderr and "resumed_at_block" not in results
+    else:
+        assert f"resuming at block {resumed_at[0]} of {resumed_at[1]}" in stderr
+        assert results["resumed_at_block"] == resumed_at[0]
+    assert_clean(save)
+    assert not (save / ".llmc" / "scratch").exists()
+
+
+def test_a_killed_reallocation_run_resumes_with_the_finished_blocks_column_orders(
+        cli, four_block_config, tmp_path):
+    """RIA's reallocation records each Linear's column order: a streamed run writes a finished
+    block's orders beside its shard, and a rerun after a kill reads them back, so
+    column_orders.safetensors is the uninterrupted run's, bit for bit."""
+    from safetensors.torch import load_file
+
+    config, model = four_block_config
+    argv = ["--config", config, *model, *PRETRAIN, "--set", "sparse.method=RIA",
+            "--set", "sparse.ria.reallocation=true", "--set", "sparse.weight.sparsity_type=2:4"]
+    reference = tmp_path / "reference"
+    assert cli(*argv, "--set", f"save.save_path={reference}")[0] == 0
+    save = tmp_path / "save"
+    kill_at(tmp_path, [*argv, "--set", f"save.save_path={save}"], "block:checkpointed@1")
+    code, stderr = cli(*argv, "--set", f"save.save_path={save}")
+    assert code == 0 and f"resuming at block 2 of {FOUR_BLOCKS}" in stderr
+    results = assert_same_run(reference, save)
+    assert results["column_orders"]["linears"] == 7 * FOUR_BLOCKS
+    orders = [load_file(path / "column_orders.safetensors") for path in (reference, save)]
+    assert orders[0].keys() == orders[1].keys()
+    assert all(torch.equal(orders[0][k], orders[1][k]) for k in orders[0])
+    assert_clean(save)

@@ -115,3 +115,30 @@ def test_a_checkpoint_changed_with_its_size_and_mtime_kept_is_not_mixed_in(cli, 
     code, stderr = cli(*argv)
     assert code == 0 and "resuming" not in stderr, stderr
     assert_clean(save)
+
+
+@pytest.mark.parametrize("damage", ["changed", "deleted"])
+def test_a_damaged_sliced_block_starts_a_structured_run_over(cli, run_config, tiny_model_dir,
+                                                              tmp_path, damage):
+    """A Width run's sliced block not yet finished (block 3: read from its own shard on a
+    resume) changed or deleted after the kill: the rerun starts over, with the uninterrupted
+    weights."""
+    model = tiny_model_dir("llama", num_hidden_layers=4)
+    argv = ["--config", run_config, "--set", f"model.path={model}", "--set", "model.load=stream",
+            *FAST, *SPARSEGPT, "--set", "sparse.structure=Width",
+            "--set", "sparse.width.heads=1", "--set", "sparse.width.channels=16"]
+    reference = tmp_path / "reference"
+    assert cli(*argv, "--set", f"save.save_path={reference}")[0] == 0
+    save = tmp_path / "save"
+    argv += ["--set", f"save.save_path={save}"]
+    kill_at(tmp_path, argv, "block:checkpointed@1")
+    sliced = save / ".llmc/scratch/shards/sliced-00003.safetensors"
+    if damage == "changed":
+        flip_last_float(sliced)
+    else:
+        sliced.unlink()
+    code, stderr = cli(*argv)
+    assert code == 0, stderr
+    assert "resuming" not in stderr and "starting over" in stderr
+    assert "resumed_at_block" not in assert_same_run(reference, save)
+    assert_clean(save)

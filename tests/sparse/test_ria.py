@@ -116,31 +116,40 @@ def test_reallocation_settings_are_checked():
                       weight={"sparsity_type": "2:4"})
 
 
-def test_a_run_with_reallocation_saves_each_linears_column_order(run_config, tmp_path):
+@pytest.mark.parametrize("load", ["memory", "stream"])
+def test_a_run_with_reallocation_saves_each_linears_column_order(run_config, tmp_path, load):
     """End to end: column_orders.safetensors beside the model names every block Linear; in its
-    order each saved weight is 2:4; the run was held in memory; results.json points at it."""
+    order each saved weight is 2:4; results.json points at it; streamed, the same orders and
+    weights as in memory, bit for bit."""
     import json
 
     from safetensors.torch import load_file
 
     from llmc.cli import main
 
-    assert main(["--config", str(run_config), "--set", "sparse={method: RIA, ria: {reallocation: "
-                 "True, lsa: True}}", "--set", "sparse.weight.sparsity_type=2:4",
-                 "--set", "eval.eval_pos=[transformed]"]) == 0
-    save = tmp_path / "save"
-    results = json.loads((save / "results.json").read_text())
-    assert results["column_orders"] == {"file": "column_orders.safetensors", "linears": 14}
-    assert "reallocation" in results["engine"]["why"]
-    orders = load_file(str(save / "column_orders.safetensors"))
-    weights = load_file(str(save / "transformed_model" / "model.safetensors"))
+    runs = {}
+    for engine in sorted({"memory", load}):
+        save = tmp_path / engine
+        assert main(["--config", str(run_config), "--set", "sparse={method: RIA, ria: "
+                     "{reallocation: True, lsa: True}}", "--set", "sparse.weight.sparsity_type=2:4",
+                     "--set", "eval.eval_pos=[transformed]", "--set", f"model.load={engine}",
+                     "--set", f"save.save_path={save}"]) == 0
+        results = json.loads((save / "results.json").read_text())
+        assert results["column_orders"] == {"file": "column_orders.safetensors", "linears": 14}
+        assert results["engine"]["load"] == engine
+        weights = {}
+        for file in (save / "transformed_model").glob("*.safetensors"):
+            weights.update(load_file(str(file)))
+        runs[engine] = (load_file(str(save / "column_orders.safetensors")), weights, results)
+    orders, weights, results = runs[load]
     assert len(orders) == 14
     for name, order in orders.items():
         weight = weights[f"{name}.weight"]
         assert sorted(order.tolist()) == list(range(weight.shape[1]))
         zeros = (weight[:, order] == 0).reshape(weight.shape[0], -1, 4).sum(-1)
         assert (zeros == 2).all(), name
-    with pytest.raises(ConfigError, match="held in memory on one process"):
-        from llmc.config import load_config
-        load_config(str(run_config), ["sparse={method: RIA, ria: {reallocation: True}}",
-                                      "sparse.weight.sparsity_type=2:4", "model.load=stream"])
+    memory_orders, memory_weights, memory_results = runs["memory"]
+    assert orders.keys() == memory_orders.keys() and weights.keys() == memory_weights.keys()
+    assert all(torch.equal(orders[k], memory_orders[k]) for k in orders)
+    assert all(torch.equal(weights[k], memory_weights[k]) for k in weights)
+    assert results["ppl"] == memory_results["ppl"]

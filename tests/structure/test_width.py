@@ -113,7 +113,7 @@ def test_the_lowest_scoring_channels_go():
 
 @pytest.mark.parametrize("arch, width, message", [
     ("opt", {"heads": 1, "channels": 0}, "cannot say fewer attention heads"),
-    ("phi3", {"heads": 1, "channels": 8}, "Phi3 has not"),
+    ("bloom", {"heads": 1, "channels": 8}, "Bloom has not"),
     ("mixtral", {"heads": 0, "channels": 8}, "Mixtral has not"),
     ("llama", {"heads": 2, "channels": 0}, "at least one must remain"),
     ("llama", {"heads": 0, "channels": 64}, "at least one must remain"),
@@ -128,3 +128,35 @@ def test_what_a_config_cannot_say_is_refused_before_the_pass(arch, width, messag
     after = model.state_dict()
     assert after.keys() == dense.keys()
     assert all(torch.equal(dense[k], v) for k, v in after.items())
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi3"])
+def test_slicing_a_block_equals_zeroing_what_reads_the_removed_parts(arch):
+    """Removing a KV group (with its query heads) and MLP channels from a block computes what
+    the dense block computes with o_proj's columns of those heads and down_proj's columns of
+    those channels zeroed: the rows kept in q, k, v and gate, up are the ones the kept heads
+    and channels use, also where they are stacked in one Linear (Phi-3's qkv_proj and
+    gate_up_proj)."""
+    from llmc.models.slicing import block_shape, head_rows, slice_block
+    from llmc.structure import BlockWidths
+
+    model = arch_model(arch, layers=1)
+    handle = ModelHandle(model, arch_adapter(arch))
+    table, shape = handle.adapter.widths, block_shape(handle)
+    removed_group, removed_channels = 0, [3, 17, 40]
+    zeroed = copy.deepcopy(model)
+    queries, _ = head_rows([removed_group], shape)
+    with torch.no_grad():
+        zeroed.get_submodule(f"model.layers.0.{table.attention_out}").weight[:, queries] = 0
+        zeroed.get_submodule(f"model.layers.0.{table.channel_out}").weight[
+            :, removed_channels] = 0
+    slice_block(handle.block(0), table, shape, BlockWidths(
+        kept_groups=[g for g in range(shape.kv_heads) if g != removed_group],
+        kept_channels=[c for c in range(shape.channels) if c not in removed_channels]))
+    model.config.num_attention_heads -= shape.heads // shape.kv_heads
+    model.config.num_key_value_heads -= 1
+    model.config.head_dim = shape.head_dim
+    model.config.intermediate_size -= len(removed_channels)
+    ids = token_batches(1, 12, seed=3)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, zeroed(ids).logits, rtol=1e-5, atol=1e-5)
