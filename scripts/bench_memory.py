@@ -15,6 +15,12 @@ its prune time, write time and resume-checkpoint time come from its results.json
 layers, 32 heads / 4 KV heads, untied head) and the built-in tokenizer's vocabulary, made once
 from a seeded random init in fp32 (~4.7 GB) under --work and reused (a marker file is written
 last). Its runs need ~10 GB of disk with their outputs.
+
+`synthetic7b` has Llama-2-7B's shapes (hidden 4096, intermediate 11008, 32 layers, 32 heads,
+untied head; the built-in tokenizer's vocabulary of 49152 for its 32000) in bfloat16, ~13.9 GB,
+written tensor by tensor (scripts/synthetic_checkpoint.py: the maker never holds the model),
+and runs on 4 calibration windows of 128 tokens (SEVEN_B_CALIBRATION). Its runs need ~30 GB of
+disk with their outputs (the streamed shards and the saved model share their bytes).
 """
 import argparse
 import json
@@ -30,14 +36,18 @@ MARKER = "llmc-bench-complete"
 SYNTHETIC_SHAPES = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                         num_attention_heads=32, num_key_value_heads=4,
                         max_position_embeddings=2048, tie_word_embeddings=False)
+SEVEN_B_SHAPES = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                      num_attention_heads=32, num_key_value_heads=32,
+                      max_position_embeddings=4096, tie_word_embeddings=False)
 CALIBRATION = ["calib.n_samples=16", "calib.seq_len=256", "eval.eval_pos=[]",
                "save.save_trans=True", "save.overwrite=True", "base.device=cpu"]
+SEVEN_B_CALIBRATION = [*CALIBRATION, "calib.n_samples=4", "calib.seq_len=128"]
 
 
-def synthetic_config(vocab_size: int):
+def synthetic_config(vocab_size: int, shapes=SYNTHETIC_SHAPES):
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=vocab_size, **SYNTHETIC_SHAPES)
+    return LlamaConfig(vocab_size=vocab_size, **shapes)
 
 
 def weight_bytes(directory: Path) -> int:
@@ -75,6 +85,27 @@ def make_synthetic(work: Path, source: Path) -> Path:
     return target
 
 
+def make_synthetic_7b(work: Path, source: Path) -> Path:
+    """The 7B-shaped bfloat16 checkpoint under `work`, written tensor by tensor (made once)."""
+    from synthetic_checkpoint import write_checkpoint
+    from transformers import AutoTokenizer
+
+    target = work / "synthetic-7b"
+    if (target / MARKER).exists():
+        return target
+    free = shutil.disk_usage(work).free
+    if free < 32 * 2**30:
+        sys.exit(f"bench: {work} has {free / 2**30:.1f} GiB free; the 7B-shaped checkpoint and "
+                 "its runs need about 30 GiB (choose another --work)")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    shutil.rmtree(target, ignore_errors=True)
+    start = time.perf_counter()
+    write_checkpoint(target, synthetic_config(len(tokenizer), SEVEN_B_SHAPES))
+    tokenizer.save_pretrained(target)
+    (target / MARKER).write_text(f"made in {time.perf_counter() - start:.0f} s\n")
+    return target
+
+
 def run_child(config: str, overrides, threads: int, log: Path):
     """(exit code, peak RSS in bytes, seconds) of one `python -m llmc` child."""
     argv = [sys.executable, "-m", "llmc", "--config", config, "--log-level", "WARNING"]
@@ -96,6 +127,7 @@ def figures_of(model: str, method: str, engine: str, checkpoint_bytes: int, rss:
     row = {"model": model, "method": method, "engine": results["engine"]["load"],
            "asked": engine, "peak_rss_gib": rss / 2**30, "rss_over_checkpoint":
            rss / checkpoint_bytes, "prune_s": timings["prune_total"],
+           "prune_s_per_block": timings["prune_total"] / len(results["sparsity"]["per_block"]),
            "write_s": timings.get("prune_write", 0.0)}
     if "resume_fsync" in timings:  # a run that checkpointed (streamed)
         checkpoint = timings["prune_checkpoint"]
@@ -121,11 +153,13 @@ def ratios(rows) -> list:
 def print_table(rows, checkpoint_sizes) -> None:
     for model, size in checkpoint_sizes.items():
         print(f"{model}: checkpoint {size / 2**30:.2f} GiB of weights")
-    print(f"{'model':10} {'method':10} {'engine':7} {'peak RSS':>9} {'x ckpt':>7} "
-          f"{'prune s':>8} {'write s':>8} {'ckpt s':>7} {'fsync s':>8} {'ckpt/rest':>9}")
+    print(f"{'model':11} {'method':10} {'engine':7} {'peak RSS':>9} {'x ckpt':>7} "
+          f"{'prune s':>8} {'s/block':>8} {'write s':>8} {'ckpt s':>7} {'fsync s':>8} "
+          f"{'ckpt/rest':>9}")
     for r in rows:
-        print(f"{r['model']:10} {r['method']:10} {r['engine']:7} {r['peak_rss_gib']:8.2f}G "
-              f"{r['rss_over_checkpoint']:7.3f} {r['prune_s']:8.1f} {r['write_s']:8.2f} "
+        print(f"{r['model']:11} {r['method']:10} {r['engine']:7} {r['peak_rss_gib']:8.2f}G "
+              f"{r['rss_over_checkpoint']:7.3f} {r['prune_s']:8.1f} "
+              f"{r['prune_s_per_block']:8.2f} {r['write_s']:8.2f} "
               + (f"{r['checkpoint_s']:7.2f} {r['fsync_s']:8.2f} {r['checkpoint_over_rest']:9.3f}"
                  if "checkpoint_s" in r else ""))
     for r in ratios(rows):
@@ -156,7 +190,7 @@ def planned_runs(models, methods, engines) -> list:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", help="comma-separated: builtin, synthetic")
+    parser.add_argument("--models", help="comma-separated: builtin, synthetic, synthetic7b")
     parser.add_argument("--methods", help="comma-separated: wanda, sparsegpt, ...")
     parser.add_argument("--engines", help="comma-separated: memory, stream")
     parser.add_argument("--threads", type=int, default=2)
@@ -171,6 +205,8 @@ def main(argv=None):
     models = list(dict.fromkeys(model for model, _, _ in runs))
     if "synthetic" in models:
         paths["synthetic"] = make_synthetic(work, source)
+    if "synthetic7b" in models:
+        paths["synthetic7b"] = make_synthetic_7b(work, source)
     sizes = {model: weight_bytes(paths[model]) for model in models}
     rows = []
     for model, method, engine in runs:
@@ -178,7 +214,8 @@ def main(argv=None):
         # A bench killed mid-run leaves a resume state there: a rerun would resume, not time.
         shutil.rmtree(save, ignore_errors=True)
         overrides = [f"model.path={paths[model]}", f"model.load={engine}",
-                     f"save.save_path={save}", *CALIBRATION]
+                     f"save.save_path={save}",
+                     *(SEVEN_B_CALIBRATION if model == "synthetic7b" else CALIBRATION)]
         code, rss, seconds = run_child(f"configs/sparse/{method}.yml", overrides,
                                        args.threads, work / f"{save.name}.log")
         if code != 0:

@@ -31,7 +31,8 @@ def results(load, prune, checkpoint=None, fsync=None):
     timings = {"prune_total": prune, "prune_write": 1.0}
     if checkpoint is not None:
         timings.update(prune_checkpoint=checkpoint, resume_fsync=fsync)
-    return {"engine": {"load": load}, "timings": timings}
+    return {"engine": {"load": load}, "timings": timings,
+            "sparsity": {"per_block": [0.5] * 11}}
 
 
 def test_figures_and_ratios():
@@ -39,6 +40,7 @@ def test_figures_and_ratios():
                                      results("stream", 11.0, checkpoint=1.0, fsync=0.25))
     assert stream["rss_over_checkpoint"] == 0.25 and stream["peak_rss_gib"] == 1.0
     assert stream["checkpoint_over_rest"] == 0.1  # 1 s of checkpoints on 10 s of the rest
+    assert stream["prune_s_per_block"] == 1.0  # 11 s over 11 blocks
     memory = bench_memory.figures_of("m", "wanda", "memory", 4 * 2**30, 5 * 2**30,
                                      results("memory", 10.0))
     assert "checkpoint_s" not in memory
@@ -55,3 +57,12 @@ def test_the_default_plan_and_explicit_lists():
         (m, e) for m in ("wanda", "sparsegpt") for e in ("memory", "stream")}
     assert bench_memory.planned_runs("builtin", "wanda", None) == [
         ("builtin", "wanda", "memory"), ("builtin", "wanda", "stream")]
+
+
+def test_the_7b_shape_is_llama_2_7bs():
+    from transformers import AutoModelForCausalLM
+
+    config = bench_memory.synthetic_config(32000, bench_memory.SEVEN_B_SHAPES)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    assert sum(p.numel() for p in model.parameters()) == 6_738_415_616  # Llama-2-7B's count
