@@ -60,50 +60,48 @@ def builtin_dir() -> Path:
     return Path(resolve_model_path("builtin:smollm2-135m"))
 
 
-def make_synthetic(work: Path, source: Path) -> Path:
-    """The synthetic checkpoint under `work` (made once; `source` gives the tokenizer)."""
-    target = work / "synthetic-1.1b"
+def made_once(target: Path, source: Path, need_gib: int, write) -> Path:
+    """`target`, made by `write(target, vocab_size)` with `source`'s tokenizer beside it unless
+    an earlier bench completed it (a marker file is written last)."""
     if (target / MARKER).exists():
         return target
-    free = shutil.disk_usage(work).free
-    if free < 10 * 2**30:
-        sys.exit(f"bench: {work} has {free / 2**30:.1f} GiB free; the synthetic checkpoint and "
-                 "its runs need about 10 GiB (choose another --work)")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    free = shutil.disk_usage(target.parent).free
+    if free < need_gib * 2**30:
+        sys.exit(f"bench: {target.parent} has {free / 2**30:.1f} GiB free; {target.name} and "
+                 f"its runs need about {need_gib} GiB (choose another --work)")
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source)
     shutil.rmtree(target, ignore_errors=True)
     start = time.perf_counter()
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(synthetic_config(len(tokenizer)),
-                                             dtype=torch.float32)
-    model.save_pretrained(target, max_shard_size="1GB")
+    write(target, len(tokenizer))
     tokenizer.save_pretrained(target)
-    del model
     (target / MARKER).write_text(f"made in {time.perf_counter() - start:.0f} s\n")
     return target
+
+
+def make_synthetic(work: Path, source: Path) -> Path:
+    """The 1.1B-shaped fp32 checkpoint under `work` (`source` gives the tokenizer)."""
+    def write(target, vocab_size):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(synthetic_config(vocab_size),
+                                                 dtype=torch.float32)
+        model.save_pretrained(target, max_shard_size="1GB")
+
+    return made_once(work / "synthetic-1.1b", source, 10, write)
 
 
 def make_synthetic_7b(work: Path, source: Path) -> Path:
-    """The 7B-shaped bfloat16 checkpoint under `work`, written tensor by tensor (made once)."""
+    """The 7B-shaped bfloat16 checkpoint under `work`, written tensor by tensor."""
     from synthetic_checkpoint import write_checkpoint
-    from transformers import AutoTokenizer
 
-    target = work / "synthetic-7b"
-    if (target / MARKER).exists():
-        return target
-    free = shutil.disk_usage(work).free
-    if free < 32 * 2**30:
-        sys.exit(f"bench: {work} has {free / 2**30:.1f} GiB free; the 7B-shaped checkpoint and "
-                 "its runs need about 30 GiB (choose another --work)")
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    shutil.rmtree(target, ignore_errors=True)
-    start = time.perf_counter()
-    write_checkpoint(target, synthetic_config(len(tokenizer), SEVEN_B_SHAPES))
-    tokenizer.save_pretrained(target)
-    (target / MARKER).write_text(f"made in {time.perf_counter() - start:.0f} s\n")
-    return target
+    def write(target, vocab_size):
+        write_checkpoint(target, synthetic_config(vocab_size, SEVEN_B_SHAPES))
+
+    return made_once(work / "synthetic-7b", source, 32, write)
 
 
 def run_child(config: str, overrides, threads: int, log: Path):

@@ -63,24 +63,35 @@ KILLS = [("block:written@0", None), ("block:checkpointed@0", 1), ("block:written
 def test_a_killed_run_resumes_to_the_uninterrupted_weights(
         cli, four_block_config, tmp_path, point, resumed_at, method):
     config, model = four_block_config
-    argv = ["--config", config, *model, *PRETRAIN, *method]
-    reference = tmp_path / "reference"
-    code, stderr = cli(*argv, "--set", f"save.save_path={reference}")
-    assert code == 0, stderr
-
-    save = tmp_path / "save"
-    kill_at(tmp_path, [*argv, "--set", f"save.save_path={save}"], point)
-    code, stderr = cli(*argv, "--set", f"save.save_path={save}")
-    assert code == 0, stderr
-    results = assert_same_run(reference, save)
-    if resumed_at is None:
-        assert "resuming" not in stderr and "resumed_at_block" not in results
-    else:
-        assert f"resuming at block {resumed_at} of {FOUR_BLOCKS}" in stderr
-        assert results["resumed_at_block"] == resumed_at
+    stderr, results, _, save = killed_and_rerun(
+        cli, tmp_path, ["--config", config, *model, *PRETRAIN, *method], point)
+    assert_resumed(stderr, results, resumed_at, FOUR_BLOCKS)
+    if resumed_at is not None:
         assert results["ppl"]["pretrain"]  # carried over from the killed run's eval
     assert_clean(save)
     assert not (save / ".llmc" / "scratch").exists()
+
+
+def killed_and_rerun(cli, tmp_path, argv, point):
+    """`argv` run uninterrupted (the reference), then into another save path killed at
+    `point` and run again: (the rerun's stderr, its results, asserted to be the reference's
+    weights and results, the reference's save path, the rerun's)."""
+    reference, save = tmp_path / "reference", tmp_path / "save"
+    code, stderr = cli(*argv, "--set", f"save.save_path={reference}")
+    assert code == 0, stderr
+    kill_at(tmp_path, [*argv, "--set", f"save.save_path={save}"], point)
+    code, stderr = cli(*argv, "--set", f"save.save_path={save}")
+    assert code == 0, stderr
+    return stderr, assert_same_run(reference, save), reference, save
+
+
+def assert_resumed(stderr, results, resumed_at, blocks):
+    """The rerun resumed at block `resumed_at` of `blocks` (None: it started over)."""
+    if resumed_at is None:
+        assert "resuming" not in stderr and "resumed_at_block" not in results
+    else:
+        assert f"resuming at block {resumed_at} of {blocks}" in stderr
+        assert results["resumed_at_block"] == resumed_at
 
 
 def test_kills_at_every_block_in_turn_still_end_bit_identical(cli, four_block_config, tmp_path):
@@ -180,22 +191,10 @@ STRUCTURED = {
 def test_a_killed_structured_run_resumes_to_the_uninterrupted_weights(
         cli, four_block_config, tmp_path, structure, point, resumed_at):
     config, model = four_block_config
-    argv = ["--config", config, *model, *PRETRAIN, *STRUCTURED[structure]]
-    reference = tmp_path / "reference"
-    code, stderr = cli(*argv, "--set", f"save.save_path={reference}")
-    assert code == 0, stderr
-
-    save = tmp_path / "save"
-    kill_at(tmp_path, [*argv, "--set", f"save.save_path={save}"], point)
-    code, stderr = cli(*argv, "--set", f"save.save_path={save}")
-    assert code == 0, stderr
-    results = assert_same_run(reference, save)
+    stderr, results, reference, save = killed_and_rerun(
+        cli, tmp_path, ["--config", config, *model, *PRETRAIN, *STRUCTURED[structure]], point)
     assert results["structure"] == committed(reference)["structure"]
-    if resumed_at is None:
-        assert "resuming" not in stderr and "resumed_at_block" not in results
-    else:
-        assert f"resuming at block {resumed_at[0]} of {resumed_at[1]}" in stderr
-        assert results["resumed_at_block"] == resumed_at[0]
+    assert_resumed(stderr, results, *(resumed_at or (None, None)))
     assert_clean(save)
     assert not (save / ".llmc" / "scratch").exists()
 
@@ -210,13 +209,9 @@ def test_a_killed_reallocation_run_resumes_with_the_finished_blocks_column_order
     config, model = four_block_config
     argv = ["--config", config, *model, *PRETRAIN, "--set", "sparse.method=RIA",
             "--set", "sparse.ria.reallocation=true", "--set", "sparse.weight.sparsity_type=2:4"]
-    reference = tmp_path / "reference"
-    assert cli(*argv, "--set", f"save.save_path={reference}")[0] == 0
-    save = tmp_path / "save"
-    kill_at(tmp_path, [*argv, "--set", f"save.save_path={save}"], "block:checkpointed@1")
-    code, stderr = cli(*argv, "--set", f"save.save_path={save}")
-    assert code == 0 and f"resuming at block 2 of {FOUR_BLOCKS}" in stderr
-    results = assert_same_run(reference, save)
+    stderr, results, reference, save = killed_and_rerun(cli, tmp_path, argv,
+                                                        "block:checkpointed@1")
+    assert_resumed(stderr, results, 2, FOUR_BLOCKS)
     assert results["column_orders"]["linears"] == 7 * FOUR_BLOCKS
     orders = [load_file(path / "column_orders.safetensors") for path in (reference, save)]
     assert orders[0].keys() == orders[1].keys()
