@@ -27,7 +27,14 @@ def row_lowest_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
     below = score < kth
     tied = score == kth
     room = count - below.sum(dim=1, keepdim=True)
-    return below | (tied & (torch.cumsum(tied, dim=1) <= room))
+    # Only a row with more ties at its k-th value than room needs their running count (an
+    # int64 matrix: 8 bytes an entry, twice the float32 score's memory if taken whole).
+    crowded = (tied.sum(dim=1, keepdim=True) > room).squeeze(1).nonzero().squeeze(1)
+    mask = below | tied
+    if crowded.numel():
+        ties = tied[crowded]
+        mask[crowded] = below[crowded] | (ties & (torch.cumsum(ties, dim=1) <= room[crowded]))
+    return mask
 
 
 def n_m_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:

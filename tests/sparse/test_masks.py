@@ -28,6 +28,7 @@ def test_row_lowest_equals_stable_sort_with_many_ties():
     torch.manual_seed(0)
     score = torch.randint(0, 5, (64, 96)).float()  # five values: ties everywhere
     score[:4] = 0.0
+    score[4:12] = torch.rand(8, 96)  # rows without ties beside them
     for sparsity in (0.1, 0.5, 0.73, 0.99):
         count = int(96 * sparsity)
         expected = torch.zeros_like(score, dtype=torch.bool)
