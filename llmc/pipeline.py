@@ -77,17 +77,17 @@ def resume_state(cfg, checkpoint, handle, results, device, out, world):
     return ResumeState(out.layout.resume, fingerprint, handle.num_blocks, world)
 
 
-def adopt(point, handle, resume, world, dense_grids=None):
+def adopt(point, handle, resume, world, dense_grids):
     """(point, grids): the interrupted run's finished blocks adopted, the model first made as
     small as its structured pass made it (the record in `point.carried`), and a packed save's
-    grids taken in between, from the dense smaller blocks (`dense_grids()`, or None); the
-    point is None (start over) when anything is not there (for any rank)."""
+    grids (`dense_grids()`) taken in between, from the dense weights; the point is None (start
+    over) when anything is not there (for any rank)."""
     grids = None
     try:
         record = point.carried.get("structure")
         if record is not None:
             reapply_structure(handle, record, point.shard_sha256)
-        grids = dense_grids() if dense_grids is not None else None
+        grids = dense_grids()
         handle.adopt_finished_blocks(point.next_block, point.shard_sha256)
         adopted = True
     except (LlmcError, OSError, ValueError, KeyError) as err:
@@ -151,40 +151,37 @@ def prune_and_record(cfg, out, device, world=World()) -> dict:
     model_sha256 = InBackground(checkpoint.fingerprint) if world.leads else None
 
     results = new_results(cfg, out.run_id, loaded, handle, record, batches, eval_sets)
-    # a packed save's grids, from the dense weights of the model as it is pruned: a streamed
-    # run's before a resume adopts pruned blocks, and after the structured pass (which may
-    # make it smaller; resumed: after it is applied again)
+    # a packed save's grids come from the dense weights of the model as it is pruned: after
+    # the structured pass (which may make it smaller), and on a resume after that pass is
+    # applied again and before the interrupted run's pruned blocks are adopted
     def dense_grids():
         return grids_to_pack(cfg, handle, method, world)
 
-    structured = cfg.sparse.structure is not None
-    packing = dense_grids() if handle.streams and not structured else None
+    packing = None
     resume = resume_state(cfg, checkpoint, handle, results, device, out, world)
     point = resume.load(cfg.save.overwrite) if resume else None
     if point is not None:
-        point, grids = adopt(point, handle, resume, world, dense_grids if structured else None)
-        packing = grids if structured else packing
-        if point is None and structured:  # the skeleton may be smaller: a fresh one
+        point, packing = adopt(point, handle, resume, world, dense_grids)
+        if point is None:  # parts may already be the interrupted run's: a fresh skeleton
             handle = load_for_run(cfg.model, checkpoint.weights.files, out.layout.shards,
                                   world)[0]
     if point is None:
         plan = allocate_and_evaluate(cfg, method, handle, batches, eval_sets, device, results,
                                      activations_dir(out, world), world, suite, checkpoint.path,
                                      cache_dir=cfg.save.save_path)
-        if not handle.streams or structured:
-            packing = dense_grids()
+        packing = dense_grids()
         if resume is not None:  # the blocks the states count: those of the smaller model
             resume.num_blocks = handle.num_blocks
         carried = {"ppl": results["ppl"], "tasks": results["tasks"],
                    "timings": dict(results["timings"]), "method": method.describe(),
-                   **({"structure": results["structure"]} if structured else {})}
+                   **({"structure": results["structure"]} if "structure" in results else {})}
     else:
         # Allocation and the pretrain eval were done by the interrupted run: their results
         # come back with the plan, so the resumed run records what an uninterrupted one does.
         plan, carried = plan_from_dict(point.plan), point.carried
         results["ppl"], results["resumed_at_block"] = dict(carried["ppl"]), point.next_block
         results["tasks"] = dict(carried.get("tasks", {}))
-        if structured:
+        if "structure" in carried:
             results["structure"] = dict(carried["structure"])
         results["timings"].update(carried["timings"])
         point.restore_rng()
