@@ -232,18 +232,21 @@ class StreamedHandle(ModelHandle):
             orders = sorted((path, order) for path, order in self.column_orders.items()
                             if path.startswith(prefix))
             if orders:
-                file, digest = self.shard_dir / ORDERS.format(index), hashlib.sha256()
-                write_tensors(file, orders, digest=digest)
-                self.shard_sha256[file.name] = digest.hexdigest()
+                self._write_recorded(ORDERS.format(index), orders)
+
+    def _write_recorded(self, name: str, tensors) -> Path:
+        """`tensors` written to shard_dir/`name`, its sha256 (hashed as written) recorded for
+        the resume state."""
+        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        file, digest = self.shard_dir / name, hashlib.sha256()
+        write_tensors(file, tensors, digest=digest)
+        self.shard_sha256[file.name] = digest.hexdigest()
+        return file
 
     def _write_part(self, part: str) -> None:
-        self.shard_dir.mkdir(parents=True, exist_ok=True)
-        file = self.shard_dir / self.shard_name(part)
         keys = self._parts[part]
-        digest = hashlib.sha256()
-        write_tensors(file, [(k, self._current(k) if k in self._held else self._load(k, "cpu"))
-                             for k in keys], digest=digest)
-        self.shard_sha256[file.name] = digest.hexdigest()
+        file = self._write_recorded(self.shard_name(part), [
+            (k, self._current(k) if k in self._held else self._load(k, "cpu")) for k in keys])
         self._point_at(file, part)
         for key in keys:
             if key in self._held:
@@ -287,11 +290,8 @@ class StreamedHandle(ModelHandle):
         try:
             change(self.block(index))
             self._remap_slots()
-            self.shard_dir.mkdir(parents=True, exist_ok=True)
-            file, digest = self.shard_dir / SLICED.format(index), hashlib.sha256()
-            write_tensors(file, [(k, self._current(k)) for k in self._parts[part]],
-                          digest=digest)
-            self.shard_sha256[file.name] = digest.hexdigest()
+            file = self._write_recorded(SLICED.format(index),
+                                        [(k, self._current(k)) for k in self._parts[part]])
             self._point_at(file, part)
         finally:
             for key in self._keys_under([path]):
