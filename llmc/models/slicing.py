@@ -128,13 +128,11 @@ def slice_block(block: nn.Module, table, shape: Shape, widths, biases=()) -> Non
                 requires_grad=linear.weight.requires_grad)
 
 
-def target_biases(handle, shape: Shape, kept: "Kept") -> Dict[int, List[str]]:
-    """{block index: the Linears (relative to it) that a model built from the smaller config
-    (the widths and bias keys `kept` says) gives a bias}: slice_block adds zeros where the
-    model has none, so the model holds exactly the smaller config's tensors."""
-    config = copy.deepcopy(handle.model.config)
-    _set_widths(config, handle.adapter.widths, shape, kept)
-    rebuilt = _rebuilt(handle.model, config)
+def target_biases(handle, rebuilt: Dict[str, tuple]) -> Dict[int, List[str]]:
+    """{block index: the Linears (relative to it) that the model built from the smaller config
+    (`rebuilt`: its tensor shapes, as check_expressible returns them) gives a bias}:
+    slice_block adds zeros where the model has none, so the model holds exactly the smaller
+    config's tensors."""
     found = {}
     for index in range(handle.num_blocks):
         prefix, block = f"{handle.block_path(index)}.", handle.block(index)
@@ -191,10 +189,10 @@ def biases_expressible(handle, shape: Shape, kept: Kept) -> Kept:
     return dataclasses.replace(kept, **found)
 
 
-def check_expressible(handle, shape: Shape, kept: Kept) -> None:
+def check_expressible(handle, shape: Shape, kept: Kept) -> Dict[str, tuple]:
     """Before any pass: the family's config can say these widths. A model built from the
     changed config (meta device) must have block 0's Linears at the new widths; else one error
-    naming what is missing."""
+    naming what is missing. Returns that model's {tensor name: shape} (target_biases)."""
     table, family = handle.adapter.widths, handle.adapter.name
     if kept.groups != shape.kv_heads and not table.heads:
         raise LlmcError(f"sparse.width.heads: {family}'s config cannot say fewer attention heads "
@@ -224,6 +222,7 @@ def check_expressible(handle, shape: Shape, kept: Kept) -> None:
                             f"built from it has {name} of shape {_shape(found)} (wanted "
                             f"{out or 'any'} x {into or 'any'}); set sparse.width.heads or "
                             "channels to 0 for the part it cannot say")
+    return rebuilt
 
 
 def resize_config(handle, shape: Shape, kept: Kept) -> None:

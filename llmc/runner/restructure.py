@@ -22,22 +22,22 @@ from .stats import GroupStatistics
 
 
 def _width_plan(handle, structure):
-    """(Linears measured, Shape, Kept) of a width method (checked expressible before any
-    forward; a bias the config cannot give is left out), or ((), None, None)."""
+    """(Linears measured, Shape, Kept, {block: Linears given a bias}) of a width method
+    (checked expressible before any forward; a bias the config cannot give is left out), or
+    ((), None, None, {})."""
     table = handle.adapter.widths
     if not structure.needs:
-        return (), None, None
+        return (), None, None, {}
     if table is None:
         raise LlmcError(f"sparse.structure: {structure.NAME} needs the adapter's width table "
                         f"(which config keys size the heads and MLP channels), which "
                         f"{handle.adapter.name} has not; use ShortGPT or Contiguous")
     measured = structure.measures(table)
     if not measured:
-        return (), None, None
+        return (), None, None, {}
     shape = block_shape(handle)
     kept = biases_expressible(handle, shape, structure.kept(shape))
-    check_expressible(handle, shape, kept)
-    return measured, shape, kept
+    return measured, shape, kept, target_biases(handle, check_expressible(handle, shape, kept))
 
 
 def _last_hidden(modules, out):
@@ -65,8 +65,7 @@ def restructure_blockwise(handle, structure, batches, device, offload="auto",
     batches = world.share(batches)
     count = handle.num_blocks
     structure.start(count)
-    measured, shape, kept = _width_plan(handle, structure)
-    biases = target_biases(handle, shape, kept) if measured else {}
+    measured, shape, kept, biases = _width_plan(handle, structure)
     widths = {}
     with ExitStack() as stack:
         home = stack.enter_context(calibration_home(handle, batches, device, offload, scratch))
@@ -138,7 +137,7 @@ def reapply_structure(handle, record: dict, verified) -> None:
         kept = Kept(shape.kv_heads - removed_groups.pop(), shape.channels - removed_channels.pop(),
                     attention_bias=table.attention_out in added,
                     channel_bias=table.channel_out in added)
-        biases = target_biases(handle, shape, kept)
+        biases = target_biases(handle, check_expressible(handle, shape, kept))
         for w in widths:
             block_widths = BlockWidths(
                 kept_groups=_kept(w["removed_kv_groups"], shape.kv_heads),
