@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llmc.models.safetensors_io import SAFETENSORS_NAMES  # noqa: E402
+from llmc.models.safetensors_io import safetensors_header  # noqa: E402
 
 INDEX = "model.safetensors.index.json"
 
@@ -39,7 +39,7 @@ def tensor_value(name: str, shape, dtype, seed: int, std: float) -> torch.Tensor
 def planned_shards(entries, dtype, max_shard_bytes: int):
     """[[(name, shape), ...] per shard]: in the model's order, a new shard once the next
     tensor would pass `max_shard_bytes` (a tensor larger than it gets a shard of its own)."""
-    size = torch.tensor([], dtype=dtype).element_size()
+    size = dtype.itemsize
     shards, current, used = [], [], 0
     for name, shape in entries:
         nbytes = size * int(torch.Size(shape).numel())
@@ -54,15 +54,7 @@ def planned_shards(entries, dtype, max_shard_bytes: int):
 def write_shard(path: Path, shard, dtype, seed: int, std: float) -> int:
     """One safetensors file of `shard` [(name, shape)]: the header from the shapes alone, then
     each tensor drawn and written in turn (llmc's write_tensors takes the tensors first)."""
-    size = torch.tensor([], dtype=dtype).element_size()
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for name, shape in shard:
-        nbytes = size * int(torch.Size(shape).numel())
-        header[name] = {"dtype": SAFETENSORS_NAMES[dtype], "shape": list(shape),
-                        "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)
+    encoded, total = safetensors_header([(name, dtype, shape) for name, shape in shard])
     temporary = path.with_name(f".{path.name}.tmp")
     with open(temporary, "wb") as f:
         f.write(struct.pack("<Q", len(encoded)) + encoded)
@@ -73,7 +65,7 @@ def write_shard(path: Path, shard, dtype, seed: int, std: float) -> int:
         f.flush()
         os.fsync(f.fileno())
     os.replace(temporary, path)
-    return offset
+    return total
 
 
 def write_checkpoint(target: Path, config, dtype=torch.bfloat16, seed: int = 0,

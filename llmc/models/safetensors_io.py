@@ -74,6 +74,20 @@ def _bytes_of(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.reshape(-1).view(torch.uint8)
 
 
+def safetensors_header(entries) -> Tuple[bytes, int]:
+    """(the JSON header, padded to 8 bytes, and the bytes of tensor data) of a safetensors file
+    holding (name, dtype, shape) `entries` in that order: the shapes suffice, so a writer can
+    produce each tensor only when its turn comes."""
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, dtype, shape in entries:
+        nbytes = int(torch.Size(shape).numel()) * dtype.itemsize
+        header[name] = {"dtype": SAFETENSORS_NAMES[dtype], "shape": list(shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    return encoded + b" " * (-len(encoded) % 8), offset  # the data aligned to 8 bytes
+
+
 def write_tensors(path: Path, tensors: Iterable[Tuple[str, torch.Tensor]],
                   timing: Optional[dict] = None, digest=None) -> int:
     """Write (name, tensor) pairs to `path` as a safetensors file (in the given order), via a
@@ -81,14 +95,7 @@ def write_tensors(path: Path, tensors: Iterable[Tuple[str, torch.Tensor]],
     `timing`, the seconds spent in fsync are added to timing["fsync"]; with `digest` (a hashlib
     object), every byte written is fed to it, so the file's sha256 costs no second read."""
     tensors = [(name, t.detach().to("cpu").contiguous()) for name, t in tensors]
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for name, tensor in tensors:
-        nbytes = tensor.numel() * tensor.element_size()
-        header[name] = {"dtype": SAFETENSORS_NAMES[tensor.dtype], "shape": list(tensor.shape),
-                        "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)  # the format aligns the data to 8 bytes
+    encoded, offset = safetensors_header([(name, t.dtype, t.shape) for name, t in tensors])
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(temporary, "wb") as f:
