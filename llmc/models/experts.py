@@ -71,7 +71,9 @@ class UnfusedExperts(nn.ModuleList):
                                           requires_grad=False)
         fused.down_proj = nn.Parameter(torch.empty(0, dtype=down.dtype), requires_grad=False)
         self._original = [fused]  # a list: not a submodule
-        self.routed = torch.zeros(len(self), dtype=torch.long)  # tokens routed to each expert
+        # tokens routed to each expert: Python ints (a tensor counted in place could not be called
+        # under torch.func's transforms, llmc.runner.blockwise_hessian)
+        self.routed = [0] * len(self)
         self.kept_inputs = None  # a list to keep each call's inputs in, when set
 
     def forward(self, hidden_states, top_k_index, top_k_weights):

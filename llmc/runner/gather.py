@@ -42,7 +42,7 @@ def gather_statistics(handle, index, block, inputs, needs, device, replace, worl
     statistics = GroupStatistics(block, handle.groups_of(index), needs, device)
     experts = handle.experts_of(block)
     for _, module in experts:
-        module.routed.zero_()
+        module.routed = [0] * len(module)
         module.kept_inputs = [] if min_expert_tokens > 0 else None
     try:
         finite = run_block(block, index, inputs, device, replace)
@@ -52,7 +52,7 @@ def gather_statistics(handle, index, block, inputs, needs, device, replace, worl
         for _, module in experts:
             module.kept_inputs = None
     for path, module in experts:
-        routed = world.sum(module.routed.clone().to(device)).tolist()
+        routed = world.sum(torch.tensor(module.routed, device=device)).tolist()
         few = [e for e, count in enumerate(routed) if count < min_expert_tokens]
         if not few:
             if 0 in routed:
