@@ -4,7 +4,7 @@ per tensor i, v_i^T (H v)_i, whose mean is Tr(H_ii), the trace of that tensor's 
 (the cross terms v_i^T H_ij v_j, j != i, have mean 0 since v_i and v_j are independent). So one
 product per probe estimates every tensor's trace at once.
 """
-from typing import Callable, Dict, Hashable, List
+from typing import Callable, Dict, Hashable, List, Sequence
 
 import torch
 from tqdm import tqdm
@@ -18,15 +18,42 @@ def rademacher(shape, generator: torch.Generator) -> torch.Tensor:
     return torch.randint(0, 2, shape, generator=generator, dtype=torch.int8).mul_(2).sub_(1)
 
 
-def _dot(v: torch.Tensor, hv: torch.Tensor) -> float:
-    return float(torch.sum(v.to(hv.device, torch.float64) * hv.detach().to(torch.float64)))
+def dot(v: torch.Tensor, hv: torch.Tensor) -> float:
+    """v . hv, in float64: the sum of hv's entries in float64 times v's (+-1), made in one
+    float64 copy of hv (not three temporaries the size of the Linear)."""
+    product = hv.detach().to(torch.float64, copy=True)
+    return float(torch.sum(product.mul_(v.to(product.device))))
 
 
-def hutchinson_traces(hvp: Callable[[List[torch.Tensor]], List[torch.Tensor]],
-                      shapes: Dict[Hashable, torch.Size], max_iter: int, tol: float, seed: int,
-                      world: World = World()):
-    """Estimate Tr(H_ii) for every tensor named by a key of `shapes`. `hvp(vectors)` returns H v for the probe
-    `vectors` (one per name, in `shapes` order; int8 on the CPU, for hvp to place and cast).
+class Probe(Sequence):
+    """One probe: a Rademacher vector per shape of `shapes` (in order), drawn from `generator`.
+    It keeps the generator's state before each draw and draws a vector again (the same values)
+    each time it is read: a probe over a whole model holds one tensor's vector at a time."""
+
+    def __init__(self, shapes: Sequence[torch.Size], generator: torch.Generator):
+        self.shapes, self.states = list(shapes), []
+        for shape in self.shapes:
+            self.states.append(generator.get_state())
+            rademacher(shape, generator)  # drawn to move the generator past it
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        generator = torch.Generator().set_state(self.states[index])
+        return rademacher(self.shapes[index], generator)
+
+
+HVP = Callable[[Sequence[torch.Tensor], Callable], List[float]]
+
+
+def hutchinson_traces(hvp: HVP, shapes: Dict[Hashable, torch.Size], max_iter: int, tol: float,
+                      seed: int, world: World = World()):
+    """Estimate Tr(H_ii) for every tensor named by a key of `shapes`. `hvp(vectors, reduce)`
+    returns [reduce(v_i, (H v)_i)] for the probe `vectors` (one per name, in `shapes` order; int8
+    on the CPU, for hvp to place and cast; a Probe), reducing each product as it is made.
 
     Stops after `max_iter` probes, or earlier once the vector of running means moves less than
     `tol` relatively in one probe (L1 norms), checked from the second probe on.
@@ -46,13 +73,9 @@ def hutchinson_traces(hvp: Callable[[List[torch.Tensor]], List[torch.Tensor]],
             count = min(world.size, max_iter - probe)
             mine = None
             for turn in range(count):
-                vectors = [rademacher(shapes[name], generator) for name in names]
+                vectors = Probe([shapes[name] for name in names], generator)
                 if turn == world.rank:
-                    products = hvp(vectors)
-                    mine = torch.tensor([_dot(v, hv) for v, hv in zip(vectors, products)],
-                                        dtype=torch.float64)
-                    del products
-                del vectors
+                    mine = torch.tensor(hvp(vectors, dot), dtype=torch.float64)
             for dots in world.collect(mine)[:count]:
                 probe += 1
                 progress.update()

@@ -1,7 +1,7 @@
 """Hutchinson's estimator on a quadratic loss whose Hessian is known exactly."""
 import torch
 
-from llmc.sparse.hutchinson import hutchinson_traces, rademacher
+from llmc.sparse.hutchinson import Probe, hutchinson_traces, rademacher
 
 
 def _quadratic(seed=0):
@@ -13,11 +13,11 @@ def _quadratic(seed=0):
     hessian = root @ root.T + torch.diag(torch.arange(1.0, 8.0, dtype=torch.float64))
     x = torch.randn(7, generator=gen, dtype=torch.float64, requires_grad=True)
 
-    def hvp(vectors):
+    def hvp(vectors, reduce):
         v = torch.cat([vectors[0].flatten(), vectors[1].flatten()]).to(torch.float64)
         (grad,) = torch.autograd.grad(0.5 * x @ hessian @ x, x, create_graph=True)
         (product,) = torch.autograd.grad(grad, x, v)
-        return [product[:3], product[3:].reshape(2, 2)]
+        return [reduce(vectors[0], product[:3]), reduce(vectors[1], product[3:].reshape(2, 2))]
 
     shapes = {"a": torch.Size([3]), "b": torch.Size([2, 2])}
     exact = {"a": float(torch.diag(hessian)[:3].sum()), "b": float(torch.diag(hessian)[3:].sum())}
@@ -54,9 +54,22 @@ def test_same_seed_same_estimate_and_tol_stops_early():
 def test_single_probe_is_exact_for_a_diagonal_hessian():
     # v_i^2 = 1, so v^T D v = tr(D) for any Rademacher v: one probe gives the exact trace.
     diagonal = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    traces, probes, _ = hutchinson_traces(lambda vs: [vs[0].float() * diagonal],
+    traces, probes, _ = hutchinson_traces(lambda vs, reduce: [reduce(vs[0], vs[0] * diagonal)],
                                           {"w": torch.Size([4])}, 1, 0, seed=0)
     assert traces == {"w": 10.0} and probes == 1
+
+
+def test_a_probe_draws_the_same_vectors_each_time_it_is_read():
+    shapes = [torch.Size([3, 5]), torch.Size([7]), torch.Size([2, 2])]
+    generator = torch.Generator().manual_seed(9)
+    drawn = [rademacher(shape, generator) for shape in shapes]
+    after = torch.randint(0, 10**6, (4,), generator=generator)
+    generator = torch.Generator().manual_seed(9)
+    probe = Probe(shapes, generator)
+    assert torch.equal(torch.randint(0, 10**6, (4,), generator=generator), after)  # moved on
+    for _ in range(2):
+        assert all(torch.equal(a, b) for a, b in zip(probe, drawn)) and len(probe) == 3
+    assert all(torch.equal(a, b) for a, b in zip(probe[1:], drawn[1:]))
 
 
 def test_rademacher_is_plus_minus_one_bytes():
