@@ -25,6 +25,7 @@ from .cache import read_cached, weights_fingerprint, windows_fingerprint, write_
 from .capture import capture_block_inputs
 from .device import activation_home
 from .gather import gather_statistics, run_block
+from .blockwise_hessian import blockwise_loss_hessian
 from .loss_hessian import calibration_windows, loss_hessian
 
 
@@ -260,8 +261,8 @@ def measure_blockwise(handle, needs, batches, device, measure, offload="auto",
 @dataclass
 class Calibration:
     """What a method's allocation step may use: the model's handle and the calibration batches,
-    with the runner's dense block loop (`measure`) so no method writes its own, the whole-model
-    loss Hessian (`loss_hessian`) and a cache of measurements in `cache_dir`.
+    with the runner's dense block loop (`measure`) so no method writes its own, the loss
+    Hessian (`loss_hessian`) and a cache of measurements in `cache_dir`.
 
     Under torchrun (`world`), `measure` splits the windows over the ranks; `windows` and the
     loss Hessian are every rank's, on all windows (the Hutchinson estimator shares its probes
@@ -283,10 +284,12 @@ class Calibration:
     def windows(self, n_windows: int) -> list:
         return calibration_windows(self.batches, n_windows)
 
-    def loss_hessian(self, n_windows: int):
-        """Context manager yielding (shapes, hvp) over the first `n_windows` windows (see
-        llmc.runner.loss_hessian)."""
-        return loss_hessian(self.handle, self.windows(n_windows), self.device)
+    def loss_hessian(self, n_windows: int, blockwise: bool = True):
+        """Context manager yielding (shapes, hvp) over the first `n_windows` windows: one block
+        on the device at a time (llmc.runner.blockwise_hessian), or with `blockwise` False the
+        whole model with a double backward (llmc.runner.loss_hessian)."""
+        hessian = blockwise_loss_hessian if blockwise else loss_hessian
+        return hessian(self.handle, self.windows(n_windows), self.device)
 
     def fingerprint(self, n_windows: int) -> dict:
         """What identifies the model's block weights and the first `n_windows` windows."""

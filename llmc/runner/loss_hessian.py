@@ -1,5 +1,7 @@
 """Hessian-vector products of the calibration language-model loss with respect to every block
-Linear's weight, for allocation steps that rank Linears by the loss's curvature (MixGPT).
+Linear's weight, for allocation steps that rank Linears by the loss's curvature (MixGPT): the
+whole model at once (`sensitivity.blockwise: False`; llmc.runner.blockwise_hessian computes the
+same products one block at a time).
 
 Unlike the block loop, this needs the whole model on the device at once, with a double backward
 through it: memory is the weights plus, per decoder Linear, its gradient, the gradient's graph,
@@ -28,9 +30,9 @@ def calibration_windows(batches, n_windows):
 @contextmanager
 def loss_hessian(handle, windows, device):
     """Yields (shapes, hvp): `shapes` maps (block index, Linear name) to the weight's shape, in
-    block order; `hvp(vectors)`
-    returns H v for one vector per weight (any dtype/device; same order), where H is the Hessian
-    of the mean next-token loss over `windows` w.r.t. the block weights.
+    block order; `hvp(vectors)` returns H v for one vector per weight (any dtype/device; same
+    order), where H is the Hessian of the mean next-token loss over `windows` w.r.t. the block
+    weights; `hvp(vectors, reduce)` returns reduce(v_i, (H v)_i) for each instead.
 
     With one window its first-order graph is built once and reused by every product; with more
     it is rebuilt per window per product, so memory stays at one window's graph. The model is
@@ -43,18 +45,24 @@ def loss_hessian(handle, windows, device):
         loss = handle.model(input_ids=ids, labels=ids, use_cache=False).loss
         if not torch.isfinite(loss):
             raise LlmcError(f"the calibration loss is {loss.item()}; try model.torch_dtype: float32")
-        return torch.autograd.grad(loss, tensors, create_graph=True)
+        # an expert the router sent no token of the window has no gradient: zero
+        return torch.autograd.grad(loss, tensors, create_graph=True, allow_unused=True,
+                                   materialize_grads=True)
 
     kept = []
 
-    def hvp(vectors):
+    def hvp(vectors, reduce=None):
         vectors = [v.to(device, w.dtype) for v, w in zip(vectors, tensors)]
         total = None
         for window in windows:
             grads = kept[0] if kept else gradients(window)
-            products = torch.autograd.grad(grads, tensors, vectors, retain_graph=bool(kept))
+            products = torch.autograd.grad(grads, tensors, vectors, retain_graph=bool(kept),
+                                           allow_unused=True, materialize_grads=True)
             total = list(products) if total is None else [t + p for t, p in zip(total, products)]
-        return [t / len(windows) for t in total]
+        products = [t / len(windows) for t in total]
+        if reduce is None:
+            return products
+        return [reduce(v, p) for v, p in zip(vectors, products)]
 
     try:
         with handle.whole_on(device):
@@ -82,4 +90,5 @@ def loss_hessian(handle, windows, device):
             f"out of memory on {device} for the loss Hessian (the whole model with a double "
             "backward, about 5x the Linears' weights): run it once where it fits (base.device: "
             "cpu, or a larger GPU) with sensitivity.cache: True and reuse "
-            "save_path/sensitivity.json, or lower calib.seq_len") from None
+            "save_path/sensitivity.json, or set sparse.mixgpt.sensitivity.blockwise: True"
+        ) from None

@@ -82,6 +82,10 @@ class SensitivityCfg:
     cache: bool = setting(True, "keep the traces in `save_path/sensitivity.json` and reuse them "
                           "when model weights, windows and these settings match")
     seed: int = setting(0, "seeds the Rademacher probes; in [0, 2^32)")
+    blockwise: bool = setting(True, "Hessian-vector products one block on the device at a time "
+                              "(forward-over-reverse: a few blocks' memory, the same traces); "
+                              "`False`: the whole model at once with a double backward (~5x "
+                              "its Linears' weights; faster where that fits)")
 
 
 @dataclass
@@ -151,7 +155,7 @@ class MixGPT(SparseGPT):
 
         def compute():
             start = time.perf_counter()
-            with calibration.loss_hessian(sens.n_samples) as (shapes, hvp):
+            with calibration.loss_hessian(sens.n_samples, sens.blockwise) as (shapes, hvp):
                 # under torchrun the probes are shared out (the estimate is one process's)
                 traces, probes, converged = hutchinson_traces(hvp, shapes, sens.max_iter,
                                                               sens.tol, sens.seed,

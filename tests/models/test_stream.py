@@ -114,12 +114,12 @@ def test_streamed_output_is_a_sharded_directory_transformers_loads(cli, stream_c
     assert torch.equal(logits[0], logits[1])
 
 
-@pytest.mark.parametrize("method", ["Wanda", "SparseGPT", "OWL"])
+@pytest.mark.parametrize("method", ["Wanda", "SparseGPT", "OWL", "MixGPT"])
 def test_a_streamed_run_holds_one_part_at_a_time(cli, stream_config, monkeypatch, method):
     """Counted in parameters, not RSS: the most ever materialised at once is the largest single
     part (the embeddings, one block, or the final norm and head), through capture, the OWL
-    measuring pass, pruning, the report, the per-block evals (perplexity and cloze) and the
-    save."""
+    measuring pass, MixGPT's loss Hessian (block by block), pruning, the report, the per-block
+    evals (perplexity and cloze) and the save."""
     from llmc.models.stream import StreamedHandle
 
     held = {"now": 0, "peak": 0}
@@ -139,7 +139,8 @@ def test_a_streamed_run_holds_one_part_at_a_time(cli, stream_config, monkeypatch
                           for part, keys in self._parts.items()})
 
     monkeypatch.setattr(StreamedHandle, "_install", counting_install)
-    path = stream_config("opt", method, "stream",
+    sparse = {"mixgpt": {"sensitivity": {"max_iter": 2}}} if method == "MixGPT" else None
+    path = stream_config("opt", method, "stream", sparse=sparse,
                          eval_cfg={"eval_pos": ["pretrain", "transformed"],
                                    "inference_per_block": True,
                                    "tasks": ["cloze"], "cloze_paragraphs": 4})

@@ -19,10 +19,11 @@ def _windows(n, length=12):
     return [torch.randint(0, 300, (1, length), generator=gen) for _ in range(n)]
 
 
-def _plain_hvp(model, windows, names, vectors):
+def _plain_hvp(model, windows, names, vectors, blocks="model.layers"):
     """H v of the mean loss over `windows`, by torch.autograd.functional.hvp on a function of
-    the block weights alone (the model called with those weights swapped in)."""
-    full = [f"model.layers.{index}.{name}.weight" for index, name in names]
+    the block weights alone (the model, its blocks at `blocks`, called with those weights
+    swapped in)."""
+    full = [f"{blocks}.{index}.{name}.weight" for index, name in names]
     params = dict(model.named_parameters())
     start = tuple(params[name].detach().clone() for name in full)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_model
+from conftest import arch_adapter, tiny_model
 from llmc.config import CalibCfg, sparse_config
 from llmc.errors import ConfigError, LlmcError
 from llmc.models import ModelHandle
@@ -136,6 +136,22 @@ def test_pruned_linears_show_the_per_linear_plan():
             assert abs(achieved - plan.target(index, name).sparsity) <= 1 / weight.shape[1], name
             zeros, total = zeros + int((weight == 0).sum()), total + weight.numel()
     assert zeros / total == pytest.approx(0.5, abs=0.01)  # weighted: the overall mean is p
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3_moe"])
+def test_blockwise_and_whole_model_traces_give_the_same_plan(arch):
+    """The sensitivity pass one block at a time (the default) and the whole model's double
+    backward: the same traces bit for bit, so the same plan."""
+    model = tiny_model(arch, num_hidden_layers=2)
+    calibration = Calibration(ModelHandle(model, arch_adapter(arch)), _batches(2), CPU)
+    records, plans = [], []
+    for blockwise in (True, False):
+        cfg = _cfg(blockwise=blockwise, max_iter=4)
+        method = METHODS["MixGPT"](cfg)
+        records.append(method.measure_sensitivity(calibration))
+        plans.append(method.allocate(cfg.weight, calibration).describe())
+    assert records[0]["traces"] == records[1]["traces"] and records[0]["probes"] == 4
+    assert plans[0] == plans[1]
 
 
 def test_layer_granularity_sums_a_layers_linears():
