@@ -18,6 +18,7 @@ from .errors import LlmcError
 POINTS = (
     "run:started",           # lock held, leftovers cleaned, staging directory made
     "structure:sliced",      # a structured pass has sliced a block (streamed: shard written)
+    "plan:allocated",        # the method's allocation step done (bench: MixGPT's traces alone)
     "block:written",         # a finished block's shard written, its resume state not yet
     "block:checkpointed",    # the resume state names the next block
     "save:plan-written",     # plan.png in the staging directory

@@ -16,6 +16,7 @@ from loguru import logger
 from .achieved import sparsity_report, unit_sparsity
 from .distributed import World
 from .errors import LlmcError
+from .faults import pause_point
 from .eval import perplexity
 from .eval.tasks import task_line
 from .packed import dense_grids, write_packed
@@ -139,6 +140,7 @@ def allocate_and_evaluate(cfg, method, handle, batches, eval_sets, device, resul
                               min_expert_tokens=cfg.calib.min_expert_tokens)
     plan = method.allocate(cfg.sparse.weight, calibration)
     results["timings"]["allocate"] = time.perf_counter() - start
+    pause_point("plan:allocated")
     if "pretrain" in cfg.eval.eval_pos and structure is None:
         evaluate(handle, eval_sets, cfg, device, "pretrain", results, world, suite,
                  checkpoint_dir)

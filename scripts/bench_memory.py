@@ -16,6 +16,12 @@ layers, 32 heads / 4 KV heads, untied head) and the built-in tokenizer's vocabul
 from a seeded random init in fp32 (~4.7 GB) under --work and reused (a marker file is written
 last). Its runs need ~10 GB of disk with their outputs.
 
+`--methods mixgpt-sensitivity` runs MixGPT's Hessian traces alone (blockwise, the default;
+`mixgpt-sensitivity-whole`: the whole-model double backward) for 3 probes (1 on synthetic7b)
+over one window and stops there; its row's prune time is the traces' time, its time per block
+that per probe and block. Both on one model and engine also give the blockwise / whole-model
+time per probe.
+
 `synthetic7b` has Llama-2-7B's shapes (hidden 4096, intermediate 11008, 32 layers, 32 heads,
 untied head; the built-in tokenizer's vocabulary of 49152 for its 32000) in bfloat16, ~13.9 GB,
 written tensor by tensor (scripts/synthetic_checkpoint.py: the maker never holds the model),
@@ -42,6 +48,13 @@ SEVEN_B_SHAPES = dict(hidden_size=4096, intermediate_size=11008, num_hidden_laye
 CALIBRATION = ["calib.n_samples=16", "calib.seq_len=256", "eval.eval_pos=[]",
                "save.save_trans=True", "save.overwrite=True", "base.device=cpu"]
 SEVEN_B_CALIBRATION = [*CALIBRATION, "calib.n_samples=4", "calib.seq_len=128"]
+# Runs of MixGPT's Hessian traces alone: the run stops once its allocation step is done
+# (LLMC_FAIL_AT=plan:allocated) after a fixed number of probes over the first window; the
+# traces' time and probes come from save_path/sensitivity.json.
+SENSITIVITY_RUNS = {"mixgpt-sensitivity": "sparse.mixgpt.sensitivity.blockwise=True",
+                    "mixgpt-sensitivity-whole": "sparse.mixgpt.sensitivity.blockwise=False"}
+SENSITIVITY_PROBES = ["sparse.mixgpt.sensitivity.max_iter=3", "sparse.mixgpt.sensitivity.tol=0",
+                      "sparse.mixgpt.sensitivity.n_samples=1"]
 
 
 def synthetic_config(vocab_size: int, shapes=SYNTHETIC_SHAPES):
@@ -104,13 +117,14 @@ def make_synthetic_7b(work: Path, source: Path) -> Path:
     return made_once(work / "synthetic-7b", source, 32, write)
 
 
-def run_child(config: str, overrides, threads: int, log: Path):
-    """(exit code, peak RSS in bytes, seconds) of one `python -m llmc` child."""
+def run_child(config: str, overrides, threads: int, log: Path, env=None):
+    """(exit code, peak RSS in bytes, seconds) of one `python -m llmc` child (`env`: more
+    environment variables)."""
     argv = [sys.executable, "-m", "llmc", "--config", config, "--log-level", "WARNING"]
     for item in overrides:
         argv += ["--set", item]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "PYTHONPATH": str(ROOT)}
+           "PYTHONPATH": str(ROOT), **(env or {})}
     start = time.perf_counter()
     with open(log, "w") as out:
         child = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -132,6 +146,51 @@ def figures_of(model: str, method: str, engine: str, checkpoint_bytes: int, rss:
         row.update(checkpoint_s=checkpoint, fsync_s=timings.get("resume_fsync", 0.0),
                    checkpoint_over_rest=checkpoint / (timings["prune_total"] - checkpoint))
     return row
+
+
+def sensitivity_figures(model: str, method: str, engine: str, checkpoint_bytes: int, rss: int,
+                        record: dict, blocks: int) -> dict:
+    """A sensitivity run's row: its 'prune' time is the traces' time, 'per block' per probe and
+    block."""
+    seconds = record["seconds"]
+    return {"model": model, "method": method, "engine": engine, "asked": engine,
+            "peak_rss_gib": rss / 2**30, "rss_over_checkpoint": rss / checkpoint_bytes,
+            "prune_s": seconds, "probes": record["probes"],
+            "prune_s_per_block": seconds / record["probes"] / blocks, "write_s": 0.0}
+
+
+def run_one(model, method, engine, path: Path, size: int, work: Path, threads: int) -> dict:
+    save = work / "runs" / f"{model}-{method}-{engine}"
+    # A bench killed mid-run leaves a resume state there: a rerun would resume, not time.
+    shutil.rmtree(save, ignore_errors=True)
+    overrides = [f"model.path={path}", f"model.load={engine}", f"save.save_path={save}",
+                 *(SEVEN_B_CALIBRATION if model == "synthetic7b" else CALIBRATION)]
+    config, env = f"configs/sparse/{method}.yml", None
+    if method in SENSITIVITY_RUNS:
+        config, env = "configs/sparse/mixgpt.yml", {"LLMC_FAIL_AT": "plan:allocated"}
+        overrides += [SENSITIVITY_RUNS[method], *SENSITIVITY_PROBES]
+        if model == "synthetic7b":  # ~6 minutes a probe on 2 cores; memory is per probe
+            overrides.append("sparse.mixgpt.sensitivity.max_iter=1")
+    log = work / f"{save.name}.log"
+    code, rss, seconds = run_child(config, overrides, threads, log, env)
+    if env is not None:  # stopped on purpose after the traces: they must be there
+        record = save / "sensitivity.json"
+        if code == 0 or not record.exists() or "plan:allocated" not in log.read_text():
+            sys.exit(f"bench: the {model} {method} {engine} run did not stop after its "
+                     f"Hessian traces (exit {code}); see {log}")
+        blocks = json.loads((path / "config.json").read_text())["num_hidden_layers"]
+        row = sensitivity_figures(model, method, engine, size, rss,
+                                  json.loads(record.read_text())["value"], blocks)
+    else:
+        if code != 0:
+            sys.exit(f"bench: the {model} {method} {engine} run failed (exit {code}); "
+                     f"see {log}")
+        results = json.loads((save / "results.json").read_text())
+        row = figures_of(model, method, engine, size, rss, results)
+    print(f"  {model} {method} {engine}: {seconds:.0f} s, peak RSS {rss / 2**30:.2f} GiB",
+          flush=True)
+    shutil.rmtree(save, ignore_errors=True)  # ~5 GB each for the synthetic model
+    return {**row, "wall_s": seconds}
 
 
 def ratios(rows) -> list:
@@ -163,6 +222,12 @@ def print_table(rows, checkpoint_sizes) -> None:
     for r in ratios(rows):
         print(f"{r['model']} {r['method']}: streamed / in-memory prune time = "
               f"{r['stream_over_memory_prune']:.3f}")
+    for model in dict.fromkeys(r["model"] for r in rows):
+        times = {r["method"]: r["prune_s"] / r["probes"] for r in rows
+                 if r["model"] == model and "probes" in r and r["engine"] == "memory"}
+        if len(times) == 2:
+            print(f"{model}: Hessian traces block by block / whole model, time per probe = "
+                  f"{times['mixgpt-sensitivity'] / times['mixgpt-sensitivity-whole']:.3f}")
 
 
 # Without --models/--methods/--engines: both engines of both methods on the built-in model
@@ -189,7 +254,8 @@ def planned_runs(models, methods, engines) -> list:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", help="comma-separated: builtin, synthetic, synthetic7b")
-    parser.add_argument("--methods", help="comma-separated: wanda, sparsegpt, ...")
+    parser.add_argument("--methods", help="comma-separated: wanda, sparsegpt, ..., "
+                        "mixgpt-sensitivity, mixgpt-sensitivity-whole")
     parser.add_argument("--engines", help="comma-separated: memory, stream")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default=os.environ.get("LLMC_BENCH_DIR", "/tmp/llmc-bench"))
@@ -206,25 +272,8 @@ def main(argv=None):
     if "synthetic7b" in models:
         paths["synthetic7b"] = make_synthetic_7b(work, source)
     sizes = {model: weight_bytes(paths[model]) for model in models}
-    rows = []
-    for model, method, engine in runs:
-        save = work / "runs" / f"{model}-{method}-{engine}"
-        # A bench killed mid-run leaves a resume state there: a rerun would resume, not time.
-        shutil.rmtree(save, ignore_errors=True)
-        overrides = [f"model.path={paths[model]}", f"model.load={engine}",
-                     f"save.save_path={save}",
-                     *(SEVEN_B_CALIBRATION if model == "synthetic7b" else CALIBRATION)]
-        code, rss, seconds = run_child(f"configs/sparse/{method}.yml", overrides,
-                                       args.threads, work / f"{save.name}.log")
-        if code != 0:
-            sys.exit(f"bench: the {model} {method} {engine} run failed (exit {code}); "
-                     f"see {work / (save.name + '.log')}")
-        results = json.loads((save / "results.json").read_text())
-        rows.append({**figures_of(model, method, engine, sizes[model], rss, results),
-                     "wall_s": seconds})
-        print(f"  {model} {method} {engine}: {seconds:.0f} s, peak RSS "
-              f"{rss / 2**30:.2f} GiB", flush=True)
-        shutil.rmtree(save, ignore_errors=True)  # ~5 GB each for the synthetic model
+    rows = [run_one(model, method, engine, paths[model], sizes[model], work, args.threads)
+            for model, method, engine in runs]
     print_table(rows, sizes)
     if args.json:
         Path(args.json).write_text(json.dumps({"checkpoint_bytes": sizes, "runs": rows,

@@ -66,3 +66,13 @@ def test_the_7b_shape_is_llama_2_7bs():
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     assert sum(p.numel() for p in model.parameters()) == 6_738_415_616  # Llama-2-7B's count
+
+
+def test_a_sensitivity_row_is_per_probe_and_block():
+    record = {"seconds": 60.0, "probes": 3}
+    row = bench_memory.sensitivity_figures("m", "mixgpt-sensitivity", "stream", 4 * 2**30,
+                                           2**30, record, blocks=10)
+    assert row["prune_s"] == 60.0 and row["probes"] == 3
+    assert row["prune_s_per_block"] == 2.0  # 60 s over 3 probes of 10 blocks
+    assert row["rss_over_checkpoint"] == 0.25
+    assert bench_memory.ratios([row]) == []  # no in-memory row to compare with
