@@ -22,6 +22,9 @@ over one window and stops there; its row's prune time is the traces' time, its t
 that per probe and block. Both on one model and engine also give the blockwise / whole-model
 time per probe.
 
+`--methods ria-realloc` is RIA 2:4 with the channel reallocation (configs/sparse/ria_2-4.yml,
+`sparse.ria.reallocation: True`).
+
 `synthetic7b` has Llama-2-7B's shapes (hidden 4096, intermediate 11008, 32 layers, 32 heads,
 untied head; the built-in tokenizer's vocabulary of 49152 for its 32000) in bfloat16, ~13.9 GB,
 written tensor by tensor (scripts/synthetic_checkpoint.py: the maker never holds the model),
@@ -51,6 +54,9 @@ SEVEN_B_CALIBRATION = [*CALIBRATION, "calib.n_samples=4", "calib.seq_len=128"]
 # Runs of MixGPT's Hessian traces alone: the run stops once its allocation step is done
 # (LLMC_FAIL_AT=plan:allocated) after a fixed number of probes over the first window; the
 # traces' time and probes come from save_path/sensitivity.json.
+# Methods named by a shipped config and settings of their own: RIA's 2:4 with the channel
+# reallocation (the column orders written beside each streamed block).
+CONFIG_RUNS = {"ria-realloc": ("ria_2-4", ["sparse.ria.reallocation=True"])}
 SENSITIVITY_RUNS = {"mixgpt-sensitivity": "sparse.mixgpt.sensitivity.blockwise=True",
                     "mixgpt-sensitivity-whole": "sparse.mixgpt.sensitivity.blockwise=False"}
 SENSITIVITY_PROBES = ["sparse.mixgpt.sensitivity.max_iter=3", "sparse.mixgpt.sensitivity.tol=0",
@@ -166,6 +172,9 @@ def run_one(model, method, engine, path: Path, size: int, work: Path, threads: i
     overrides = [f"model.path={path}", f"model.load={engine}", f"save.save_path={save}",
                  *(SEVEN_B_CALIBRATION if model == "synthetic7b" else CALIBRATION)]
     config, env = f"configs/sparse/{method}.yml", None
+    if method in CONFIG_RUNS:
+        config = f"configs/sparse/{CONFIG_RUNS[method][0]}.yml"
+        overrides += CONFIG_RUNS[method][1]
     if method in SENSITIVITY_RUNS:
         config, env = "configs/sparse/mixgpt.yml", {"LLMC_FAIL_AT": "plan:allocated"}
         overrides += [SENSITIVITY_RUNS[method], *SENSITIVITY_PROBES]
@@ -255,7 +264,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", help="comma-separated: builtin, synthetic, synthetic7b")
     parser.add_argument("--methods", help="comma-separated: wanda, sparsegpt, ..., "
-                        "mixgpt-sensitivity, mixgpt-sensitivity-whole")
+                        "ria-realloc, mixgpt-sensitivity, mixgpt-sensitivity-whole")
     parser.add_argument("--engines", help="comma-separated: memory, stream")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default=os.environ.get("LLMC_BENCH_DIR", "/tmp/llmc-bench"))
