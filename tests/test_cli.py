@@ -149,7 +149,7 @@ def test_mixgpt_run_records_plan_achieved_and_reuses_its_traces(run_config, tmp_
         assert abs(achieved - target) <= 1 / 32  # the tiny Linears have 32 or more columns
     assert results["sparsity"]["overall"] == pytest.approx(0.5, abs=0.01)
     sensitivity = results["method"]["sensitivity"]
-    assert sensitivity["probes"] == 10 and not sensitivity["reused"]
+    assert sensitivity["probes"] == 10 and not sensitivity["reused"] and sensitivity["blockwise"]
     cached = json.loads((save / "sensitivity.json").read_text())
     assert len(cached["value"]["traces"]) == len(cached["value"]["linears"]) == 14
     assert cached["key"]["max_iter"] == 10

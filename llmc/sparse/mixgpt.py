@@ -179,7 +179,8 @@ class MixGPT(SparseGPT):
         else:
             record, reused = compute(), False
         self.sensitivity_record = {**{k: record[k] for k in ("probes", "converged", "seconds")},
-                                   "n_samples": sens.n_samples, "reused": reused}
+                                   "n_samples": sens.n_samples, "blockwise": sens.blockwise,
+                                   "reused": reused}
         logger.info(f"Hessian traces: {record['probes']} probes "
                     f"({'converged' if record['converged'] else 'max_iter reached'}), "
                     f"{record['seconds']:.1f} s{' (from the cache)' if reused else ''}")
