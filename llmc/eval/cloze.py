@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..distributed import World
-from .perplexity import head_logits, last_block_outputs
+from .perplexity import last_block_outputs
 
 MIN_WORDS = 20
 SEED = 0  # the sample of paragraphs: the same in every run, so that runs compare
@@ -126,7 +126,7 @@ def cloze_accuracy(handle, items: Sequence[ClozeItem], device, max_batch_tokens:
                 item = items[index]
                 start = len(item.context) - 1  # the position that predicts the first target token
                 out = hidden[row, start:start + len(item.target)].to(device)
-                right, item_nll = score_item(item, head_logits(handle, final, out).cpu())
+                right, item_nll = score_item(item, handle.head_logits(final, out).cpu())
                 correct, nll = correct + right, nll + item_nll
     if world.distributed:
         totals = world.sum(torch.tensor([correct, nll], dtype=torch.float64, device=device))

@@ -61,7 +61,7 @@ def _streamed_nlls(handle, batches, device, desc):
     nlls = []
     with handle.post_blocks_on(device) as final:
         for hidden, ids in zip(outputs, batches):
-            nlls.append(window_nll(head_logits(handle, final, hidden.to(device)), ids.to(device)))
+            nlls.append(window_nll(handle.head_logits(final, hidden.to(device)), ids.to(device)))
     return nlls
 
 
@@ -71,11 +71,3 @@ def last_block_outputs(handle, batches, device, desc) -> list:
     inputs = capture_block_inputs(handle, batches, device, home=torch.device("cpu"))
     forward_all_blocks(handle, inputs, device, desc=f"{desc}: forward per block")
     return inputs.hidden
-
-
-def head_logits(handle, final, hidden: torch.Tensor) -> torch.Tensor:
-    """The logits from the last block's outputs `hidden`: the post-block modules `final` (final
-    norm, head) in order, then the adapter's logits hook."""
-    for module in final:
-        hidden = module(hidden)
-    return handle.final_logits(hidden)

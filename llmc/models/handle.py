@@ -134,12 +134,15 @@ class ModelHandle:
         """Every Linear of every block is in exactly one input group (see Adapter.check)."""
         self.adapter.check(self.model)
 
-    def final_logits(self, output: torch.Tensor) -> torch.Tensor:
-        """The logits the model computes from its last post-block module's `output` (the same
-        tensor, unless the adapter's `logits` hook says more: Gemma's soft-capping)."""
+    def head_logits(self, final, hidden: torch.Tensor) -> torch.Tensor:
+        """The logits from the last block's outputs `hidden`: the post-block modules `final`
+        (`post_blocks_on`: final norm, head) in order, then the adapter's `logits` hook, if any
+        (Gemma's soft-capping)."""
+        for module in final:
+            hidden = module(hidden)
         if self.adapter.logits is None:
-            return output
-        return self.adapter.logits(self.model.config, output)
+            return hidden
+        return self.adapter.logits(self.model.config, hidden)
 
     @contextmanager
     def block_on(self, index: int, device) -> Iterator[nn.Module]:

@@ -38,9 +38,7 @@ CPU = torch.device("cpu")
 def window_loss(handle, final, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """The model's mean next-token loss of one window from the last block's outputs `hidden`
     (as transformers' causal-LM loss: float32 logits, tokens 1.. predicted from 0..)."""
-    for module in final:
-        hidden = module(hidden)
-    logits = handle.final_logits(hidden)[:, :-1, :].float()
+    logits = handle.head_logits(final, hidden)[:, :-1, :].float()
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
 
 
