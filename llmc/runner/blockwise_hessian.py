@@ -53,6 +53,20 @@ def _block_function(block, names, args, kwargs):
     return forward
 
 
+def _leaves_and_output(forward, hidden, weights):
+    """([hidden, *weights] as leaves of a graph of their own, the block's output from them)."""
+    leaves = [hidden.detach().requires_grad_(True),
+              *(w.detach().requires_grad_(True) for w in weights)]
+    return leaves, forward(leaves[0], tuple(leaves[1:]))
+
+
+def _first_order(out, leaves, cotangent):
+    """The VJP of `out` with `cotangent` w.r.t. each leaf, its graph kept for a second backward
+    (an expert no token of the window reached has no gradient: zero)."""
+    return torch.autograd.grad(out, leaves, cotangent, create_graph=True, allow_unused=True,
+                               materialize_grads=True)
+
+
 def _forward_step(forward, hidden, weights, tangents):
     """(f(h, W), its tangent J_h dh + J_W v) of one block `forward` at (`hidden`, `weights`)
     along `tangents` (of the hidden states, then of each weight). By reverse mode twice: the
@@ -60,12 +74,9 @@ def _forward_step(forward, hidden, weights, tangents):
     JVP. torch's forward mode would need formulas some ops lack (BLOOM's GeLU is an
     autograd.Function); double backward is what the whole-model product uses."""
     with torch.enable_grad():
-        leaves = [hidden.detach().requires_grad_(True),
-                  *(w.detach().requires_grad_(True) for w in weights)]
-        out = forward(leaves[0], tuple(leaves[1:]))
+        leaves, out = _leaves_and_output(forward, hidden, weights)
         cotangent = torch.zeros_like(out, requires_grad=True)
-        gradients = torch.autograd.grad(out, leaves, cotangent, create_graph=True,
-                                        allow_unused=True, materialize_grads=True)
+        gradients = _first_order(out, leaves, cotangent)
         total = sum((gradient * tangent).sum() for gradient, tangent in zip(gradients, tangents))
         tangent, = torch.autograd.grad(total, cotangent, allow_unused=True,
                                        materialize_grads=True)
@@ -82,12 +93,8 @@ def _reverse_step(forward, hidden, weights, adjoint, tangents, adjoint_tangent):
     derivatives that the whole-model product uses too; a JVP of the VJP would need forward-mode
     formulas for backward ops, which torch lacks for some, silu_backward among them)."""
     with torch.enable_grad():
-        leaves = [hidden.detach().requires_grad_(True),
-                  *(w.detach().requires_grad_(True) for w in weights)]
-        out = forward(leaves[0], tuple(leaves[1:]))
-        # an expert no token of this window reached has no gradient: zero
-        gradients = torch.autograd.grad(out, leaves, adjoint, create_graph=True,
-                                        allow_unused=True, materialize_grads=True)
+        leaves, out = _leaves_and_output(forward, hidden, weights)
+        gradients = _first_order(out, leaves, adjoint)
         total = (out * adjoint_tangent).sum()
         for gradient, tangent in zip(gradients, tangents):
             total = total + (gradient * tangent).sum()
