@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from conftest import TINY_ARCHS, arch_model, random_text, save_model_dir
 
@@ -67,7 +68,20 @@ def run_both(cli, stream_config, arch, method, **kwargs):
 
 
 def assert_same_weights(memory, stream):
-    assert sorted(memory) == sorted(stream)
+    assert sorted(memory) == sorted(stream), (set(memory) ^ set(stream))
     for name in memory:
         assert memory[name].dtype == stream[name].dtype, name
         assert torch.equal(memory[name], stream[name]), name
+
+
+def as_fused(directory) -> list:
+    """Re-save `directory`'s model as a transformers 5 model holds it (each layer's experts in
+    two fused 3-D tensors), not in the published per-expert layout save_pretrained writes by
+    default. Returns the new names."""
+    from transformers import AutoModelForCausalLM
+
+    directory = Path(directory)
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    (directory / "model.safetensors").unlink()
+    model.save_pretrained(directory, save_original_format=False)
+    return sorted(load_file(directory / "model.safetensors"))

@@ -66,6 +66,11 @@ class Adapter:
     # Paths (relative to a block) of fused experts modules (3-D gate_up_proj / down_proj), each
     # presented as one ExpertMLP of Linears per expert while a handle holds the model.
     experts: Tuple[str, ...] = ()
+    # (the model's, the checkpoint's) name fragments where the published checkpoints name
+    # tensors otherwise and transformers renames them on loading and back on saving (Mixtral:
+    # (".mlp.", ".block_sparse_moe."), (".gate_proj.", ".w1."), ...): the streamed engine reads
+    # and saves such checkpoints through them (llmc.models.checkpoint_layout).
+    checkpoint_names: Tuple[Tuple[str, str], ...] = ()
     # Linears (relative to a block) deliberately left dense: routers and gates that choose
     # between experts (Qwen2-MoE's shared_expert_gate), whose few rows pruning would distort.
     dense: Tuple[str, ...] = ()

@@ -31,8 +31,13 @@ COMMON = dict(
     experts=("mlp.experts",),
 )
 
+# The published checkpoints (and transformers 5's save_pretrained) name the MoE block
+# block_sparse_moe and an expert's matrices w1 (gate), w3 (up), w2 (down).
 MODELS.register("Mixtral")(Adapter(
-    name="Mixtral", model_types=("mixtral",), groups=ATTENTION + EXPERTS, **COMMON))
+    name="Mixtral", model_types=("mixtral",), groups=ATTENTION + EXPERTS,
+    checkpoint_names=((".mlp.", ".block_sparse_moe."), (".gate_proj.", ".w1."),
+                      (".up_proj.", ".w3."), (".down_proj.", ".w2.")),
+    **COMMON))
 
 MODELS.register("Qwen2Moe")(Adapter(
     name="Qwen2Moe", model_types=("qwen2_moe",),

@@ -11,7 +11,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 
@@ -70,6 +70,28 @@ def read_tensor(entry: TensorEntry) -> torch.Tensor:
     return tensor
 
 
+@dataclass
+class Pieces:
+    """A tensor of `shape` written from `parts` whose bytes, one after the other, are its bytes
+    (a fused experts tensor from its experts' matrices: llmc.models.checkpoint_layout), so no
+    copy of the whole is made."""
+    shape: Tuple[int, ...]
+    parts: List[torch.Tensor]
+
+
+def _as_parts(name: str, tensor: Union[torch.Tensor, Pieces]):
+    """(dtype, shape, [contiguous CPU tensors whose bytes are the tensor's, in order])."""
+    if isinstance(tensor, torch.Tensor):
+        tensor = tensor.detach().to("cpu").contiguous()
+        return tensor.dtype, tensor.shape, [tensor]
+    parts = [part.detach().to("cpu").contiguous() for part in tensor.parts]
+    if len({part.dtype for part in parts}) != 1 or \
+            sum(part.numel() for part in parts) != torch.Size(tensor.shape).numel():
+        raise ValueError(f"{name}: pieces of {[tuple(p.shape) for p in parts]} do not make one "
+                         f"tensor of shape {list(tensor.shape)}")
+    return parts[0].dtype, torch.Size(tensor.shape), parts
+
+
 def _bytes_of(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.reshape(-1).view(torch.uint8)
 
@@ -88,19 +110,21 @@ def safetensors_header(entries) -> Tuple[bytes, int]:
     return encoded + b" " * (-len(encoded) % 8), offset  # the data aligned to 8 bytes
 
 
-def write_tensors(path: Path, tensors: Iterable[Tuple[str, torch.Tensor]],
+def write_tensors(path: Path, tensors: Iterable[Tuple[str, Union[torch.Tensor, Pieces]]],
                   timing: Optional[dict] = None, digest=None) -> int:
-    """Write (name, tensor) pairs to `path` as a safetensors file (in the given order), via a
-    temporary name, fsync'ed and renamed into place. Returns the bytes of tensor data. With
+    """Write (name, tensor or Pieces) pairs to `path` as a safetensors file (in that order),
+    via a temporary name, fsync'ed and renamed into place. Returns the bytes of tensor data. With
     `timing`, the seconds spent in fsync are added to timing["fsync"]; with `digest` (a hashlib
     object), every byte written is fed to it, so the file's sha256 costs no second read."""
-    tensors = [(name, t.detach().to("cpu").contiguous()) for name, t in tensors]
-    encoded, offset = safetensors_header([(name, t.dtype, t.shape) for name, t in tensors])
+    tensors = [(name, *_as_parts(name, t)) for name, t in tensors]
+    encoded, offset = safetensors_header([(name, dtype, shape) for name, dtype, shape, _ in
+                                          tensors])
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(temporary, "wb") as f:
             for chunk in (struct.pack("<Q", len(encoded)), encoded,
-                          *(memoryview(_bytes_of(t).numpy()) for _, t in tensors if t.numel())):
+                          *(memoryview(_bytes_of(part).numpy()) for *_, parts in tensors
+                            for part in parts if part.numel())):
                 f.write(chunk)
                 if digest is not None:
                     digest.update(chunk)

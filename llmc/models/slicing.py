@@ -18,7 +18,7 @@ import torch.nn as nn
 from loguru import logger
 
 from ..errors import LlmcError
-from .experts import fuse_experts, unfuse_experts
+from .experts import unfuse_experts
 
 PER_LAYER_KEYS = ("layer_types",)  # config lists with one entry per decoder block
 LAYER_INDEX_KEYS = ("mlp_only_layers",)  # config lists of block indices (Qwen2/3-MoE's dense)
@@ -230,7 +230,7 @@ def resize_config(handle, shape: Shape, kept: Kept) -> None:
     switches on the bias keys `kept` asks for; then check_rebuilds (every block sliced, with the
     zero biases of target_biases)."""
     _set_widths(handle.model.config, handle.adapter.widths, shape, kept)
-    check_rebuilds(handle.model)
+    check_rebuilds(handle.model, handle.adapter)
 
 
 def remove_blocks(handle, removed: List[int]) -> None:
@@ -262,15 +262,12 @@ def remove_blocks(handle, removed: List[int]) -> None:
         if isinstance(value, int) and not isinstance(value, bool):
             setattr(config, key, sum(1 for i in range(min(value, count)) if i not in gone))
     handle.forget_blocks()
-    fuse_experts(blocks, handle.adapter.experts)  # compared in transformers' own layout
-    try:
-        check_rebuilds(handle.model)
-    finally:
-        unfuse_experts(blocks, handle.adapter.experts)
+    check_rebuilds(handle.model, handle.adapter)
 
 
-def _rebuilt(model: nn.Module, config=None) -> Dict[str, tuple]:
-    """{tensor name: shape} of the model transformers builds from `config` (`model`'s)."""
+def _rebuilt(model: nn.Module, config=None, adapter=None) -> Dict[str, tuple]:
+    """{tensor name: shape} of the model transformers builds from `config` (`model`'s), its
+    fused experts presented as the handle presents them (`adapter`'s, llmc.models.experts)."""
     config = copy.deepcopy(model.config if config is None else config)
     try:
         with torch.device("meta"):
@@ -278,13 +275,17 @@ def _rebuilt(model: nn.Module, config=None) -> Dict[str, tuple]:
     except Exception as err:  # the family's own config checks
         raise LlmcError(f"the smaller model's config is not one {type(model).__name__} accepts "
                         f"({type(err).__name__}: {err})") from None
+    if adapter is not None and adapter.experts:
+        unfuse_experts(adapter.get_blocks(rebuilt), adapter.experts)
     return {name: tuple(t.shape) for name, t in rebuilt.state_dict().items()}
 
 
-def check_rebuilds(model: nn.Module) -> None:
+def check_rebuilds(model: nn.Module, adapter=None) -> None:
     """The model transformers builds from this model's config has exactly its tensors (names
-    and shapes): what from_pretrained of the saved model will hold."""
-    expected = _rebuilt(model)
+    and shapes): what from_pretrained of the saved model will hold. With the model's `adapter`,
+    both compared with their experts unfused (as a handle holds the model: the live model's
+    are never re-fused, so a streamed skeleton's tensors keep their sources)."""
+    expected = _rebuilt(model, adapter=adapter)
     actual = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     for name in sorted(set(expected) | set(actual)):
         if expected.get(name) != actual.get(name):

@@ -26,9 +26,9 @@ import torch.nn as nn
 from loguru import logger
 
 from ..errors import LlmcError
-from .experts import is_fused_experts
+from .checkpoint_layout import CheckpointLayout, renamed
 from .handle import ModelHandle
-from .safetensors_io import TensorEntry, read_tensor, tensor_entries, write_tensors
+from .safetensors_io import Pieces, TensorEntry, read_tensor, tensor_entries, write_tensors
 
 INDEX = "model.safetensors.index.json"
 # A block as a structured pass left it (smaller, not yet pruned), beside the finished blocks'
@@ -59,18 +59,6 @@ class _Slot:
     source: Optional[TensorEntry]
 
 
-def _checkpoint_name(key: str, names, prefix: str) -> Optional[str]:
-    """The checkpoint's name for model key `key`: the same, or with/without the base model's
-    prefix (checkpoints saved from the base model lack it; from_pretrained maps both)."""
-    if key in names:
-        return key
-    if prefix and key.startswith(prefix + ".") and key[len(prefix) + 1:] in names:
-        return key[len(prefix) + 1:]
-    if prefix and f"{prefix}.{key}" in names:
-        return f"{prefix}.{key}"
-    return None
-
-
 def _link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, target)
@@ -93,15 +81,9 @@ class StreamedHandle(ModelHandle):
     streams = True
 
     def __init__(self, model, adapter, weight_files, shard_dir: Path, writes: bool = True):
-        fused = [f"{adapter.blocks}.{index}.{path}" for index, block in
-                 enumerate(adapter.get_blocks(model))
-                 for path, module in adapter.present(block, adapter.experts)
-                 if is_fused_experts(module)]
-        if fused:
-            raise NotStreamable(f"its experts ({fused[0]}, ...) are fused 3-D tensors, which "
-                                "llmc holds as one Linear per expert (llmc.models.experts) "
-                                "only in memory")
-        super().__init__(model, adapter)
+        super().__init__(model, adapter)  # fused experts presented as Linears: on meta too
+        # which checkpoint bytes hold each key (an expert's inside a fused tensor)
+        self._layout = CheckpointLayout(model, adapter)
         self.shard_dir = Path(shard_dir)
         # Under torchrun rank 0 alone writes the finished blocks; the other ranks read them
         # from shard_dir once written (adopt_finished_blocks), and change nothing on disk.
@@ -122,21 +104,25 @@ class StreamedHandle(ModelHandle):
         entries: Dict[str, TensorEntry] = {}
         for file in weight_files:
             entries.update(tensor_entries(file))
-        prefix = getattr(self.model, "base_model_prefix", "")
+        entries = self._layout.read_from(entries)
+        prefix = self._layout.prefix
         slots, first_of = {}, {}
         named = [(k, t, True) for k, t in self.model.named_parameters(remove_duplicate=False)]
         named += [(k, t, False) for k, t in self.model.named_buffers(remove_duplicate=False)]
         for key, tensor, is_parameter in named:
             path, _, leaf = key.rpartition(".")
             module = self.model.get_submodule(path)
-            name = _checkpoint_name(key, entries, prefix)
-            source = entries[name] if name is not None else None
+            source = self._layout.source_in(entries, key)
             if source is None and id(tensor) in first_of:  # tied (lm_head = embeddings)
                 source = slots[first_of[id(tensor)]].source
             if source is None and (is_parameter or tensor.is_meta):
                 raise NotStreamable(f"the checkpoint has no tensor named {key} (nor without "
                                     f"or with the '{prefix}.' prefix): transformers converts "
                                     "such names on loading, which a streamed model cannot")
+            if source is not None and source.shape != tuple(tensor.shape):
+                raise LlmcError(f"the weight {key} is {list(source.shape)} in the checkpoint "
+                                f"but config.json makes it {list(tensor.shape)}; config.json "
+                                "does not belong to these weights")
             first_of.setdefault(id(tensor), key)
             slots[key] = _Slot(module, leaf, is_parameter, tensor, source)
         return slots
@@ -245,8 +231,8 @@ class StreamedHandle(ModelHandle):
 
     def _write_part(self, part: str) -> None:
         keys = self._parts[part]
-        file = self._write_recorded(self.shard_name(part), [
-            (k, self._current(k) if k in self._held else self._load(k, "cpu")) for k in keys])
+        file = self._write_recorded(self.shard_name(part), self._stored(keys, lambda k: (
+            self._current(k) if k in self._held else self._load(k, "cpu"))))
         self._point_at(file, part)
         for key in keys:
             if key in self._held:
@@ -291,7 +277,7 @@ class StreamedHandle(ModelHandle):
             change(self.block(index))
             self._remap_slots()
             file = self._write_recorded(SLICED.format(index),
-                                        [(k, self._current(k)) for k in self._parts[part]])
+                                        self._stored(self._parts[part], self._current))
             self._point_at(file, part)
         finally:
             for key in self._keys_under([path]):
@@ -342,13 +328,31 @@ class StreamedHandle(ModelHandle):
                 slot = _Slot(module, leaf, is_parameter, _meta_like(tensor, is_parameter), None)
             slots[key] = slot
         self._slots = slots
+        self._layout = CheckpointLayout(self.model, self.adapter, self._layout.fused,
+                                        self._layout.renamed)
         self._saved = self._saved_keys()
         self._parts = self._part_keys()
 
     def _point_at(self, file: Path, part: str) -> None:
-        entries = tensor_entries(file)
+        entries = renamed(tensor_entries(file), self.adapter.checkpoint_names)
         for key in self._parts[part]:
-            self._slots[key].source = entries[key]
+            self._slots[key].source = self._layout.source_in(entries, key)
+
+    def _stored(self, keys, tensor_of) -> List[tuple]:
+        """(name, tensor) of `keys` as stored in the checkpoint's own layout (an expert's
+        Linears inside their fused tensors, written from the pieces: no copy), each key's
+        tensor from `tensor_of`. Every shard is written so: a finished block's is linked into
+        the saved model as it is."""
+        stored = []
+        for name, members, fused in self._layout.stored_layout(keys):
+            if not fused:
+                stored.append((name, tensor_of(members[0])))
+                continue
+            pieces = [tensor_of(key) for key in members]
+            experts = len({self._layout.places[key].expert for key in members})
+            rows = sum(piece.shape[0] for piece in pieces) // experts
+            stored.append((name, Pieces((experts, rows, *pieces[0].shape[1:]), pieces)))
+        return stored
 
     def _current(self, key: str) -> torch.Tensor:
         slot = self._slots[key]
@@ -370,9 +374,9 @@ class StreamedHandle(ModelHandle):
                 self._point_at(path / name, part)
                 total += sum(self._slots[k].source.nbytes for k in keys)
             else:
-                total += write_tensors(path / name, ((k, self._finite_to_save(
-                    k, self._load(k, "cpu"))) for k in keys))
-            weight_map.update({k: name for k in keys})
+                total += write_tensors(path / name, self._stored(
+                    keys, lambda k: self._finite_to_save(k, self._load(k, "cpu"))))
+            weight_map.update({stored: name for stored, *_ in self._layout.stored_layout(keys)})
         (path / INDEX).write_text(json.dumps({"metadata": {"total_size": total},
                                               "weight_map": weight_map}, indent=2) + "\n")
         self._save_configs(path)

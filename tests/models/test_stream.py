@@ -23,9 +23,9 @@ PRUNING_METHODS = sorted(name for name in METHODS if METHODS[name].PRUNES)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-# Fused MoE experts are held in memory only (llmc.models.experts): test_moe_is_held_in_memory.
-STREAMABLE = [arch for arch in ONE_PER_ADAPTER if not arch_adapter(arch).experts]
-MOE = [arch for arch in ONE_PER_ADAPTER if arch_adapter(arch).experts]
+# Every dense adapter with every method, and one MoE family (Qwen2-MoE: a dense layer, a shared
+# expert and routed ones) with every method; the other MoE families: tests/models/test_stream_moe.py.
+STREAMABLE = [arch for arch in ONE_PER_ADAPTER if not arch_adapter(arch).experts] + ["qwen2_moe"]
 
 
 @pytest.mark.parametrize("arch", STREAMABLE)
@@ -49,24 +49,6 @@ def test_streamed_run_equals_in_memory_run(cli, stream_config, arch, method):
 # both propagation modes and both eval positions, per block and whole.
 VARIANTS = [arch for arch in TINY_ARCHS if arch not in ONE_PER_ADAPTER
             and not arch_adapter(arch).experts]
-
-
-@pytest.mark.parametrize("arch", MOE[:1])
-def test_moe_is_held_in_memory(cli, stream_config, arch):
-    """model.load: stream on fused experts is one clear error before any work; auto holds the
-    model in memory and says why."""
-    code, stderr = cli("--config", stream_config(arch, "Wanda", "stream", name="stream"))
-    assert code == 2
-    assert "experts (model.layers.0.mlp.experts, ...) are fused 3-D tensors" in \
-        error_line(stderr)
-    assert "set model.load: auto or memory" in error_line(stderr)
-    path = stream_config(arch, "Wanda", "auto", name="auto")
-    code, stderr = cli("--config", path)
-    assert code == 0, stderr
-    results = json.loads((Path(yaml.safe_load(path.read_text())["save"]["save_path"])
-                          / "results.json").read_text())
-    assert results["engine"]["load"] == "memory"
-    assert "fused 3-D tensors" in results["engine"]["why"]
 
 
 @pytest.mark.parametrize("arch", VARIANTS)
@@ -225,19 +207,15 @@ def test_a_bin_checkpoint_is_loaded_into_memory_under_auto_and_refused_under_str
     code, stderr = cli("--config", stream_config("llama", "Wanda", "auto", name="auto"))
     assert code == 0, stderr
     assert "loading the whole model into memory: its weights are not safetensors" in stderr
-    from conftest import error_line
-
     code, stderr = cli("--config", stream_config("llama", "Wanda", "stream", name="stream"))
     assert code == 2 and "model.load is stream" in error_line(stderr)
 
 
 def test_a_checkpoint_with_names_the_model_lacks_goes_to_transformers_under_auto(
         cli, stream_config):
-    """Names a streamed model cannot map (transformers' own conversions on loading, e.g. of
-    fused MoE experts) make auto load through from_pretrained, saying why, and stream refuse
+    """Names a streamed model cannot map (transformers' own conversions on loading that no
+    adapter's checkpoint_names says) make auto load through from_pretrained, saying why, and stream refuse
     with the fix. Here the name maps nowhere, so from_pretrained then stops the run too."""
-    from conftest import error_line
-
     directory = Path(yaml.safe_load(stream_config("opt", "Wanda", "auto").read_text())
                      ["model"]["path"])
     _rewrite_checkpoint(directory, rename=lambda k: k.replace("decoder.final_layer_norm.weight",

@@ -217,3 +217,33 @@ def test_a_killed_reallocation_run_resumes_with_the_finished_blocks_column_order
     assert orders[0].keys() == orders[1].keys()
     assert all(torch.equal(orders[0][k], orders[1][k]) for k in orders[0])
     assert_clean(save)
+
+
+@pytest.mark.parametrize("arch,layout", [("qwen3_moe", "published"), ("mixtral", "fused")])
+def test_a_killed_moe_run_resumes_to_the_uninterrupted_weights(
+        cli, run_config, tiny_model_dir, tmp_path, arch, layout):
+    """A streamed MoE run writes each finished block in the checkpoint's layout (experts fused
+    or one tensor per expert) and a rerun reads its experts back from there."""
+    from streamed_runs import as_fused
+
+    directory = tiny_model_dir(arch, num_hidden_layers=4)
+    if layout == "fused":
+        as_fused(directory)
+    argv = ["--config", run_config, "--set", f"model.path={directory}", "--set",
+            "model.load=stream", "--set", "model.type=auto", *PRETRAIN, *SPARSEGPT_OUT]
+    reference, save = tmp_path / "reference", tmp_path / "save"
+    assert cli(*argv, "--set", f"save.save_path={reference}")[0] == 0
+    kill_at(tmp_path, [*argv, "--set", f"save.save_path={save}"], "block:checkpointed@1")
+    code, stderr = cli(*argv, "--set", f"save.save_path={save}")
+    assert code == 0, stderr
+    results = [json.loads((path / "results.json").read_text()) for path in (reference, save)]
+    assert_resumed(stderr, results[1], 2, FOUR_BLOCKS)
+    assert results[1]["engine"]["load"] == "stream"
+    for key in ("ppl", "sparsity"):
+        assert results[0][key] == results[1][key], key
+    weights = saved_weights(reference), saved_weights(save)
+    assert weights[0].keys() == weights[1].keys()
+    assert any("gate_up_proj" in name for name in weights[0]) == (layout == "fused")
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), name
+    assert_clean(save)

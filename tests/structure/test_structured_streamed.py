@@ -21,6 +21,9 @@ CASES = {
                                                      "width": {"heads": 1, "channels": 16}}),
     "opt-width-wanda": ("opt", "Wanda", {"structure": "Width",
                                          "width": {"heads": 0, "channels": 16}}),
+    # a MoE model's blocks renumbered: their experts' tensors keep their sources and names
+    "mixtral-shortgpt-wanda": ("mixtral", "Wanda", {"structure": "ShortGPT",
+                                                    "depth": {"remove": 1}}),
     "qwen3-width": ("qwen3", "none", {"structure": "Width",
                                       "width": {"heads": 1, "channels": 8}, **NONE}),
 }
