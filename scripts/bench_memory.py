@@ -30,6 +30,11 @@ untied head; the built-in tokenizer's vocabulary of 49152 for its 32000) in bflo
 written tensor by tensor (scripts/synthetic_checkpoint.py: the maker never holds the model),
 and runs on 4 calibration windows of 128 tokens (SEVEN_B_CALIBRATION). Its runs need ~30 GB of
 disk with their outputs (the streamed shards and the saved model share their bytes).
+
+`synthetic-moe` is a Qwen3-MoE-shaped checkpoint of 2.11B parameters (hidden 2048, 24 layers,
+each with 8 experts of intermediate 1408, 2 per token; 16 heads / 4 KV heads of 128) in
+bfloat16, ~3.9 GB, written tensor by tensor in the published layout (one tensor per expert
+matrix), and runs on 8 calibration windows of 256 tokens (MOE_CALIBRATION).
 """
 import argparse
 import json
@@ -48,9 +53,16 @@ SYNTHETIC_SHAPES = dict(hidden_size=2048, intermediate_size=5632, num_hidden_lay
 SEVEN_B_SHAPES = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                       num_attention_heads=32, num_key_value_heads=32,
                       max_position_embeddings=4096, tie_word_embeddings=False)
+MOE_SHAPES = dict(hidden_size=2048, intermediate_size=5632, moe_intermediate_size=1408,
+                  num_experts=8, num_experts_per_tok=2, num_hidden_layers=24,
+                  num_attention_heads=16, num_key_value_heads=4, head_dim=128,
+                  max_position_embeddings=2048, tie_word_embeddings=False, mlp_only_layers=[],
+                  decoder_sparse_step=1)
 CALIBRATION = ["calib.n_samples=16", "calib.seq_len=256", "eval.eval_pos=[]",
                "save.save_trans=True", "save.overwrite=True", "base.device=cpu"]
 SEVEN_B_CALIBRATION = [*CALIBRATION, "calib.n_samples=4", "calib.seq_len=128"]
+MOE_CALIBRATION = [*CALIBRATION, "calib.n_samples=8", "model.type=Qwen3Moe"]
+CALIBRATIONS = {"synthetic7b": SEVEN_B_CALIBRATION, "synthetic-moe": MOE_CALIBRATION}
 # Runs of MixGPT's Hessian traces alone: the run stops once its allocation step is done
 # (LLMC_FAIL_AT=plan:allocated) after a fixed number of probes over the first window; the
 # traces' time and probes come from save_path/sensitivity.json.
@@ -64,9 +76,10 @@ SENSITIVITY_PROBES = ["sparse.mixgpt.sensitivity.max_iter=3", "sparse.mixgpt.sen
 
 
 def synthetic_config(vocab_size: int, shapes=SYNTHETIC_SHAPES):
-    from transformers import LlamaConfig
+    from transformers import LlamaConfig, Qwen3MoeConfig
 
-    return LlamaConfig(vocab_size=vocab_size, **shapes)
+    family = Qwen3MoeConfig if "num_experts" in shapes else LlamaConfig
+    return family(vocab_size=vocab_size, **shapes)
 
 
 def weight_bytes(directory: Path) -> int:
@@ -123,6 +136,16 @@ def make_synthetic_7b(work: Path, source: Path) -> Path:
     return made_once(work / "synthetic-7b", source, 32, write)
 
 
+def make_synthetic_moe(work: Path, source: Path) -> Path:
+    """The Qwen3-MoE-shaped bfloat16 checkpoint under `work`, written tensor by tensor."""
+    from synthetic_checkpoint import write_checkpoint
+
+    def write(target, vocab_size):
+        write_checkpoint(target, synthetic_config(vocab_size, MOE_SHAPES))
+
+    return made_once(work / "synthetic-moe", source, 10, write)
+
+
 def run_child(config: str, overrides, threads: int, log: Path, env=None):
     """(exit code, peak RSS in bytes, seconds) of one `python -m llmc` child (`env`: more
     environment variables)."""
@@ -170,7 +193,7 @@ def run_one(model, method, engine, path: Path, size: int, work: Path, threads: i
     # A bench killed mid-run leaves a resume state there: a rerun would resume, not time.
     shutil.rmtree(save, ignore_errors=True)
     overrides = [f"model.path={path}", f"model.load={engine}", f"save.save_path={save}",
-                 *(SEVEN_B_CALIBRATION if model == "synthetic7b" else CALIBRATION)]
+                 *CALIBRATIONS.get(model, CALIBRATION)]
     config, env = f"configs/sparse/{method}.yml", None
     if method in CONFIG_RUNS:
         config = f"configs/sparse/{CONFIG_RUNS[method][0]}.yml"
@@ -219,11 +242,11 @@ def ratios(rows) -> list:
 def print_table(rows, checkpoint_sizes) -> None:
     for model, size in checkpoint_sizes.items():
         print(f"{model}: checkpoint {size / 2**30:.2f} GiB of weights")
-    print(f"{'model':11} {'method':10} {'engine':7} {'peak RSS':>9} {'x ckpt':>7} "
+    print(f"{'model':13} {'method':10} {'engine':7} {'peak RSS':>9} {'x ckpt':>7} "
           f"{'prune s':>8} {'s/block':>8} {'write s':>8} {'ckpt s':>7} {'fsync s':>8} "
           f"{'ckpt/rest':>9}")
     for r in rows:
-        print(f"{r['model']:11} {r['method']:10} {r['engine']:7} {r['peak_rss_gib']:8.2f}G "
+        print(f"{r['model']:13} {r['method']:10} {r['engine']:7} {r['peak_rss_gib']:8.2f}G "
               f"{r['rss_over_checkpoint']:7.3f} {r['prune_s']:8.1f} "
               f"{r['prune_s_per_block']:8.2f} {r['write_s']:8.2f} "
               + (f"{r['checkpoint_s']:7.2f} {r['fsync_s']:8.2f} {r['checkpoint_over_rest']:9.3f}"
@@ -262,7 +285,8 @@ def planned_runs(models, methods, engines) -> list:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", help="comma-separated: builtin, synthetic, synthetic7b")
+    parser.add_argument("--models", help="comma-separated: builtin, synthetic, synthetic7b, "
+                        "synthetic-moe")
     parser.add_argument("--methods", help="comma-separated: wanda, sparsegpt, ..., "
                         "ria-realloc, mixgpt-sensitivity, mixgpt-sensitivity-whole")
     parser.add_argument("--engines", help="comma-separated: memory, stream")
@@ -280,6 +304,8 @@ def main(argv=None):
         paths["synthetic"] = make_synthetic(work, source)
     if "synthetic7b" in models:
         paths["synthetic7b"] = make_synthetic_7b(work, source)
+    if "synthetic-moe" in models:
+        paths["synthetic-moe"] = make_synthetic_moe(work, source)
     sizes = {model: weight_bytes(paths[model]) for model in models}
     rows = [run_one(model, method, engine, paths[model], sizes[model], work, args.threads)
             for model, method, engine in runs]

@@ -8,6 +8,11 @@ name: the same config and seed give the same bytes, whatever the shard size. Wei
 as transformers initialises them (normal, std `initializer_range`), norms are ones, biases
 zeros; the files are standard sharded safetensors with `model.safetensors.index.json`, which
 plain `from_pretrained` and llmc's streamed engine read.
+
+A MoE model's fused experts (transformers 5's `<experts>.gate_up_proj` [experts, 2 x
+intermediate, hidden] and `<experts>.down_proj`) are written as the published checkpoints hold
+them (Qwen-MoE's names): one tensor per expert matrix, `<experts>.<e>.gate_proj.weight`,
+`up_proj`, `down_proj`, each drawn under its own name.
 """
 import json
 import os
@@ -34,6 +39,19 @@ def tensor_value(name: str, shape, dtype, seed: int, std: float) -> torch.Tensor
         return torch.zeros(shape, dtype=dtype)
     generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
     return (torch.randn(shape, generator=generator) * std).to(dtype)
+
+
+def published_entries(name: str, shape):
+    """[(name, shape)] of tensor `name` as the published checkpoints store it: a fused experts
+    tensor as one tensor per expert matrix, anything else as it is."""
+    base, _, leaf = name.rpartition(".")
+    if leaf == "gate_up_proj" and len(shape) == 3:
+        experts, rows, columns = shape
+        return [(f"{base}.{e}.{linear}.weight", (rows // 2, columns))
+                for e in range(experts) for linear in ("gate_proj", "up_proj")]
+    if leaf == "down_proj" and len(shape) == 3:
+        return [(f"{base}.{e}.down_proj.weight", tuple(shape[1:])) for e in range(shape[0])]
+    return [(name, shape)]
 
 
 def planned_shards(entries, dtype, max_shard_bytes: int):
@@ -83,7 +101,7 @@ def write_checkpoint(target: Path, config, dtype=torch.bfloat16, seed: int = 0,
     for name, tensor in model.state_dict(keep_vars=True).items():
         if id(tensor) not in seen:  # a tied head is saved once, under the embeddings' name
             seen.add(id(tensor))
-            entries.append((name, tuple(tensor.shape)))
+            entries.extend(published_entries(name, tuple(tensor.shape)))
     std = getattr(config, "initializer_range", 0.02)
     shards = planned_shards(entries, dtype, max_shard_bytes)
     weight_map, total = {}, 0

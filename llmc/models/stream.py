@@ -27,6 +27,7 @@ from loguru import logger
 
 from ..errors import LlmcError
 from .checkpoint_layout import CheckpointLayout, renamed
+from .freed_memory import give_back_freed_memory
 from .handle import ModelHandle
 from .safetensors_io import Pieces, TensorEntry, read_tensor, tensor_entries, write_tensors
 
@@ -177,6 +178,7 @@ class StreamedHandle(ModelHandle):
                 if not self._held[key]:
                     del self._held[key], self._stamps[key]
                     self._install(key, self._slots[key].skeleton)
+            give_back_freed_memory()
 
     def _write_changed_parts(self, keys) -> None:
         """A part whose tensors changed while held, other than through the runner's

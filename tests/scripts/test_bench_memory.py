@@ -76,3 +76,14 @@ def test_a_sensitivity_row_is_per_probe_and_block():
     assert row["prune_s_per_block"] == 2.0  # 60 s over 3 probes of 10 blocks
     assert row["rss_over_checkpoint"] == 0.25
     assert bench_memory.ratios([row]) == []  # no in-memory row to compare with
+
+
+def test_the_moe_shape_is_a_2b_qwen3_moe_with_8_experts():
+    from transformers import AutoModelForCausalLM
+
+    config = bench_memory.synthetic_config(49152, bench_memory.MOE_SHAPES)
+    assert config.model_type == "qwen3_moe"
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    assert sum(p.numel() for p in model.parameters()) == 2_114_428_928
+    assert model.model.layers[0].mlp.experts.gate_up_proj.shape == (8, 2 * 1408, 2048)

@@ -56,3 +56,23 @@ def test_the_values_depend_on_the_seed_not_on_the_shards(tmp_path):
     assert a.keys() == b.keys() == c.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["lm_head.weight"], c["lm_head.weight"])
+
+
+def test_a_moe_checkpoint_holds_one_tensor_per_expert_matrix(tmp_path):
+    """The published layout (Qwen-MoE's names), which from_pretrained fuses on loading: its
+    fused tensors are the per-expert tensors stacked, gate rows before up rows."""
+    from transformers import Qwen3MoeConfig
+
+    config = Qwen3MoeConfig(**SHAPES, num_experts=4, num_experts_per_tok=2,
+                            moe_intermediate_size=16, head_dim=8)
+    synthetic_checkpoint.write_checkpoint(tmp_path / "moe", config, max_shard_bytes=4096)
+    tensors = _tensors(tmp_path / "moe")
+    assert not any("gate_up_proj" in name for name in tensors)
+    assert tensors["model.layers.1.mlp.experts.3.down_proj.weight"].shape == (32, 16)
+    fused = AutoModelForCausalLM.from_pretrained(tmp_path / "moe").state_dict()
+    gate_up = fused["model.layers.1.mlp.experts.gate_up_proj"]
+    assert gate_up.shape == (4, 32, 32)
+    assert torch.equal(gate_up[2, :16], tensors["model.layers.1.mlp.experts.2.gate_proj.weight"])
+    assert torch.equal(gate_up[2, 16:], tensors["model.layers.1.mlp.experts.2.up_proj.weight"])
+    assert torch.equal(fused["model.layers.1.mlp.experts.down_proj"][3],
+                       tensors["model.layers.1.mlp.experts.3.down_proj.weight"])
