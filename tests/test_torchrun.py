@@ -20,6 +20,7 @@ from safetensors import safe_open
 
 from conftest import arch_model, error_line, random_text, save_model_dir
 from plain_pruning import plain_input_norms
+from streamed_runs import as_fused
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -52,6 +53,9 @@ CASES = {
     # streamed: rank 0 writes each sliced block, the other rank reads it once written
     "width-wanda-stream": {"structure": "Width", "width": {"heads": 1, "channels": 16},
                            "method": "Wanda"},
+    # a streamed MoE model stored fused: rank 0 writes each block's fused experts tensors,
+    # the other rank reads its experts back from them
+    "moe-sparsegpt-stream": {"method": "SparseGPT", "model": "qwen3_moe-fused"},
 }
 STRUCTURED = [name for name, sparse in CASES.items() if "structure" in sparse]
 
@@ -84,13 +88,18 @@ def setup(tmp_path_factory, tiny_tokenizer):
     model = save_model_dir(arch_model("llama", seed=3), tiny_tokenizer, root / "model")
     deeper = save_model_dir(arch_model("llama", seed=3, layers=3), tiny_tokenizer,
                             root / "model-3")
+    moe = save_model_dir(arch_model("qwen3_moe", seed=3), tiny_tokenizer, root / "model-moe")
+    as_fused(moe)
 
     def make(name, sparse, save_path=None, **sections):
         sparse = dict(sparse)
         path = deeper if sparse.pop("model_layers", 2) == 3 else model
+        adapter = "Llama"
+        if sparse.pop("model", None) == "qwen3_moe-fused":
+            path, adapter = moe, "Qwen3Moe"
         config = {
             "base": {"seed": 0, "device": "cpu", **sections.pop("base", {})},
-            "model": {"type": "Llama", "path": path, **sections.pop("model", {})},
+            "model": {"type": adapter, "path": path, **sections.pop("model", {})},
             "calib": {"name": "wikitext2", "path": str(calib), "n_samples": N_SAMPLES,
                       "seq_len": 32, "preproc": "wikitext2_gptq"},
             "eval": {"name": "wikitext2", "path": str(evaluation), "seq_len": 32,
@@ -138,7 +147,9 @@ def load_run(save_path):
 
 
 def linears(tensors):
-    return [name for name in tensors if name.endswith("proj.weight") and ".layers." in name]
+    """The pruned weights' names: each Linear's, and a MoE layer's fused experts tensors."""
+    return [name for name in tensors if ".layers." in name and
+            name.endswith(("proj.weight", "experts.gate_up_proj", "experts.down_proj"))]
 
 
 def near_tie(score_row, j, rel=1e-5):
@@ -205,9 +216,13 @@ def test_wanda_and_owl_masks_agree_but_for_near_ties(runs, setup, case):
             assert all(abs(a - b) <= 1e-6 for a, b in zip(ones[key], twos[key])), key
 
 
-@pytest.mark.parametrize("case", ["sparsegpt", "sparsegpt-out", "sparsegpt-2of4", "mixgpt"])
+@pytest.mark.parametrize("case", ["sparsegpt", "sparsegpt-out", "sparsegpt-2of4", "mixgpt",
+                                  "moe-sparsegpt-stream"])
 def test_sparsegpt_masks_and_weights_agree(runs, case):
     (one_results, one), (two_results, two) = runs[case]
+    if case.endswith("-stream"):
+        assert one_results["engine"]["load"] == two_results["engine"]["load"] == "stream"
+        assert sorted(one) == sorted(two) and any("gate_up_proj" in name for name in one)
     for name in linears(one):
         masks = ((one[name] == 0) == (two[name] == 0)).float().mean().item()
         assert masks >= 0.999, (name, masks)
