@@ -85,3 +85,29 @@ def as_fused(directory) -> list:
     (directory / "model.safetensors").unlink()
     model.save_pretrained(directory, save_original_format=False)
     return sorted(load_file(directory / "model.safetensors"))
+
+
+def count_held_parameters(monkeypatch):
+    """(held, parts): held["now"] / held["peak"] count the parameters a StreamedHandle holds
+    materialised, now and at most, from here on; parts is {part: its parameter count}, filled
+    at the first install."""
+    from llmc.models.stream import StreamedHandle
+
+    held = {"now": 0, "peak": 0}
+    parts = {}
+    install = StreamedHandle._install
+
+    def counting_install(self, key, tensor):
+        before = getattr(self._slots[key].module, self._slots[key].leaf)
+        install(self, key, tensor)
+        if self._slots[key].is_parameter:
+            held["now"] += (0 if tensor.is_meta else tensor.numel()) - \
+                (0 if before.is_meta else before.numel())
+            held["peak"] = max(held["peak"], held["now"])
+        if not parts:
+            parts.update({part: sum(self._slots[k].skeleton.numel() for k in keys
+                                    if self._slots[k].is_parameter)
+                          for part, keys in self._parts.items()})
+
+    monkeypatch.setattr(StreamedHandle, "_install", counting_install)
+    return held, parts

@@ -14,7 +14,8 @@ import yaml
 
 from conftest import (ONE_PER_ADAPTER, TINY_ARCHS, arch_adapter, arch_model, error_line,
                       save_model_dir)
-from streamed_runs import assert_same_weights, run_both, stream_config  # noqa: F401
+from streamed_runs import (assert_same_weights, count_held_parameters, run_both,  # noqa: F401
+                           stream_config)
 from llmc.registry import METHODS
 
 # every registered method that prunes weights (`none` prunes none: tests/sparse/test_none.py)
@@ -102,25 +103,7 @@ def test_a_streamed_run_holds_one_part_at_a_time(cli, stream_config, monkeypatch
     part (the embeddings, one block, or the final norm and head), through capture, the OWL
     measuring pass, MixGPT's loss Hessian (block by block), pruning, the report, the per-block
     evals (perplexity and cloze) and the save."""
-    from llmc.models.stream import StreamedHandle
-
-    held = {"now": 0, "peak": 0}
-    parts = {}
-    install = StreamedHandle._install
-
-    def counting_install(self, key, tensor):
-        before = getattr(self._slots[key].module, self._slots[key].leaf)
-        install(self, key, tensor)
-        if self._slots[key].is_parameter:
-            held["now"] += (0 if tensor.is_meta else tensor.numel()) - \
-                (0 if before.is_meta else before.numel())
-            held["peak"] = max(held["peak"], held["now"])
-        if not parts:
-            parts.update({part: sum(self._slots[k].skeleton.numel() for k in keys
-                                    if self._slots[k].is_parameter)
-                          for part, keys in self._parts.items()})
-
-    monkeypatch.setattr(StreamedHandle, "_install", counting_install)
+    held, parts = count_held_parameters(monkeypatch)
     sparse = {"mixgpt": {"sensitivity": {"max_iter": 2}}} if method == "MixGPT" else None
     path = stream_config("opt", method, "stream", sparse=sparse,
                          eval_cfg={"eval_pos": ["pretrain", "transformed"],

@@ -11,7 +11,8 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from conftest import ONE_PER_ADAPTER, arch_adapter, error_line
-from streamed_runs import as_fused, assert_same_weights, run_both, stream_config  # noqa: F401
+from streamed_runs import (as_fused, assert_same_weights, count_held_parameters,  # noqa: F401
+                           run_both, stream_config)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -66,25 +67,7 @@ def test_the_streamed_moe_save_loads_in_transformers(cli, stream_config):
 def test_a_streamed_moe_run_holds_one_block_at_a_time(cli, stream_config, monkeypatch):
     """Counted in parameters: the most materialised at once is one MoE block (its experts'
     matrices read one by one from the fused tensors), never the model."""
-    from llmc.models.stream import StreamedHandle
-
-    held = {"now": 0, "peak": 0}
-    parts = {}
-    install = StreamedHandle._install
-
-    def counting_install(self, key, tensor):
-        before = getattr(self._slots[key].module, self._slots[key].leaf)
-        install(self, key, tensor)
-        if self._slots[key].is_parameter:
-            held["now"] += (0 if tensor.is_meta else tensor.numel()) - \
-                (0 if before.is_meta else before.numel())
-            held["peak"] = max(held["peak"], held["now"])
-        if not parts:
-            parts.update({part: sum(self._slots[k].skeleton.numel() for k in keys
-                                    if self._slots[k].is_parameter)
-                          for part, keys in self._parts.items()})
-
-    monkeypatch.setattr(StreamedHandle, "_install", counting_install)
+    held, parts = count_held_parameters(monkeypatch)
     path = stream_config("qwen3_moe", "SparseGPT", "stream",
                          eval_cfg={"eval_pos": ["transformed"], "inference_per_block": True})
     code, stderr = cli("--config", path)
