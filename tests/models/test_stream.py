@@ -24,8 +24,9 @@ PRUNING_METHODS = sorted(name for name in METHODS if METHODS[name].PRUNES)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-# Every dense adapter with every method, and one MoE family (Qwen2-MoE: a dense layer, a shared
-# expert and routed ones) with every method; the other MoE families: tests/models/test_stream_moe.py.
+# Every dense adapter with every method, and one MoE family (Qwen2-MoE: a dense layer, a
+# shared expert and routed ones) with every method; the other MoE families:
+# tests/models/test_stream_moe.py.
 STREAMABLE = [arch for arch in ONE_PER_ADAPTER if not arch_adapter(arch).experts] + ["qwen2_moe"]
 
 
@@ -197,8 +198,9 @@ def test_a_bin_checkpoint_is_loaded_into_memory_under_auto_and_refused_under_str
 def test_a_checkpoint_with_names_the_model_lacks_goes_to_transformers_under_auto(
         cli, stream_config):
     """Names a streamed model cannot map (transformers' own conversions on loading that no
-    adapter's checkpoint_names says) make auto load through from_pretrained, saying why, and stream refuse
-    with the fix. Here the name maps nowhere, so from_pretrained then stops the run too."""
+    adapter's checkpoint_names says) make auto load through from_pretrained, saying why, and
+    stream refuse with the fix. Here the name maps nowhere, so from_pretrained then stops the
+    run too."""
     directory = Path(yaml.safe_load(stream_config("opt", "Wanda", "auto").read_text())
                      ["model"]["path"])
     _rewrite_checkpoint(directory, rename=lambda k: k.replace("decoder.final_layer_norm.weight",
