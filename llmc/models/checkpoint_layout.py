@@ -101,12 +101,16 @@ class CheckpointLayout:
     def read_from(self, entries: Dict[str, TensorEntry]) -> Dict[str, TensorEntry]:
         """`entries` (a checkpoint's) under the model's names; notes the checkpoint's layout
         (fused experts, renamed tensors), which every shard written from now on keeps."""
-        model_named = renamed(entries, self.checkpoint_names)
+        model_named = self.model_named(entries)
         self.renamed = set(model_named) != set(entries)
         self.fused = any(self.name_in(key, model_named) is None and
                          self.name_in(place.name, model_named) is not None
                          for key, place in self.places.items())
         return model_named
+
+    def model_named(self, entries: Dict[str, TensorEntry]) -> Dict[str, TensorEntry]:
+        """`entries` (a checkpoint's or a shard llmc wrote) under the model's names."""
+        return renamed(entries, self.checkpoint_names)
 
     def name_in(self, key: str, names) -> Optional[str]:
         """The name `names` holds model key `key` under: the same, or with/without the base

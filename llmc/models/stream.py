@@ -26,7 +26,7 @@ import torch.nn as nn
 from loguru import logger
 
 from ..errors import LlmcError
-from .checkpoint_layout import CheckpointLayout, renamed
+from .checkpoint_layout import CheckpointLayout
 from .freed_memory import give_back_freed_memory
 from .handle import ModelHandle
 from .safetensors_io import Pieces, TensorEntry, read_tensor, tensor_entries, write_tensors
@@ -173,12 +173,15 @@ class StreamedHandle(ModelHandle):
             if self.writes:
                 self._write_changed_parts([k for k in taken if self._held[k] == 1])
         finally:
+            released = False
             for key in taken:
                 self._held[key] -= 1
                 if not self._held[key]:
                     del self._held[key], self._stamps[key]
                     self._install(key, self._slots[key].skeleton)
-            give_back_freed_memory()
+                    released = True
+            if released:  # a nested context that only shared its parts frees nothing
+                give_back_freed_memory()
 
     def _write_changed_parts(self, keys) -> None:
         """A part whose tensors changed while held, other than through the runner's
@@ -336,7 +339,7 @@ class StreamedHandle(ModelHandle):
         self._parts = self._part_keys()
 
     def _point_at(self, file: Path, part: str) -> None:
-        entries = renamed(tensor_entries(file), self.adapter.checkpoint_names)
+        entries = self._layout.model_named(tensor_entries(file))
         for key in self._parts[part]:
             self._slots[key].source = self._layout.source_in(entries, key)
 
