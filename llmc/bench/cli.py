@@ -11,6 +11,7 @@ from loguru import logger
 from ..errors import LlmcError
 from ..strict_json import dumps_strict
 from ..subcommand import SubcommandParser
+from . import semi_structured
 from .compare import markdown, over_rounds, ratios
 from .measure import Settings, measure
 
@@ -28,6 +29,15 @@ def parse_args(argv):
     parser.add_argument("--repeats", type=int, default=Settings.repeats,
                         help="timed runs per figure after one warm-up (the median is kept)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    parser.add_argument("--dtype", default=Settings.dtype,
+                        choices=["auto", "float16", "bfloat16", "float32"],
+                        help="load every model in this dtype (auto: as saved); the 2:4 kernels "
+                             "need float16 or bfloat16 (CUTLASS also float32)")
+    parser.add_argument("--two-four-kernels", default=Settings.two_four_kernels,
+                        choices=list(semi_structured.CHOICES),
+                        help="also measure each 2:4 model with its 2:4 Linears on torch's "
+                             "semi-structured sparse kernels, as a row of its own: auto (on "
+                             "CUDA), on (CUDA required), off")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's)")
     parser.add_argument("--rounds", type=int, default=1,
@@ -55,24 +65,39 @@ def bench(argv) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    settings = Settings(args.prompt, args.new_tokens, list(args.batch), args.repeats)
-    record, table = compare_models(dirs, device, settings, args.rounds)
+    settings = Settings(args.prompt, args.new_tokens, list(args.batch), args.repeats,
+                        dtype=args.dtype, two_four_kernels=args.two_four_kernels)
+    convert = semi_structured.kernels_for(settings.two_four_kernels, device)
+    record, table = compare_models(dirs, device, settings, args.rounds, convert)
     sys.stdout.write(table + "\n")
     if args.json:
         Path(args.json).write_text(dumps_strict(record))
     return 0
 
 
-def compare_models(dirs, device, settings: Settings, rounds: int = 1):
+def compare_models(dirs, device, settings: Settings, rounds: int = 1, convert=None):
     """(record, markdown table) of the models at `dirs`, measured one after the other in this
     process (`rounds` times in turn, medians kept), each figure also as a ratio to the first
-    (`llmc bench-model`, and a run's save.bench)."""
-    measured = [[] for _ in dirs]
-    for round_index in range(rounds):
-        for directory, runs in zip(dirs, measured):
-            logger.info(f"measuring {directory} on {device}"
-                        f"{f' (round {round_index + 1} of {rounds})' if rounds > 1 else ''}")
-            runs.append(measure(directory, device, settings))
+    (`llmc bench-model`, and a run's save.bench). With `convert` (semi_structured.kernels_for),
+    a model with 2:4 Linears is measured a second time, right after itself, on the kernels."""
+    rows, measured = [], []
+    for directory in dirs:  # round 1 finds the rows: each model, then its kernel row if any
+        rows.append((directory, None))
+        measured.append([_measure(directory, None, device, settings, 0, rounds)])
+        if convert is None or not measured[-1][0]["two_four_linears"]:
+            continue
+        try:
+            on_kernels = _measure(directory, convert, device, settings, 0, rounds)
+        except (RuntimeError, NotImplementedError, TypeError) as err:  # a kernel the GPU lacks
+            reason = " ".join(str(err).split())[:300]
+            logger.warning(f"{directory} on the 2:4 kernels failed, no row for it: {reason}")
+            measured[-1][0]["kernel_error"] = reason
+            continue
+        rows.append((directory, convert))
+        measured.append([on_kernels])
+    for round_index in range(1, rounds):
+        for (directory, row_convert), runs in zip(rows, measured):
+            runs.append(_measure(directory, row_convert, device, settings, round_index, rounds))
     figures = [over_rounds(runs, settings.batches) for runs in measured]
     where = (f"{torch.cuda.get_device_name(device)}" if device.type == "cuda"
              else f"CPU, {torch.get_num_threads()} thread(s)")
@@ -84,3 +109,10 @@ def compare_models(dirs, device, settings: Settings, rounds: int = 1):
               "models": [{**f, "ratios": r}
                          for f, r in zip(figures, ratios(figures, settings.batches))]}
     return record, markdown(figures, settings.batches, header)
+
+
+def _measure(directory, convert, device, settings: Settings, round_index: int, rounds: int):
+    logger.info(f"measuring {directory} on {device}"
+                f"{' with its 2:4 Linears on sparse kernels' if convert else ''}"
+                f"{f' (round {round_index + 1} of {rounds})' if rounds > 1 else ''}")
+    return measure(directory, device, settings, convert)

@@ -54,6 +54,14 @@ def _cell(value, ratio, scale=1.0) -> str:
     return shown if ratio is None else f"{shown} ({ratio:.2f}x)"
 
 
+def label(model) -> str:
+    """The model's path, and for a row on the 2:4 kernels which ones and how many Linears."""
+    if "kernels" not in model:
+        return model["path"]
+    return (f"{model['path']} [{model['kernels']} kernels, {model['kernel_linears']} of "
+            f"{model['two_four_linears']} 2:4 Linears]")
+
+
 def markdown(figures, batches, header: str) -> str:
     """One row per model: sizes, then tokens/s per batch size, each with its ratio to the first
     row."""
@@ -66,5 +74,5 @@ def markdown(figures, batches, header: str) -> str:
     for model, ratio in zip(figures, relative):
         cells = [_cell(model.get(key), ratio[key], MB if name.endswith("MB") else 1.0)
                  for name, key in columns]
-        lines.append(f"| {model['path']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label(model)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -161,7 +161,8 @@ DECODE_SPEEDUP = "decode x bs1"  # what the speed plot puts on its x axis
 
 def bench_ratios(results: dict) -> Dict[str, float]:
     """{column: ratio to the dense model} of what save.bench measured (the last model it
-    measured is the saved one); empty when the run measured nothing."""
+    measured is the saved one: on CUDA, a 2:4 model on the sparse kernels); empty when the run
+    measured nothing."""
     models = (results.get("bench") or {}).get("models") or []
     ratios = (models[-1].get("ratios") or {}) if models and isinstance(models[-1], dict) else {}
     return {column: ratios[key] for key, column in BENCH_COLUMNS.items()

@@ -49,7 +49,7 @@ def test_the_table_and_the_json_hold_every_figure_and_its_ratio(models, tmp_path
 
     record = json.loads(out.read_text())
     assert record["settings"] == {"prompt": 8, "new_tokens": 4, "batches": [1, 2], "repeats": 2,
-                                  "seed": 0}
+                                  "seed": 0, "dtype": "auto", "two_four_kernels": "auto"}
     first, second = record["models"]
     assert first["parameters"] == second["parameters"] > 0
     assert first["nonzero_parameters"] - second["nonzero_parameters"] == zeroed
