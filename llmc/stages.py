@@ -184,8 +184,12 @@ def grids_to_pack(cfg, handle, method, world=World()):
 def refuse_unpackable(cfg, handle) -> None:
     """A packed save this model cannot have: an error before any heavy work."""
     if cfg.save.format == "compressed-tensors" and handle.adapter.experts:
-        raise LlmcError("save.format: compressed-tensors: this model's experts are saved fused "
-                        "(3-D tensors), which llmc does not pack; use save.format: hf")
+        # llmc's grids are asymmetric (a zero point per row), and transformers (5.25) cannot
+        # load asymmetric packed experts (huggingface/transformers#47430): its round trip, the
+        # test of a packed save, fails on them
+        raise LlmcError("save.format: compressed-tensors: llmc does not pack MoE experts (their "
+                        "asymmetric 4-bit layout does not load back in transformers yet); use "
+                        "save.format: hf")
 
 
 def save_pruned(cfg, handle, tokenizer, out, packing, dense_dir, device, results):

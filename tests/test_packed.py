@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, CompressedTensorsConfig
 
 import llmc
-from conftest import token_batches, tiny_model
+from conftest import error_line, token_batches, tiny_model
 from llmc.errors import LlmcError
 from llmc.packed import packed_tensors
 
@@ -173,3 +173,14 @@ def test_bench_model_reads_a_packed_model_as_its_dequantized_weights(cli, run_co
     first, second = json.loads(out.read_text())["models"]
     assert second["nonzero_parameters"] == first["nonzero_parameters"]  # the same weights
     assert second["checkpoint_bytes"] < first["checkpoint_bytes"]
+
+
+def test_moe_experts_are_refused_before_any_work(cli, run_config, tiny_model_dir):
+    """llmc's asymmetric expert grids do not load back in transformers yet
+    (huggingface/transformers#47430), so a packed MoE save is refused, and nothing is written."""
+    argv = ["--config", run_config, "--set", "save.format=compressed-tensors",
+            "--set", "model.type=Qwen3Moe", "--set", f"model.path={tiny_model_dir('qwen3_moe')}",
+            "--set", "sparse.method=SparseGPT", "--set", "sparse.wbits=4"]
+    code, err = cli(*argv)
+    assert code == 2 and "llmc does not pack MoE experts" in error_line(err), err
+    assert not (Path(run_config).parent / "save").exists()
