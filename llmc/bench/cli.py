@@ -41,9 +41,10 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's)")
     parser.add_argument("--rounds", type=int, default=1,
-                        help="measure every model this many times in turn (A B C, A B C, ...) "
-                             "and keep each figure's median over the rounds: a drift of the "
-                             "machine then falls on all models alike")
+                        help="measure every model this many times in turn, each round starting "
+                             "one model further on (A B C, B C A, ...), and keep each figure's "
+                             "median over the rounds: a drift of the machine, or a cost of "
+                             "coming first, then falls on all models alike")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     if min(args.prompt, args.new_tokens, args.repeats, args.rounds, *args.batch) < 1:
@@ -96,8 +97,10 @@ def compare_models(dirs, device, settings: Settings, rounds: int = 1, convert=No
         rows.append((directory, convert))
         measured.append([on_kernels])
     for round_index in range(1, rounds):
-        for (directory, row_convert), runs in zip(rows, measured):
-            runs.append(_measure(directory, row_convert, device, settings, round_index, rounds))
+        for index in _rotated(len(rows), round_index):
+            directory, row_convert = rows[index]
+            measured[index].append(
+                _measure(directory, row_convert, device, settings, round_index, rounds))
     figures = [over_rounds(runs, settings.batches) for runs in measured]
     where = (f"{torch.cuda.get_device_name(device)}" if device.type == "cuda"
              else f"CPU, {torch.get_num_threads()} thread(s)")
@@ -109,6 +112,14 @@ def compare_models(dirs, device, settings: Settings, rounds: int = 1, convert=No
               "models": [{**f, "ratios": r}
                          for f, r in zip(figures, ratios(figures, settings.batches))]}
     return record, markdown(figures, settings.batches, header)
+
+
+def _rotated(count: int, round_index: int):
+    """The order of the rows in a round: each round starts one row further on (A B C, B C A,
+    C A B, ...), so that whatever slows the first model of a round falls on every model in turn
+    (on the 2-core VM, two dense copies and a pruned model in a fixed order: the first had the
+    lowest prefill speed in 6 rounds of 6, whichever copy came first)."""
+    return [(round_index + offset) % count for offset in range(count)]
 
 
 def _measure(directory, convert, device, settings: Settings, round_index: int, rounds: int):
