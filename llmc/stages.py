@@ -188,7 +188,7 @@ def refuse_unpackable(cfg, handle) -> None:
         # load asymmetric packed experts (huggingface/transformers#47430): its round trip, the
         # test of a packed save, fails on them
         raise LlmcError("save.format: compressed-tensors: llmc does not pack MoE experts (their "
-                        "asymmetric 4-bit layout does not load back in transformers yet); use "
+                        "asymmetric packed layout does not load back in transformers yet); use "
                         "save.format: hf")
 
 
