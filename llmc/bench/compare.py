@@ -17,9 +17,9 @@ def speed_keys(batches: List[int]) -> List[str]:
 
 def over_rounds(rounds: List[Dict[str, object]], batches: List[int]) -> Dict[str, object]:
     """One model's figures from its measurements in successive rounds (each round measures
-    every model once, in order, so a drift of the machine falls on all of them alike): the
+    every model once, in turn, so a drift of the machine falls on all of them alike): the
     median of each speed, peak memory and timing over the rounds, every round's value kept
-    under `per_round`."""
+    under `per_round` (a kernel row that failed in a round has one value fewer)."""
     if len(rounds) == 1:
         return rounds[0]
     keys = speed_keys(batches) + ["peak_memory_bytes"]

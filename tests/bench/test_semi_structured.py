@@ -168,3 +168,25 @@ def test_a_kernel_row_that_fails_is_left_out_with_its_reason(saved, capsys):
     assert len(record["models"]) == 2 and len(table.splitlines()) == 6
     assert "kernel_error" in record["models"][1] and "kernel_error" not in record["models"][0]
     assert "on the 2:4 kernels failed, no row for it" in capsys.readouterr().err
+
+
+class FailsAfterRoundOne:
+    """A stand-in converter whose copies work in round 1 (7 Linears) and fail after it."""
+    __name__ = "fails_after_round_one"
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, weight):
+        self.calls += 1
+        return weight.clone() if self.calls <= 7 else cut_short(weight)
+
+
+def test_a_kernel_row_that_fails_in_a_later_round_keeps_its_other_rounds(saved, capsys):
+    record, _ = compare_models(list(saved), torch.device("cpu"), FAST, rounds=3,
+                               convert=FailsAfterRoundOne())
+    dense, pruned, on_kernels = record["models"]
+    assert (dense["rounds"], pruned["rounds"]) == (3, 3)
+    assert "rounds" not in on_kernels and on_kernels["kernel_linears"] == 7  # round 1 alone
+    err = capsys.readouterr().err
+    assert err.count("on the 2:4 kernels failed in round") == 2
