@@ -11,11 +11,12 @@ from .distributed import World, join
 from .data import calib_batches, eval_tokens
 from .eval.tasks import TaskSuite
 from .models import load_for_run, load_tokenizer, preflight
+from .models.freed_memory import release_freed_memory
 from .errors import LlmcError
 from .provenance import InBackground, run_record, utc_now
 from .achieved import run_summary
 from .runner import resolve_device
-from .runner.device import current_rss, release_freed_memory, reset_peak_rss
+from .runner.device import current_rss, reset_peak_rss
 from .runner.restructure import reapply_structure
 from .runner.resume import ResumeState, resume_fingerprint
 from .sparse import build_method

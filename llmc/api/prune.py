@@ -20,11 +20,12 @@ from ..data import eval_tokens
 from ..errors import ConfigError, LlmcError
 from ..eval.tasks import TaskSuite
 from ..models import load_model, load_tokenizer, preflight
+from ..models.freed_memory import release_freed_memory
 from ..models.preflight import check_token_ids
 from ..outputs import open_run
 from ..provenance import run_record, utc_now
 from ..runner import resolve_device
-from ..runner.device import current_rss, release_freed_memory, reset_peak_rss
+from ..runner.device import current_rss, reset_peak_rss
 from ..save import write_results
 from ..sparse import build_method
 from ..stages import (allocate_and_evaluate, evaluate_pruned, grids_to_pack, new_results,

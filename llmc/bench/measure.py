@@ -17,8 +17,8 @@ import torch
 from loguru import logger
 
 from ..errors import LlmcError
-from ..runner.device import (current_rss, peak_rss_since_reset, release_freed_memory,
-                             reset_peak_rss)
+from ..models.freed_memory import release_freed_memory
+from ..runner.device import current_rss, peak_rss_since_reset, reset_peak_rss
 from . import semi_structured
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")

@@ -27,7 +27,7 @@ from loguru import logger
 
 from ..errors import LlmcError
 from .checkpoint_layout import CheckpointLayout
-from .freed_memory import give_back_freed_memory
+from .freed_memory import release_freed_memory
 from .handle import ModelHandle
 from .safetensors_io import Pieces, TensorEntry, read_tensor, tensor_entries, write_tensors
 
@@ -181,7 +181,7 @@ class StreamedHandle(ModelHandle):
                     self._install(key, self._slots[key].skeleton)
                     released = True
             if released:  # a nested context that only shared its parts frees nothing
-                give_back_freed_memory()
+                release_freed_memory()
 
     def _write_changed_parts(self, keys) -> None:
         """A part whose tensors changed while held, other than through the runner's

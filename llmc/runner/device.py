@@ -70,18 +70,6 @@ def free_memory(device) -> int:
     return psutil.virtual_memory().available
 
 
-def release_freed_memory() -> None:
-    """Hand memory the process has freed back to the OS (glibc keeps freed small blocks in its
-    heap): tokenizing a whole corpus in one call frees some hundreds of MB that would otherwise
-    stay in the process's RSS for the rest of a streamed run. A no-op off glibc."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def current_rss() -> int:
     """This process's resident memory now, in bytes."""
     import psutil
