@@ -87,7 +87,7 @@ def compare_models(dirs, device, settings: Settings, rounds: int = 1, convert=No
         measured.append([_measure(directory, None, device, settings, 0, rounds)])
         if convert is None or not measured[-1][0]["two_four_linears"]:
             continue
-        on_kernels = _on_kernels_or_reason(directory, convert, device, settings, 0, rounds)
+        on_kernels = _measured_or_reason(directory, convert, device, settings, 0, rounds)
         if isinstance(on_kernels, str):
             logger.warning(f"{directory} on the 2:4 kernels failed, no row for it: {on_kernels}")
             measured[-1][0]["kernel_error"] = on_kernels
@@ -96,18 +96,12 @@ def compare_models(dirs, device, settings: Settings, rounds: int = 1, convert=No
         measured.append([on_kernels])
     for round_index in range(1, rounds):
         for index in _rotated(len(rows), round_index):
-            directory, row_convert = rows[index]
-            if row_convert is None:
-                measured[index].append(
-                    _measure(directory, None, device, settings, round_index, rounds))
-                continue
-            on_kernels = _on_kernels_or_reason(directory, row_convert, device, settings,
-                                               round_index, rounds)
-            if isinstance(on_kernels, str):  # its figures are the medians of the other rounds
-                logger.warning(f"{directory} on the 2:4 kernels failed in round "
-                               f"{round_index + 1}, which its row leaves out: {on_kernels}")
+            figures = _measured_or_reason(*rows[index], device, settings, round_index, rounds)
+            if isinstance(figures, str):  # a kernel row: the medians of its other rounds
+                logger.warning(f"{rows[index][0]} on the 2:4 kernels failed in round "
+                               f"{round_index + 1}, which its row leaves out: {figures}")
             else:
-                measured[index].append(on_kernels)
+                measured[index].append(figures)
     figures = [over_rounds(runs, settings.batches) for runs in measured]
     where = (f"{torch.cuda.get_device_name(device)}" if device.type == "cuda"
              else f"CPU, {torch.get_num_threads()} thread(s)")
@@ -121,12 +115,15 @@ def compare_models(dirs, device, settings: Settings, rounds: int = 1, convert=No
     return record, markdown(figures, settings.batches, header)
 
 
-def _on_kernels_or_reason(directory, convert, device, settings, round_index, rounds):
-    """The figures of `directory` on the 2:4 kernels, or why they could not be measured (a
-    kernel this GPU lacks, a shape it refuses mid-run)."""
+def _measured_or_reason(directory, convert, device, settings, round_index, rounds):
+    """The figures of `directory` (on the 2:4 kernels `convert` makes, if given); for a kernel
+    row, why they could not be measured instead (a kernel this GPU lacks, a shape it refuses
+    mid-run). A plain model's failure is the bench's own and is raised."""
     try:
         return _measure(directory, convert, device, settings, round_index, rounds)
     except (RuntimeError, NotImplementedError, TypeError) as err:
+        if convert is None:
+            raise
         return " ".join(str(err).split())[:300]
 
 
