@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_memory import SEVEN_B_SHAPES, SYNTHETIC_SHAPES  # noqa: E402
+from bench_memory import SEVEN_B_SHAPES, SYNTHETIC_SHAPES, synthetic_config  # noqa: E402
 from synthetic_checkpoint import write_checkpoint  # noqa: E402
 
 TINY_SHAPES = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
@@ -50,9 +50,7 @@ def made(target: Path, write) -> Path:
 
 
 def dense_checkpoint(work: Path, shape: str) -> Path:
-    from transformers import LlamaConfig
-
-    config = LlamaConfig(vocab_size=VOCAB, **SHAPES[shape])
+    config = synthetic_config(VOCAB, SHAPES[shape])
     return made(work / f"dense-{shape}", lambda target: write_checkpoint(target, config))
 
 
